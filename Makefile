@@ -1,0 +1,21 @@
+# make demo  - set up .venv on first use, then run the end-to-end text demo
+# make test  - set up .venv on first use, then run the test suite (CPU, < 10 min)
+# make test-slow - also the slow tests that read ../shared/data
+PY := .venv/bin/python
+OUT ?= runs/demo
+
+.PHONY: setup demo test test-slow clean
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	$(PY) -m unitok.cli demo --out $(OUT)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m "slow or not slow"
+
+clean:
+	rm -rf .venv runs .pytest_cache

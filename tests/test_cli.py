@@ -1,0 +1,34 @@
+import subprocess
+import sys
+
+import pytest
+
+from unitok.cli import build_parser, main
+
+SUBCOMMANDS = [
+    ["demo"], ["text", "train-tokenizer"], ["text", "encode"], ["lm", "train"], ["lm", "sample"],
+    ["tokenizer", "train"], ["tokenizer", "bench"], ["bench", "text-lm"], ["bench", "kernels"], ["vocab"],
+]
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(cmd + ["--help"])
+    assert e.value.code == 0
+    assert "usage: unitok " + " ".join(cmd) in capsys.readouterr().out
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "unitok.cli", *args], capture_output=True, text=True)
+
+
+def test_user_errors_are_one_line(tmp_path):
+    r = run_cli("text", "train-tokenizer", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "not found" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("vocab", str(tmp_path / "nope.json"))
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "r.yaml").write_text("modality: smell\n")
+    r = run_cli("tokenizer", "train", str(tmp_path / "r.yaml"), "--data", ".", "--out", str(tmp_path / "o"), "x=1")
+    assert r.returncode == 2 and "modality" in r.stderr and r.stderr.strip().count("\n") == 0

@@ -1,0 +1,158 @@
+"""The `unitok` command line.
+
+Every subcommand is defined here (so `--help` is complete and cheap) and runs a
+`module:function` from the library, imported only when it runs. A handler takes
+the parsed `argparse.Namespace` and returns an exit status (None means 0).
+User mistakes raise `UnitokError`; they are printed on one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from unitok.errors import UnitokError
+
+EPILOG = "Configs take key=value overrides after the config path, e.g. `train.lr=3e-4 model.n_layer=4`."
+
+
+def _add(sub, name: str, handler: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description or help, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unitok",
+        description="Unified discrete-token multimodal models: tokenizers, one vocabulary, one transformer.",
+    )
+    parser.add_argument("--version", action="version", version=f"unitok {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    # --- demo
+    p = _add(sub, "demo", "unitok.demo:run", "end-to-end text demo on embedded data; writes report.md",
+             "Train a text tokenizer and a small transformer on text that ships with Python (the pydoc topics),\n"
+             "then write report.md with the loss curve (PNG) and a generated sample.")
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--minutes", type=float, default=4.0, help="training time budget in minutes (default: 4)")
+    p.add_argument("--seed", type=int, default=0)
+
+    # --- text
+    text = sub.add_parser("text", help="text tokenizer").add_subparsers(dest="text_command", metavar="COMMAND")
+    text.required = True
+    p = _add(text, "train-tokenizer", "unitok.tokenizers.text:train_cli", "train a SentencePiece BPE tokenizer (byte fallback)")
+    p.add_argument("files", nargs="+", help="UTF-8 text files")
+    p.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size (default: 8000)")
+    p.add_argument("--out", required=True, help="directory to save the tokenizer in")
+    p = _add(text, "encode", "unitok.tokenizers.text:encode_cli", "print the ids of a string")
+    p.add_argument("tokenizer", help="directory written by `unitok text train-tokenizer`")
+    p.add_argument("text", help="text to encode")
+
+    # --- lm
+    lm = sub.add_parser("lm", help="unified language model").add_subparsers(dest="lm_command", metavar="COMMAND")
+    lm.required = True
+    p = _add(lm, "train", "unitok.training.lm:run_cli", "train the transformer on a text file (single process)")
+    p.add_argument("config", help="run config YAML, e.g. configs/train/text-small.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--data", required=True, help="training text file")
+    p.add_argument("--eval-data", default=None, help="evaluation text file (default: last 10%% of --data)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p = _add(lm, "sample", "unitok.generation.sample:run_cli", "generate text from a checkpoint")
+    p.add_argument("checkpoint", help="run directory or checkpoint directory")
+    p.add_argument("--prompt", default="", help="text prompt")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+    # --- tokenizer (image / video / audio)
+    tk = sub.add_parser("tokenizer", help="image, video and audio tokenizers").add_subparsers(dest="tk_command", metavar="COMMAND")
+    tk.required = True
+    p = _add(tk, "train", "unitok.training.tokenizer:run", "train a tokenizer from a recipe",
+             "Train an image, video or audio tokenizer from a recipe (tokenizers/<name>/config.yaml).\n"
+             "The recipe's `modality` picks the trainer. Unreadable files are skipped and counted.")
+    p.add_argument("config", help="recipe YAML, e.g. tokenizers/image-vqgan-f8/config.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--data", required=True, help="folder of images, videos or audio files")
+    p.add_argument("--out", required=True, help="output directory (checkpoints, samples, final tokenizer)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p = _add(tk, "bench", "unitok.bench.tokenizer:run", "codebook reconstruction benchmark against classic codecs",
+             "Reconstruct every file in --data with a trained tokenizer and report fidelity, codebook usage,\n"
+             "rate and speed, next to JPEG/WebP (images) or Opus (audio) at the matched rate, in one run.")
+    p.add_argument("tokenizer", help="directory written by save_pretrained (e.g. OUT/final of `tokenizer train`)")
+    p.add_argument("--data", required=True, help="folder of held-out images, videos or audio files")
+    p.add_argument("--json", required=True, help="where to write the JSON results")
+    p.add_argument("--out", default=None, help="folder for the table, plots and grids (default: beside --json)")
+    p.add_argument("--max-files", type=int, default=None, help="use at most this many files")
+
+    # --- bench
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", metavar="COMMAND")
+    bench.required = True
+    p = _add(bench, "text-lm", "unitok.bench.text_lm:run", "text LM quality in nats per character",
+             "Train the default text config on the first 90% of FILE for at most M minutes and report\n"
+             "nats/char (total token NLL / characters) on the last 10% (and on --eval-data).")
+    p.add_argument("--data", required=True, help="text file")
+    p.add_argument("--eval-data", default=None, help="extra evaluation text file")
+    p.add_argument("--minutes", type=float, default=10.0, help="training time budget (default: 10)")
+    p.add_argument("--json", required=True, help="where to write the results")
+    p.add_argument("--config", default=None, help="run config (default: configs/train/text-lm.yaml)")
+    p.add_argument("--seed", type=int, default=0)
+    p = _add(bench, "kernels", "unitok.bench.kernels:run", "fused kernels vs. torch (timing needs a GPU)")
+    p.add_argument("--json", required=True, help="where to write the results")
+    p.add_argument("--quick", action="store_true", help="fewer shapes")
+
+    # --- vocab
+    p = _add(sub, "vocab", "unitok.cli:show_vocab", "show a vocabulary manifest (ranges, tokenizers, hash)")
+    p.add_argument("manifest", help="vocab.json written beside shards and checkpoints")
+    return parser
+
+
+def show_vocab(args) -> int:
+    from unitok.vocab import UnifiedVocab
+
+    v = UnifiedVocab.load(args.manifest)
+    print(v)
+    for name, (a, b) in v.manifest()["ranges"].items():
+        print(f"  {name:10s} [{a}, {b})  {b - a} ids")
+    print(f"  hash {v.hash}")
+    return 0
+
+
+def _version() -> str:
+    from unitok import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may come after the options too
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    module, func = args.handler.split(":")
+    try:
+        handler = getattr(importlib.import_module(module), func)
+        return int(handler(args) or 0)
+    except UnitokError as e:
+        print(f"unitok: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unitok: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""PyTorch references for the fused kernels (and the `sdpa` attention backend)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def attention_mask(T: int, *, causal: bool = True, doc_ids=None, span_ids=None, device=None) -> torch.Tensor | None:
+    """Boolean mask (B or 1, 1, T, T), True where query i may attend to key j.
+
+    causal:   j <= i
+    doc_ids:  (B, T) ints; i and j must share a document (packed sequences)
+    span_ids: (B, T) ints, 0 outside spans; i and j in the same nonzero span
+              (e.g. one image) see each other in both directions (prefix-LM blocks)
+    """
+    if not causal and doc_ids is None and span_ids is None:
+        return None
+    i = torch.arange(T, device=device)
+    mask = (i[None, :] <= i[:, None])[None] if causal else torch.ones(1, T, T, dtype=torch.bool, device=device)
+    if span_ids is not None:
+        same_span = (span_ids[:, :, None] == span_ids[:, None, :]) & (span_ids[:, :, None] != 0)
+        mask = mask | same_span
+    if doc_ids is not None:
+        mask = mask & (doc_ids[:, :, None] == doc_ids[:, None, :])
+    return mask[:, None]
+
+
+def attention_reference(q, k, v, *, causal: bool = True, doc_ids=None, span_ids=None, scale: float | None = None):
+    """q: (B, Hq, T, D); k, v: (B, Hkv, T, D) with Hq % Hkv == 0 -> (B, Hq, T, D)."""
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    if Hq != Hkv:
+        k = k.repeat_interleave(Hq // Hkv, dim=1)
+        v = v.repeat_interleave(Hq // Hkv, dim=1)
+    mask = attention_mask(T, causal=causal, doc_ids=doc_ids, span_ids=span_ids, device=q.device)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if doc_ids is None and span_ids is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

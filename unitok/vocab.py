@@ -1,0 +1,504 @@
+"""One vocabulary for every modality.
+
+Id layout (contiguous ranges, in this order)::
+
+    [0, V_text)                      text ids (SentencePiece)
+    specials                         <bos> <eos> <pad> <boi> <eoi> <bov> <eov> <boa> <eoa>
+    size tokens                      <size:1> ... <size:max_size>
+    image codebook                   one range of `size` ids per level
+    video codebook                   one range per level
+    audio codebook                   one range per RVQ level, so the model always
+                                     knows which level it is predicting
+
+Spans carry their own shape, so a span decodes without outside knowledge::
+
+    image  <boi> <size:H> <size:W> codes <eoi>          codes (H, W) or (L, H, W)
+    video  <bov> <size:T> <size:H> <size:W> codes <eov> codes (T, H, W) or (L, T, H, W)
+    audio  <boa> codes <eoa>                            codes (L, T); frame count = n / L
+
+Codes are laid out position-major, level-minor: all levels of one position
+(pixel of the latent grid, or audio frame) come before the next position, so a
+truncated audio span is still a prefix of whole frames.
+
+A document is a list of segments: ``{"text": str | list[int]}``,
+``{"image": codes}``, ``{"video": codes}``, ``{"audio": codes}`` where codes are
+integer tensors or arrays. `pack` turns it into token ids plus a modality id
+per token; `unpack` reverses it and, for truncated or malformed sequences,
+returns what it could decode together with a list of problems (it never raises).
+
+The vocabulary is data: `manifest()` is a JSON-able dict with a content hash,
+saved beside every token shard and LM checkpoint; `check_same` turns a
+mismatch into a clear `VocabMismatchError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from unitok.errors import CheckpointError, VocabMismatchError
+
+__all__ = ["Modality", "CodebookSpec", "UnifiedVocab", "Packed", "Unpacked", "SPECIAL_TOKENS"]
+
+FORMAT = "unitok-vocab/1"
+
+
+class Modality(IntEnum):
+    TEXT = 0
+    IMAGE = 1
+    VIDEO = 2
+    AUDIO = 3
+
+
+MEDIA = ("image", "video", "audio")
+SPECIAL_TOKENS = ("<bos>", "<eos>", "<pad>", "<boi>", "<eoi>", "<bov>", "<eov>", "<boa>", "<eoa>")
+_MARKERS = {"image": ("<boi>", "<eoi>"), "video": ("<bov>", "<eov>"), "audio": ("<boa>", "<eoa>")}
+# Number of size tokens in a span header, and the grid rank of one level's codes.
+_HEADER = {"image": 2, "video": 3, "audio": 0}
+_GRID_RANK = {"image": 2, "video": 3, "audio": 1}
+
+
+@dataclass(frozen=True)
+class CodebookSpec:
+    """One modality's codebook: `levels` ranges of `size` ids each.
+
+    `tokenizer` identifies the tokenizer that produced the codes (type, config
+    and weights hashes) so a checkpoint cannot be paired with a different one.
+    """
+
+    modality: str
+    size: int
+    levels: int = 1
+    tokenizer: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.modality not in MEDIA:
+            raise ValueError(f"codebook modality must be one of {MEDIA}, got {self.modality!r}")
+        if self.size < 1 or self.levels < 1:
+            raise ValueError(f"codebook size and levels must be >= 1, got {self.size}, {self.levels}")
+
+    def to_json(self) -> dict:
+        return {"size": self.size, "levels": self.levels, "tokenizer": dict(self.tokenizer)}
+
+
+@dataclass
+class Packed:
+    """A packed document: token ids and the modality (`Modality`) of each token."""
+
+    ids: np.ndarray  # (N,) int64
+    modality: np.ndarray  # (N,) uint8
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Unpacked:
+    """Segments recovered from ids, and what could not be decoded (empty when clean)."""
+
+    segments: list[dict]
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class UnifiedVocab:
+    """The shared id space of text, special tokens, size tokens and media codebooks."""
+
+    def __init__(
+        self,
+        text_size: int,
+        codebooks: Mapping[str, CodebookSpec] | Iterable[CodebookSpec] = (),
+        *,
+        max_size: int = 1024,
+        text_tokenizer: Mapping[str, Any] | None = None,
+    ):
+        if text_size < 0:
+            raise ValueError("text_size must be >= 0")
+        if max_size < 1:
+            raise ValueError("max_size must be >= 1")
+        books = list(codebooks.values()) if isinstance(codebooks, Mapping) else list(codebooks)
+        self.codebooks: dict[str, CodebookSpec] = {}
+        for cb in books:
+            if cb.modality in self.codebooks:
+                raise ValueError(f"two codebooks for modality {cb.modality!r}")
+            self.codebooks[cb.modality] = cb
+        self.text_size = text_size
+        self.max_size = max_size
+        self.text_tokenizer = dict(text_tokenizer or {})
+
+        self.special = {tok: text_size + i for i, tok in enumerate(SPECIAL_TOKENS)}
+        self.size_start = text_size + len(SPECIAL_TOKENS)  # id of <size:1>
+        nxt = self.size_start + max_size
+        # (modality, level) -> start id of that level's range
+        self.code_start: dict[tuple[str, int], int] = {}
+        for m in MEDIA:  # fixed order keeps the layout independent of argument order
+            cb = self.codebooks.get(m)
+            if cb is None:
+                continue
+            for lvl in range(cb.levels):
+                self.code_start[(m, lvl)] = nxt
+                nxt += cb.size
+        self.size = nxt
+        self._media_start = self.size_start + max_size
+        # Lookup tables over the media range: modality index and level of each code id.
+        n_media = self.size - self._media_start
+        self._code_mod = np.full(n_media, -1, dtype=np.int8)
+        self._code_lvl = np.zeros(n_media, dtype=np.int32)
+        for (m, lvl), s in self.code_start.items():
+            sl = slice(s - self._media_start, s - self._media_start + self.codebooks[m].size)
+            self._code_mod[sl] = MEDIA.index(m)
+            self._code_lvl[sl] = lvl
+
+    # ------------------------------------------------------------------ ids
+    @property
+    def bos(self) -> int:
+        return self.special["<bos>"]
+
+    @property
+    def eos(self) -> int:
+        return self.special["<eos>"]
+
+    @property
+    def pad(self) -> int:
+        return self.special["<pad>"]
+
+    @property
+    def id_dtype(self) -> np.dtype:
+        """Smallest unsigned dtype that holds every id (uint32 above 65,535)."""
+        return np.dtype(np.uint16) if self.size <= 65536 else np.dtype(np.uint32)
+
+    def size_token(self, n: int) -> int:
+        if not 1 <= n <= self.max_size:
+            raise ValueError(f"size {n} outside [1, {self.max_size}]; raise max_size")
+        return self.size_start + n - 1
+
+    def code_range(self, modality: str, level: int = 0) -> tuple[int, int]:
+        """[start, end) ids of one level of a modality's codebook."""
+        s = self.code_start[(modality, level)]
+        return s, s + self.codebooks[modality].size
+
+    def token_name(self, i: int) -> str:
+        """Human-readable name of an id, for debugging and error messages."""
+        i = int(i)
+        if 0 <= i < self.text_size:
+            return f"text:{i}"
+        for tok, j in self.special.items():
+            if i == j:
+                return tok
+        if self.size_start <= i < self._media_start:
+            return f"<size:{i - self.size_start + 1}>"
+        if self._media_start <= i < self.size:
+            k = i - self._media_start
+            m = MEDIA[self._code_mod[k]]
+            lvl = int(self._code_lvl[k])
+            return f"{m}:L{lvl}:{i - self.code_start[(m, lvl)]}"
+        return f"<invalid:{i}>"
+
+    # ----------------------------------------------------------------- pack
+    def pack(self, document: Iterable[Mapping[str, Any]], *, text_tokenizer=None, bos: bool = True, eos: bool = True) -> Packed:
+        """Pack a list of segments into ids and per-token modality ids.
+
+        Text may be a string (needs `text_tokenizer`, anything with
+        `encode(str) -> list[int]`) or a list of text ids."""
+        ids: list[np.ndarray] = []
+        mods: list[np.ndarray] = []
+
+        def emit(arr, modality):
+            arr = np.asarray(arr, dtype=np.int64).reshape(-1)
+            ids.append(arr)
+            mods.append(np.full(arr.shape, int(modality), dtype=np.uint8))
+
+        if bos:
+            emit([self.bos], Modality.TEXT)
+        for n, seg in enumerate(document):
+            if not isinstance(seg, Mapping) or len(seg) != 1:
+                raise ValueError(f"segment {n}: expected a one-key dict like {{'text': ...}}, got {seg!r:.80}")
+            (kind, value), = seg.items()
+            if kind == "text":
+                emit(self._text_ids(value, text_tokenizer, n), Modality.TEXT)
+            elif kind in MEDIA:
+                emit(self._span_ids(kind, value, n), Modality[kind.upper()])
+            else:
+                raise ValueError(f"segment {n}: unknown segment kind {kind!r}; expected text, image, video or audio")
+        if eos:
+            emit([self.eos], Modality.TEXT)
+        if not ids:
+            return Packed(np.zeros(0, np.int64), np.zeros(0, np.uint8))
+        return Packed(np.concatenate(ids), np.concatenate(mods))
+
+    def _text_ids(self, value, text_tokenizer, n) -> np.ndarray:
+        if isinstance(value, str):
+            if text_tokenizer is None:
+                raise ValueError(f"segment {n}: text given as a string but no text_tokenizer was passed")
+            value = text_tokenizer.encode(value)
+        arr = np.asarray(value, dtype=np.int64).reshape(-1)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.text_size):
+            raise ValueError(f"segment {n}: text id out of range [0, {self.text_size})")
+        return arr
+
+    def _span_ids(self, modality: str, codes, n) -> np.ndarray:
+        cb = self.codebooks.get(modality)
+        if cb is None:
+            raise ValueError(f"segment {n}: this vocabulary has no {modality} codebook")
+        arr = _as_int_array(codes, f"segment {n} ({modality})")
+        rank = _GRID_RANK[modality]
+        if modality == "audio":
+            if arr.ndim == 1 and cb.levels == 1:
+                arr = arr[None]
+            if arr.ndim != 2 or arr.shape[0] != cb.levels:
+                raise ValueError(f"segment {n}: audio codes must have shape ({cb.levels}, T), got {tuple(arr.shape)}")
+            grid = arr.shape[1:]
+        else:
+            if cb.levels == 1 and arr.ndim == rank:
+                arr = arr[None]
+            if arr.ndim != rank + 1 or arr.shape[0] != cb.levels:
+                want = f"({', '.join('HW' if rank == 2 else 'THW')})" if cb.levels == 1 else f"({cb.levels}, ...)"
+                raise ValueError(f"segment {n}: {modality} codes must have shape {want}, got {tuple(arr.shape)}")
+            grid = arr.shape[1:]
+            for d in grid:
+                if not 1 <= d <= self.max_size:
+                    raise ValueError(f"segment {n}: {modality} grid {tuple(grid)} outside [1, {self.max_size}]; raise max_size")
+        if arr.size and (arr.min() < 0 or arr.max() >= cb.size):
+            raise ValueError(f"segment {n}: {modality} code out of range [0, {cb.size})")
+        # (L, *grid) -> position-major, level-minor, each level shifted into its own range
+        offsets = np.array([self.code_start[(modality, lvl)] for lvl in range(cb.levels)], dtype=np.int64)
+        body = (arr.reshape(cb.levels, -1).T + offsets).reshape(-1)
+        begin, end = (self.special[t] for t in _MARKERS[modality])
+        header = [self.size_token(d) for d in grid] if _HEADER[modality] else []
+        return np.concatenate([[begin], header, body, [end]]).astype(np.int64)
+
+    # --------------------------------------------------------------- unpack
+    def unpack(self, ids, *, text_tokenizer=None) -> Unpacked:
+        """Recover segments from ids. Never raises on bad ids: anything that cannot
+        be decoded is skipped and described in `problems` (with its position).
+
+        Text comes back as a list of ids, or a string when `text_tokenizer`
+        (with `decode(list[int]) -> str`) is given. Consecutive text merges."""
+        arr = _as_int_array(ids, "ids").reshape(-1) if not isinstance(ids, np.ndarray) else ids.reshape(-1).astype(np.int64)
+        segments: list[dict] = []
+        problems: list[str] = []
+        text: list[int] = []
+
+        def flush_text():
+            if text:
+                segments.append({"text": text.copy()})
+                text.clear()
+
+        begin_of = {self.special[b]: m for m, (b, _) in _MARKERS.items()}
+        end_of = {self.special[e]: m for m, (_, e) in _MARKERS.items()}
+        skip = {self.bos, self.eos, self.pad}
+        i, n = 0, len(arr)
+        stray_start = None  # coalesce runs of undecodable tokens into one problem
+
+        def stray(pos, why):
+            nonlocal stray_start
+            if stray_start is None:
+                stray_start = (pos, why)
+
+        def end_stray(pos):
+            nonlocal stray_start
+            if stray_start is not None:
+                p0, why = stray_start
+                span = f"position {p0}" if pos - p0 == 1 else f"positions {p0}-{pos - 1}"
+                problems.append(f"{span}: {why}; skipped")
+                stray_start = None
+
+        while i < n:
+            t = int(arr[i])
+            if 0 <= t < self.text_size:
+                end_stray(i)
+                text.append(t)
+                i += 1
+            elif t in skip:
+                end_stray(i)
+                i += 1
+            elif t in begin_of and begin_of[t] in self.codebooks:
+                end_stray(i)
+                flush_text()
+                i = self._unpack_span(arr, i, begin_of[t], segments, problems)
+            elif t in end_of:
+                stray(i, f"{self.token_name(t)} without a matching begin marker")
+                i += 1
+            else:
+                stray(i, f"unexpected token {self.token_name(t)} outside a span")
+                i += 1
+        end_stray(n)
+        flush_text()
+        if text_tokenizer is not None:
+            for s in segments:
+                if "text" in s:
+                    s["text"] = text_tokenizer.decode(s["text"])
+        return Unpacked(segments, problems)
+
+    def _unpack_span(self, arr: np.ndarray, start: int, modality: str, segments: list, problems: list) -> int:
+        """Decode the span beginning at `start`; return the index to resume from."""
+        cb = self.codebooks[modality]
+        end_tok = self.special[_MARKERS[modality][1]]
+        n = len(arr)
+        i = start + 1
+        grid = []
+        for _ in range(_HEADER[modality]):
+            if i < n and self.size_start <= arr[i] < self._media_start:
+                grid.append(int(arr[i]) - self.size_start + 1)
+                i += 1
+            else:
+                got = "end of sequence" if i >= n else self.token_name(arr[i])
+                problems.append(f"position {start}: {modality} span header incomplete (got {got}); span skipped")
+                return i
+        # Codes: the longest run of this modality's code ids.
+        j = i
+        mi = MEDIA.index(modality)
+        while j < n and self._media_start <= arr[j] < self.size and self._code_mod[arr[j] - self._media_start] == mi:
+            j += 1
+        body = arr[i:j] - self._media_start
+        levels = self._code_lvl[body]
+        expected_lvl = np.arange(len(body)) % cb.levels
+        terminated = j < n and arr[j] == end_tok
+        resume = j + 1 if terminated else j
+        if np.any(levels != expected_lvl):
+            k = int(np.argmax(levels != expected_lvl))
+            problems.append(f"position {i + k}: {modality} code of level {levels[k]} where level {expected_lvl[k]} was expected; span skipped")
+            return resume
+        values = (arr[i:j] - np.array([self.code_start[(modality, lvl)] for lvl in range(cb.levels)])[levels]).astype(np.int64)
+        if modality == "audio":
+            frames = len(values) // cb.levels
+            if len(values) % cb.levels:
+                problems.append(f"position {start}: audio span ends inside a frame; kept {frames} whole frames")
+            if not terminated:
+                problems.append(f"position {start}: audio span not closed by <eoa> (truncated?); kept {frames} frames")
+            if frames == 0:
+                return resume
+            codes = values[: frames * cb.levels].reshape(frames, cb.levels).T
+        else:
+            want = int(np.prod(grid)) * cb.levels
+            if len(values) != want:
+                problems.append(
+                    f"position {start}: {modality} span of grid {tuple(grid)} needs {want} codes, got {len(values)}; span skipped"
+                )
+                return resume
+            if not terminated:
+                problems.append(f"position {start}: {modality} span not closed by its end marker; kept")
+            codes = values.reshape(*grid, cb.levels)
+            codes = np.moveaxis(codes, -1, 0)
+            if cb.levels == 1:
+                codes = codes[0]
+        segments.append({modality: np.ascontiguousarray(codes)})
+        return resume
+
+    # ------------------------------------------------------------- manifest
+    def manifest(self) -> dict:
+        body = {
+            "format": FORMAT,
+            "text": {"size": self.text_size, "tokenizer": self.text_tokenizer},
+            "special_tokens": list(SPECIAL_TOKENS),
+            "max_size": self.max_size,
+            "codebooks": {m: cb.to_json() for m, cb in self.codebooks.items()},
+            "ranges": self._ranges(),
+            "total_size": self.size,
+        }
+        return {**body, "hash": _hash(body)}
+
+    @property
+    def hash(self) -> str:
+        return self.manifest()["hash"]
+
+    def _ranges(self) -> dict:
+        r = {"text": [0, self.text_size], "special": [self.text_size, self.size_start], "size": [self.size_start, self._media_start]}
+        for (m, lvl), s in self.code_start.items():
+            r[f"{m}/{lvl}"] = [s, s + self.codebooks[m].size]
+        return r
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any], *, source: str = "manifest") -> "UnifiedVocab":
+        try:
+            if manifest.get("format") != FORMAT:
+                raise CheckpointError(f"{source}: not a unitok vocabulary manifest (format {manifest.get('format')!r})")
+            body = {k: v for k, v in manifest.items() if k != "hash"}
+            if manifest.get("hash") != _hash(body):
+                raise CheckpointError(f"{source}: vocabulary manifest hash does not match its content (edited or corrupt)")
+            if list(manifest["special_tokens"]) != list(SPECIAL_TOKENS):
+                raise VocabMismatchError(f"{source}: special tokens {manifest['special_tokens']} differ from this version's")
+            books = [CodebookSpec(m, c["size"], c["levels"], c.get("tokenizer", {})) for m, c in manifest["codebooks"].items()]
+            vocab = cls(manifest["text"]["size"], books, max_size=manifest["max_size"], text_tokenizer=manifest["text"].get("tokenizer"))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{source}: malformed vocabulary manifest ({type(e).__name__}: {e})") from None
+        if vocab.manifest()["hash"] != manifest["hash"]:
+            raise VocabMismatchError(f"{source}: manifest ranges disagree with the layout this version computes")
+        return vocab
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "UnifiedVocab":
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"vocabulary manifest not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: vocabulary manifest is not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: vocabulary manifest must be a JSON object")
+        return cls.from_manifest(data, source=str(path))
+
+    def check_same(self, other: "UnifiedVocab | Mapping[str, Any]", what: str = "data") -> None:
+        """Raise `VocabMismatchError` naming the first differences if `other` differs."""
+        theirs = other.manifest() if isinstance(other, UnifiedVocab) else dict(other)
+        mine = self.manifest()
+        if theirs.get("hash") == mine["hash"]:
+            return
+        diffs = _diff(mine, theirs)
+        raise VocabMismatchError(
+            f"{what} was built with a different vocabulary (hash {str(theirs.get('hash'))[:12]} vs {mine['hash'][:12]}): "
+            + "; ".join(diffs[:4])
+            + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        )
+
+    def __repr__(self) -> str:
+        books = ", ".join(f"{m}={cb.levels}x{cb.size}" for m, cb in self.codebooks.items())
+        return f"UnifiedVocab(size={self.size}, text={self.text_size}, {books})"
+
+
+def _hash(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k == "hash":
+                continue
+            p = f"{path}.{k}" if path else str(k)
+            if k not in a:
+                out.append(f"{p} only in theirs")
+            elif k not in b:
+                out.append(f"{p} missing in theirs")
+            else:
+                out.extend(_diff(a[k], b[k], p))
+        return out
+    return [] if a == b else [f"{path}: {b!r} vs {a!r}"]
+
+
+def _as_int_array(x, what: str) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        if arr.size == 0:
+            return arr.astype(np.int64)
+        raise ValueError(f"{what}: expected integer codes, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
