@@ -6,9 +6,10 @@ implementation ("sdpa": torch reference, always available).
 
 from __future__ import annotations
 
-from unitok.kernels.reference import attention_mask, attention_reference
+from unitok.kernels.reference import attention_mask, attention_reference, linear_cross_entropy_reference
 
 BACKENDS = ("sdpa",)
+CE_BACKENDS = ("torch",)
 
 
 def attention(q, k, v, *, causal: bool = True, doc_ids=None, span_ids=None, scale=None, backend: str = "sdpa"):
@@ -22,4 +23,17 @@ def attention(q, k, v, *, causal: bool = True, doc_ids=None, span_ids=None, scal
     raise ValueError(f"unknown attention backend {backend!r}; available: {', '.join(BACKENDS)}")
 
 
-__all__ = ["attention", "attention_mask", "attention_reference", "BACKENDS"]
+def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = -100, label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, reduction: str = "mean", backend: str = "torch"):
+    """Cross-entropy of `hidden @ weight.T` against `targets` (+ optional z-loss).
+
+    hidden: (N, D); weight: (V, D); targets: (N,). "torch" is the unfused reference.
+    """
+    if backend == "torch":
+        return linear_cross_entropy_reference(hidden, weight, targets, ignore_index=ignore_index,
+                                              label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction)
+    raise ValueError(f"unknown cross-entropy backend {backend!r}; available: {', '.join(CE_BACKENDS)}")
+
+
+__all__ = ["attention", "attention_mask", "attention_reference", "linear_cross_entropy",
+           "linear_cross_entropy_reference", "BACKENDS", "CE_BACKENDS"]

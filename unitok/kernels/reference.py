@@ -39,3 +39,26 @@ def attention_reference(q, k, v, *, causal: bool = True, doc_ids=None, span_ids=
     if doc_ids is None and span_ids is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def linear_cross_entropy_reference(
+    hidden, weight, targets, *, ignore_index: int = -100, label_smoothing: float = 0.0, z_loss: float = 0.0, reduction: str = "mean"
+):
+    """Unfused reference: logits = hidden @ weight.T, then cross-entropy (+ z-loss).
+
+    hidden: (N, D); weight: (V, D); targets: (N,) ints (ignore_index skipped).
+    z-loss adds `z_loss * logsumexp(logits)**2` per counted token (PaLM), which
+    keeps the softmax normalizer near 1. Mean is over non-ignored tokens.
+    Returns the loss (a scalar for "mean"/"sum", (N,) for "none").
+    """
+    logits = (hidden @ weight.t()).float()  # (N, V): this is what the fused kernel never materializes
+    loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="none")
+    valid = targets != ignore_index
+    if z_loss:
+        lse = torch.logsumexp(logits, dim=-1)
+        loss = loss + z_loss * lse.pow(2) * valid
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / valid.sum().clamp(min=1)
