@@ -1,25 +1,56 @@
-"""Fused kernels and the attention dispatcher.
+"""Fused kernels and their dispatchers.
 
-`attention(q, k, v, ...)` is what the model calls; `backend` picks the
-implementation ("sdpa": torch reference, always available).
+Each op takes `backend=`:
+- attention:            "sdpa" (torch reference), "triton" (fused flash attention), "auto"
+- linear_cross_entropy: "torch" (unfused reference), "chunked" (pure torch, never holds all logits),
+                        "triton" (fused kernel), "auto"
+- rms_norm:             "torch" (reference), "triton" (fused kernel), "auto"
+
+"auto" picks the Triton kernel for CUDA tensors it supports and falls back to torch otherwise.
+"triton" always runs the kernel: on a machine without CUDA it runs in Triton's interpreter
+(TRITON_INTERPRET=1, set automatically there; slow, for tests). The Triton modules are imported
+only when a Triton backend is used, so importing unitok.kernels never imports triton.
 """
 
 from __future__ import annotations
 
-from unitok.kernels.reference import attention_mask, attention_reference, linear_cross_entropy_reference
+import torch
 
-BACKENDS = ("sdpa",)
-CE_BACKENDS = ("torch",)
+from unitok.kernels.reference import (attention_mask, attention_reference, linear_cross_entropy_reference,
+                                      rms_norm_reference)
+
+BACKENDS = ("sdpa", "triton", "auto")
+CE_BACKENDS = ("torch", "chunked", "triton", "auto")
+NORM_BACKENDS = ("torch", "triton", "auto")
+
+
+def _triton_ok(*tensors) -> bool:
+    """True when "auto" should use Triton: CUDA tensors and an importable triton."""
+    if not all(t.is_cuda for t in tensors):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def attention(q, k, v, *, causal: bool = True, doc_ids=None, span_ids=None, scale=None, backend: str = "sdpa"):
     """Multi-head attention with GQA, causal, document and bidirectional-span masking.
 
     q: (B, Hq, T, D); k, v: (B, Hkv, T, D), Hq % Hkv == 0; doc_ids/span_ids: (B, T) ints.
-    Returns (B, Hq, T, D).
+    Returns (B, Hq, T, D). Semantics: `reference.attention_mask`. The triton backend needs every
+    document and every nonzero span to be one contiguous run of positions (packing gives that).
     """
+    if backend == "auto":
+        half = q.dtype in (torch.float16, torch.bfloat16)
+        backend = "triton" if _triton_ok(q) and half and q.shape[-1] in (16, 32, 64, 128) else "sdpa"
     if backend == "sdpa":
         return attention_reference(q, k, v, causal=causal, doc_ids=doc_ids, span_ids=span_ids, scale=scale)
+    if backend == "triton":
+        from unitok.kernels.attention import flash_attention
+
+        return flash_attention(q, k, v, causal=causal, doc_ids=doc_ids, span_ids=span_ids, scale=scale)
     raise ValueError(f"unknown attention backend {backend!r}; available: {', '.join(BACKENDS)}")
 
 
@@ -27,13 +58,42 @@ def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = -100, l
                          z_loss: float = 0.0, reduction: str = "mean", backend: str = "torch"):
     """Cross-entropy of `hidden @ weight.T` against `targets` (+ optional z-loss).
 
-    hidden: (N, D); weight: (V, D); targets: (N,). "torch" is the unfused reference.
+    hidden: (N, D); weight: (V, D); targets: (N,). "torch" is the unfused reference; "chunked" and
+    "triton" never materialize the (N, V) logits and compute the gradients of hidden and weight
+    during the forward pass.
     """
+    kw = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction)
+    if backend == "auto":
+        backend = "triton" if _triton_ok(hidden, weight) and reduction != "none" else "chunked"
     if backend == "torch":
-        return linear_cross_entropy_reference(hidden, weight, targets, ignore_index=ignore_index,
-                                              label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction)
+        return linear_cross_entropy_reference(hidden, weight, targets, **kw)
+    if backend == "chunked":
+        from unitok.kernels.cross_entropy import linear_cross_entropy_chunked
+
+        return linear_cross_entropy_chunked(hidden, weight, targets, **kw)
+    if backend == "triton":
+        from unitok.kernels.cross_entropy import linear_cross_entropy_triton
+
+        return linear_cross_entropy_triton(hidden, weight, targets, **kw)
     raise ValueError(f"unknown cross-entropy backend {backend!r}; available: {', '.join(CE_BACKENDS)}")
 
 
+def rms_norm(x, weight, eps: float = 1e-6, *, backend: str = "torch"):
+    """y = x / sqrt(mean(x**2, -1) + eps) * weight, computed in fp32, returned in x's dtype.
+
+    x: (..., D); weight: (D,) or None.
+    """
+    if backend == "auto":
+        backend = "triton" if _triton_ok(x) else "torch"
+    if backend == "torch":
+        return rms_norm_reference(x, weight, eps)
+    if backend == "triton":
+        from unitok.kernels.rms_norm import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps)
+    raise ValueError(f"unknown rms_norm backend {backend!r}; available: {', '.join(NORM_BACKENDS)}")
+
+
 __all__ = ["attention", "attention_mask", "attention_reference", "linear_cross_entropy",
-           "linear_cross_entropy_reference", "BACKENDS", "CE_BACKENDS"]
+           "linear_cross_entropy_reference", "rms_norm", "rms_norm_reference", "BACKENDS", "CE_BACKENDS",
+           "NORM_BACKENDS"]

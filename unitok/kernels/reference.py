@@ -62,3 +62,12 @@ def linear_cross_entropy_reference(
     if reduction == "sum":
         return loss.sum()
     return loss.sum() / valid.sum().clamp(min=1)
+
+
+def rms_norm_reference(x, weight=None, eps: float = 1e-6):
+    """x: (..., D); weight: (D,) or None. Normalizes in fp32, returns x's dtype."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.float()
+    return y.to(x.dtype)
