@@ -149,7 +149,7 @@ def _attn_fwd(Q, K, V, O, LSE, LO, HI,
               GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               UPCAST: tl.constexpr):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(1).to(tl.int64)  # int64 base offsets: B*H*T*D may exceed 2**31
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP
@@ -218,7 +218,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, QLO, QHI,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    UPCAST: tl.constexpr):
     pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)  # over B * HKV
+    pid_bh = tl.program_id(1).to(tl.int64)  # over B * HKV; int64 base offsets (B*H*T*D may exceed 2**31)
     b = pid_bh // HKV
     hk = pid_bh % HKV
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -287,7 +287,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, LO, HI,
                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  UPCAST: tl.constexpr):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(1).to(tl.int64)  # int64 base offsets: B*H*T*D may exceed 2**31
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP
