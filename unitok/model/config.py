@@ -1,0 +1,94 @@
+"""The transformer's config dataclass and its named size presets.
+
+One `ModelConfig` describes a `UnifiedTransformer`; it is stored (as JSON) in
+every LM checkpoint. Presets are functions so a recipe can start from one and
+override a few fields; parameter counts are for a 2,048-id vocabulary with tied
+embeddings unless stated (`UnifiedTransformer.num_params()` gives the exact one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+__all__ = ["ModelConfig", "debug", "text", "small", "base", "PRESETS", "preset"]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 2048
+    dim: int = 256
+    n_layer: int = 6
+    n_head: int = 8
+    n_kv_head: Optional[int] = None  # None: = n_head (plain MHA); fewer heads: GQA
+    ffn_hidden: Optional[int] = None  # None: ffn_mult * dim rounded up to ffn_multiple_of
+    ffn_mult: float = 8 / 3  # SwiGLU with 8/3 * dim hidden costs what a 4 * dim GELU MLP costs
+    ffn_multiple_of: int = 32
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    qk_norm: bool = True
+    z_loss: float = 0.0  # weight of logsumexp(logits)**2 in the training loss (PaLM uses 1e-4)
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    attention: str = "sdpa"  # backend name for unitok.kernels.attention
+    ce_backend: str = "torch"  # backend name for unitok.kernels.linear_cross_entropy
+
+    def __post_init__(self):
+        if self.dim % self.n_head:
+            raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
+        if self.n_head % self.kv_heads:
+            raise ValueError(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
+        if (self.dim // self.n_head) % 2:
+            raise ValueError(f"head dim {self.dim // self.n_head} must be even for RoPE")
+        if min(self.vocab_size, self.n_layer, self.max_seq_len) < 1:
+            raise ValueError("vocab_size, n_layer and max_seq_len must be >= 1")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        h = int(self.ffn_mult * self.dim)
+        return -(-h // self.ffn_multiple_of) * self.ffn_multiple_of
+
+
+def debug(**kw) -> ModelConfig:
+    """Tiny model for tests: 2 layers, dim 32, GQA 4/2 heads (~70k params at vocab 512)."""
+    return replace(ModelConfig(vocab_size=512, dim=32, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=64), **kw)
+
+
+def text(**kw) -> ModelConfig:
+    """Default text model, tuned for ~10 CPU-minutes on 1 MB of text: 4 layers, dim 256,
+    8 heads, context 256 (~3.7M params at vocab 2,048 + specials)."""
+    return replace(ModelConfig(dim=256, n_layer=4, n_head=8, max_seq_len=256, dropout=0.0), **kw)
+
+
+def small(**kw) -> ModelConfig:
+    """12 layers, dim 768, 12 heads, GQA 4 kv heads, context 2048 (~74M params at vocab 32k untied
+    embeddings excluded; ~124M with them)."""
+    return replace(ModelConfig(vocab_size=32768, dim=768, n_layer=12, n_head=12, n_kv_head=4,
+                               max_seq_len=2048, tie_embeddings=False, z_loss=1e-4), **kw)
+
+
+def base(**kw) -> ModelConfig:
+    """24 layers, dim 1024, 16 heads, GQA 4 kv heads, context 4096 (~270M non-embedding params;
+    ~340M with untied 32k embeddings)."""
+    return replace(ModelConfig(vocab_size=32768, dim=1024, n_layer=24, n_head=16, n_kv_head=4,
+                               max_seq_len=4096, tie_embeddings=False, z_loss=1e-4), **kw)
+
+
+PRESETS = {"debug": debug, "text": text, "small": small, "base": base}
+
+
+def preset(name: str, **kw) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name](**kw)

@@ -1,0 +1,205 @@
+"""Llama-style decoder-only transformer over the unified vocabulary.
+
+RMSNorm (pre-norm), RoPE, SwiGLU, optional QK-norm, grouped-query attention.
+Attention goes through `unitok.kernels.attention` and the loss through
+`unitok.kernels.linear_cross_entropy`, so fused kernels plug in by backend name.
+Single-device code: parallelism is applied from outside.
+
+    model = UnifiedTransformer(cfg)
+    loss = model(ids, targets)                 # ids, targets: (B, T); -100 targets are skipped
+    logits = model(ids)                        # (B, T, V)
+    cache = model.new_cache(B, max_len)
+    logits = model(prompt, cache=cache)        # prefill
+    logits = model(next_ids[:, None], cache=cache)   # one-token decode steps
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unitok.kernels import attention, linear_cross_entropy
+from unitok.model.config import ModelConfig
+
+__all__ = ["UnifiedTransformer", "KVCache", "doc_positions"]
+
+
+def doc_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) document ids -> (B, T) positions that restart at 0 where the id changes."""
+    B, T = doc_ids.shape
+    idx = torch.arange(T, device=doc_ids.device).expand(B, T)
+    start = torch.ones_like(doc_ids, dtype=torch.bool)
+    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.cummax(torch.where(start, idx, torch.zeros_like(idx)), dim=1).values  # start index of each token's doc
+    return idx - first
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin: (max_len, head_dim // 2) in fp32."""
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    ang = torch.outer(torch.arange(max_len, dtype=torch.float64), inv)
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (B or 1, 1, T, D/2). Rotates pairs (x[:D/2], x[D/2:])."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.type_as(x)
+
+
+class KVCache:
+    """Keys and values of every layer for generation: prefill once, then one token per step.
+
+    k, v: (n_layer, B, Hkv, max_len, D); `pos` tokens are filled.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (cfg.n_layer, batch, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, Hkv, t, D) at the current position; return everything so far."""
+        t = k.shape[2]
+        if self.pos + t > self.max_len:
+            raise ValueError(f"KV cache full: {self.pos} + {t} > {self.max_len} tokens")
+        self.k[layer, :, :, self.pos:self.pos + t] = k
+        self.v[layer, :, :, self.pos:self.pos + t] = v
+        end = self.pos + t
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd = cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_head * hd, bias=False)
+        self.wkv = nn.Linear(cfg.dim, 2 * cfg.kv_heads * hd, bias=False)
+        self.wo = nn.Linear(cfg.n_head * hd, cfg.dim, bias=False)
+        self.q_norm = nn.RMSNorm(hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x, cos, sin, doc_ids=None, span_ids=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape
+        cfg = self.cfg
+        q = self.wq(x).view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)  # (B, Hq, T, D)
+        k, v = self.wkv(x).view(B, T, 2, cfg.kv_heads, cfg.head_dim).permute(2, 0, 3, 1, 4)  # 2 x (B, Hkv, T, D)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            y = attention(q, k, v, causal=True, doc_ids=doc_ids, span_ids=span_ids, backend=cfg.attention)
+        else:
+            first = cache.pos == 0
+            k, v = cache.update(layer, k, v)
+            if first:  # prefill: ordinary causal attention over the prompt
+                y = attention(q, k, v, causal=True, backend=cfg.attention)
+            else:  # decode: T new queries see the whole cache (T == 1 in practice: no mask needed)
+                if T != 1:
+                    raise ValueError("after prefill, decode one token at a time")
+                # One query row against the cache is not a flash-attention workload: plain SDPA.
+                y = attention(q, k, v, causal=False, backend="sdpa")
+        y = y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_dim)
+        return self.wo(y)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x), w1 and w3 fused into one matmul."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        a, b = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(a) * b)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.ffn = FeedForward(cfg)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, cos, sin, doc_ids=None, span_ids=None, cache=None, layer=0):
+        h = self.attn(self.attn_norm(x), cos, sin, doc_ids, span_ids, cache, layer)
+        x = x + F.dropout(h, self.dropout, self.training)
+        h = self.ffn(self.ffn_norm(x))
+        return x + F.dropout(h, self.dropout, self.training)
+
+
+class UnifiedTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Normal(0, 0.02) weights; residual output projections scaled by 1/sqrt(2 n_layer) (GPT-2)."""
+        out_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue  # norm gains keep their ones
+            nn.init.normal_(p, std=out_std if name.endswith(("wo.weight", "w2.weight")) else 0.02)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+
+    def num_params(self, embeddings: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n if embeddings else n - self.tok_emb.weight.numel()
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        p = self.tok_emb.weight
+        return KVCache(self.cfg, batch, max_len or self.cfg.max_seq_len, device=p.device, dtype=p.dtype)
+
+    def hidden(self, ids, doc_ids=None, span_ids=None, cache: KVCache | None = None) -> torch.Tensor:
+        """ids: (B, T) -> final-normed hidden states (B, T, dim)."""
+        B, T = ids.shape
+        start = 0 if cache is None else cache.pos
+        if start + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        if doc_ids is not None:
+            if cache is not None:
+                raise ValueError("doc_ids are for packed training sequences, not cached generation")
+            pos = doc_positions(doc_ids)  # (B, T): RoPE restarts in every packed document
+            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, D/2)
+        else:
+            cos, sin = self.rope_cos[start:start + T][None, None], self.rope_sin[start:start + T][None, None]
+        x = self.tok_emb(ids)  # (B, T, dim)
+        x = F.dropout(x, self.cfg.dropout, self.training)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, doc_ids, span_ids, cache, i)
+        if cache is not None:
+            cache.pos += T
+        return self.norm(x)
+
+    def forward(self, ids, targets=None, doc_ids=None, span_ids=None, cache: KVCache | None = None,
+                reduction: str = "mean", z_loss: float | None = None):
+        """Without targets: logits (B, T, V) in fp32. With targets (B, T): the loss
+        (mean over non-ignored tokens, plus z-loss; `reduction="sum"`/`"none"` and
+        `z_loss=0` give plain token NLLs for evaluation)."""
+        h = self.hidden(ids, doc_ids, span_ids, cache)
+        if targets is None:
+            return (h @ self.output_weight.t()).float()
+        return linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.output_weight, targets.reshape(-1),
+                                    ignore_index=-100, z_loss=self.cfg.z_loss if z_loss is None else z_loss,
+                                    reduction=reduction, backend=self.cfg.ce_backend)
