@@ -415,7 +415,7 @@ class AudioTokenizer(NeuralTokenizer):
                 i, name = m.groups()
                 prefix = f"quantizer.layers.{i}._codebook."
                 if name == "inited":
-                    ours[prefix + "initted"] = torch.tensor([True])
+                    ours[prefix + "initted"] = torch.tensor(True)
                 else:
                     ours[prefix + name] = v.float()[None]  # one codebook "head"
             elif k.startswith(("encoder.", "decoder.")):
