@@ -46,7 +46,8 @@ class EncodecTrainConfig:
     # loss weights
     l1: float = 0.1
     mel: float = 1.0
-    sisnr: float = 0.05  # per dB
+    sisnr: float = 0.0  # per dB of negative SI-SNR
+    corr: float = 1.0  # 1 - correlation(y, x): the waveform-matching term that lifts SI-SNR
     adv: float = 1.0
     feat: float = 1.0
     mel_n_ffts: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
@@ -80,6 +81,12 @@ def train_from_recipe(args, data: dict) -> int:
         raise ConfigError(f"{args.config}: modality must be 'audio' for the EnCodec trainer")
     train(recipe, args.data, args.out, resume=getattr(args, "resume", False))
     return 0
+
+
+def _resume_key(recipe: dict) -> dict:
+    # what must match to resume: everything but the run length and logging cadence
+    train = {k: v for k, v in recipe["train"].items() if k not in ("steps", "minutes", "log_every", "ckpt_every", "threads")}
+    return {**recipe, "train": train}
 
 
 def _lr_factor(progress: float, step: int, cfg: EncodecTrainConfig) -> float:
@@ -132,14 +139,15 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
     disc = MultiScaleSTFTDiscriminator(mcfg.channels, cfg.disc_n_ffts, cfg.disc_filters).to(device) if cfg.disc else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas) if disc is not None else None
-    balancer = LossBalancer({"l1": cfg.l1, "mel": cfg.mel, "sisnr": cfg.sisnr, "adv": cfg.adv, "feat": cfg.feat}) \
+    balancer = LossBalancer({"l1": cfg.l1, "mel": cfg.mel, "sisnr": cfg.sisnr, "corr": cfg.corr, "adv": cfg.adv, "feat": cfg.feat}) \
         if cfg.balancer else None
 
     step, elapsed_before = 0, 0.0
     if resume:
         state = torch.load(str(ckpt_path), map_location=device, weights_only=True)
-        if state["recipe"] != to_dict(recipe):
-            raise CheckpointError(f"{ckpt_path}: was written by a different recipe; resume with the same config")
+        if _resume_key(state["recipe"]) != _resume_key(to_dict(recipe)):
+            raise CheckpointError(f"{ckpt_path}: was written by a different recipe; resume with the same config "
+                                  f"(only train.steps, train.minutes, train.log_every, train.ckpt_every may change)")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         if disc is not None:
@@ -219,7 +227,7 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
             parts["adv"] = generator_adv_loss(fake_logits)
             parts["feat"] = feature_matching_loss(real_feats, fake_feats)
             parts["d"] = d_loss.detach()
-        weights = {"l1": cfg.l1, "mel": cfg.mel, "sisnr": cfg.sisnr, "adv": cfg.adv, "feat": cfg.feat}
+        weights = {"l1": cfg.l1, "mel": cfg.mel, "sisnr": cfg.sisnr, "corr": cfg.corr, "adv": cfg.adv, "feat": cfg.feat}
         opt.zero_grad(set_to_none=True)
         if balancer is not None:
             balancer.weights = {k: w for k, w in weights.items() if w > 0 and k in parts}
@@ -242,8 +250,8 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
                 bar.update(1)
             if step % cfg.log_every == 0 or step == 1:
                 rec = {"step": step, "min": round((elapsed_before + time.time() - t0) / 60, 3), "lr": cfg.lr * lr_f,
-                       "loss": float(loss), "commit": float(commit),
-                       **{k: float(v) for k, v in parts.items()},
+                       "loss": float(loss.detach()), "commit": float(commit.detach()),
+                       **{k: float(v.detach()) for k, v in parts.items()},
                        "usage": [round(float(codes[:, i].unique().numel()) / mcfg.codebook_size, 3)
                                  for i in range(codes.shape[1])]}
                 log.write(json.dumps(rec) + "\n")
