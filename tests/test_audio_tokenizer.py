@@ -1,0 +1,202 @@
+"""EnCodec audio tokenizer: shapes, gradients, official-weight loading (both formats), resampler."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unitok.data.audio import resample, to_model_format
+from unitok.errors import CheckpointError
+from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig, hf_to_encodec_state_dict
+from unitok.tokenizers.base import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return AudioTokenizer(AudioTokenizerConfig.tiny()).eval()
+
+
+@pytest.mark.parametrize("n", [64 * 20, 1000, 64 * 7 + 1, 50])
+@pytest.mark.parametrize("bandwidth,levels", [(None, 4), (0.2, 1), (0.5, 2)])
+def test_encode_decode_shapes(tiny, n, bandwidth, levels):
+    # tiny: 16 kHz, hop 64 -> 250 Hz frames, 6 bits -> 1.5 kbps per level
+    bw = None if bandwidth is None else levels * 1.5
+    x = torch.randn(2, 1, n) * 0.1
+    codes = tiny.encode(x, bandwidth=bw)
+    assert codes.shape == (2, levels, math.ceil(n / 64))
+    assert codes.dtype == torch.int64 and codes.min() >= 0 and codes.max() < 64
+    assert tiny.decode(codes, length=n).shape == (2, 1, n)
+    assert tiny.decode(codes).shape == (2, 1, math.ceil(n / 64) * 64)
+    # the first levels do not depend on how many are used
+    full = tiny.encode(x)
+    assert torch.equal(full[:, :levels], codes)
+
+
+def test_bandwidths_and_errors(tiny):
+    assert tiny.codebook_sizes == [64] * 4
+    assert tiny.bandwidths == [1.5, 3.0, 4.5, 6.0]
+    assert tiny.levels_for_bandwidth(4.0) == 2
+    with pytest.raises(ValueError, match=r"\(B, 1, N\)"):
+        tiny.encode(torch.randn(1, 2, 100))
+    with pytest.raises(Exception, match="below one level"):
+        tiny.encode(torch.randn(1, 1, 100), bandwidth=0.1)
+
+
+def test_stereo_any_rate():
+    tok = AudioTokenizer(AudioTokenizerConfig.tiny(channels=2, sample_rate=22050)).eval()
+    x = torch.randn(1, 2, 3001) * 0.1
+    codes = tok.encode(x)
+    assert codes.shape == (1, 4, math.ceil(3001 / 64))
+    assert tok.decode(codes, length=3001).shape == (1, 2, 3001)
+
+
+def test_gradients_reach_encoder_and_codebooks_learn():
+    torch.manual_seed(0)
+    tok = AudioTokenizer(AudioTokenizerConfig.tiny(quantize_dropout=False)).train()
+    x = torch.randn(4, 1, 2048) * 0.1
+    y, codes, commit = tok(x)
+    assert y.shape == x.shape and codes.shape == (4, 4, 32)
+    ((y - x).abs().mean() + commit).backward()
+    enc = [p for p in tok.encoder.parameters()]
+    with_grad = [p for p in enc if p.grad is not None and p.grad.abs().sum() > 0]
+    assert len(with_grad) == len(enc), f"{len(enc) - len(with_grad)} encoder tensors got no gradient"
+    assert all(p.grad is not None for p in tok.decoder.parameters())
+
+
+def test_save_load_roundtrip(tmp_path, tiny):
+    tiny.save_pretrained(tmp_path / "t")
+    back = load_tokenizer(tmp_path / "t")
+    assert isinstance(back, AudioTokenizer)
+    x = torch.randn(1, 1, 999) * 0.1
+    assert torch.equal(back.encode(x), tiny.encode(x))
+    assert torch.allclose(back.decode(tiny.encode(x)), tiny.decode(tiny.encode(x)))
+
+
+# --- official weights -------------------------------------------------------------------------
+
+def _tiny_hf(stereo48: bool = False):
+    """A tiny transformers EncodecModel with random weights and random codebooks."""
+    from transformers import EncodecConfig, EncodecModel
+
+    kw = dict(num_filters=4, upsampling_ratios=[4, 2], hidden_size=8, num_lstm_layers=1, codebook_size=32,
+              num_residual_layers=1)
+    if stereo48:  # the 48 kHz model's structure: stereo, non-causal, time group norm, RMS-normalised 1 s chunks
+        cfg = EncodecConfig(sampling_rate=800, audio_channels=2, norm_type="time_group_norm", use_causal_conv=False,
+                            normalize=True, chunk_length_s=1.0, overlap=0.01, target_bandwidths=[0.5, 2.0], **kw)
+    else:  # 24 kHz structure
+        cfg = EncodecConfig(sampling_rate=800, audio_channels=1, target_bandwidths=[0.5, 2.0], **kw)
+    torch.manual_seed(1)
+    model = EncodecModel(cfg).eval()
+    with torch.no_grad():
+        for layer in model.quantizer.layers:
+            layer.codebook.embed.copy_(torch.randn_like(layer.codebook.embed) * 0.3)
+            layer.codebook.embed_avg.copy_(layer.codebook.embed)
+        for name, p in model.named_parameters():  # break the symmetry of any default-initialised params
+            p.add_(torch.randn_like(p) * 0.01)
+    return model
+
+
+def _hf_reference(model, x, bandwidth):
+    enc = model.encode(x, bandwidth=bandwidth)
+    codes = torch.cat(list(enc.audio_codes), -1)  # (chunks, B, L, T) -> (B, L, chunks*T)
+    if enc.last_frame_pad_length:
+        codes = codes[..., : codes.shape[-1] - enc.last_frame_pad_length]
+    wav = model.decode(enc.audio_codes, enc.audio_scales, last_frame_pad_length=enc.last_frame_pad_length).audio_values
+    return codes, wav
+
+
+def test_hf_format_matches_transformers(tmp_path):
+    model = _tiny_hf()
+    model.save_pretrained(tmp_path / "hf")
+    tok = AudioTokenizer.from_hf(tmp_path / "hf")
+    # frame rate 100 Hz, 5 bits/level -> 0.5 kbps per level; bandwidth 2.0 -> 4 levels
+    assert tok.config.num_levels == model.quantizer.num_quantizers and tok.frame_rate == 100
+    x = torch.randn(2, 1, 1003) * 0.2
+    for bw, levels in [(0.5, 1), (2.0, 4)]:
+        ref_codes, ref_wav = _hf_reference(model, x, bw)
+        codes = tok.encode(x, bandwidth=bw)
+        assert codes.shape[1] == levels
+        assert torch.equal(codes, ref_codes)
+        wav = tok.decode(codes)
+        assert torch.allclose(wav[..., : ref_wav.shape[-1]], ref_wav, atol=1e-5), (wav[..., :ref_wav.shape[-1]] - ref_wav).abs().max()
+    # pytorch_model.bin variant, read with weights_only
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    tok2 = AudioTokenizer.from_hf(tmp_path / "bin")
+    assert torch.equal(tok2.encode(x, bandwidth=2.0), tok.encode(x, bandwidth=2.0))
+
+
+def test_hf_format_48k_structure_chunks_and_scales(tmp_path):
+    model = _tiny_hf(stereo48=True)
+    model.save_pretrained(tmp_path / "hf48")
+    tok = AudioTokenizer.from_hf(tmp_path / "hf48")
+    assert tok.config.normalize and tok.config.chunk_length_s == 1.0 and not tok.config.causal
+    x = torch.randn(1, 2, 2100) * 0.3  # 800 Hz rate, 1 s chunks with 1% overlap -> 3 chunks
+    ref_codes, ref_wav = _hf_reference(model, x, 2.0)
+    codes, scales = tok.encode(x, bandwidth=2.0, return_scales=True)
+    assert torch.equal(codes, ref_codes)
+    wav = tok.decode(codes, scales=scales)
+    n = min(wav.shape[-1], ref_wav.shape[-1])
+    assert torch.allclose(wav[..., :n], ref_wav[..., :n], atol=1e-5)
+
+
+@pytest.mark.parametrize("stereo48", [False, True])
+def test_original_th_checkpoint_matches_transformers(tmp_path, stereo48):
+    model = _tiny_hf(stereo48)
+    state = hf_to_encodec_state_dict(model.state_dict())
+    # the original package's names: SConv1d -> .conv.conv., SConvTranspose1d -> .convtr.convtr.
+    assert "encoder.model.0.conv.conv.weight" in state or "encoder.model.0.conv.conv.weight_g" in state
+    assert any(".convtr." in k for k in state) and "quantizer.vq.layers.0._codebook.embed" in state
+    assert not any(k.startswith("encoder.layers.") for k in state)
+    torch.save(state, tmp_path / "encodec.th")
+    c = model.config
+    tok = AudioTokenizer.from_encodec_checkpoint(tmp_path / "encodec.th", sample_rate=800, causal=c.use_causal_conv,
+                                                 normalize=c.normalize, chunk_length_s=c.chunk_length_s,
+                                                 overlap=c.overlap)
+    assert tok.config.upsampling_ratios == [4, 2] and tok.config.channels == c.audio_channels
+    x = torch.randn(1, c.audio_channels, 1700) * 0.2
+    ref_codes, ref_wav = _hf_reference(model, x, 2.0)
+    codes, scales = tok.encode(x, bandwidth=2.0, return_scales=True)
+    assert torch.equal(codes, ref_codes)
+    wav = tok.decode(codes, scales=scales if c.normalize else None)
+    n = min(wav.shape[-1], ref_wav.shape[-1])
+    assert torch.allclose(wav[..., :n], ref_wav[..., :n], atol=1e-5)
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        AudioTokenizer.from_encodec_checkpoint(tmp_path / "nope.th")
+    (tmp_path / "junk.th").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        AudioTokenizer.from_encodec_checkpoint(tmp_path / "junk.th")
+    with pytest.raises(CheckpointError, match="config.json"):
+        AudioTokenizer.from_hf(tmp_path)
+
+
+# --- resampling / format conversion --------------------------------------------------------------
+
+@pytest.mark.parametrize("src,dst", [(44100, 16000), (16000, 48000), (22050, 16000), (48000, 24000)])
+def test_resample_sine(src, dst):
+    f = 440.0
+    x = torch.sin(2 * math.pi * f * torch.arange(src) / src)
+    y = resample(x, src, dst)
+    assert y.shape[-1] == dst
+    ref = torch.sin(2 * math.pi * f * torch.arange(dst) / dst)
+    edge = dst // 50
+    assert (y - ref)[edge:-edge].abs().max() < 3e-3
+
+
+def test_resample_removes_alias():
+    x = torch.sin(2 * math.pi * 10000 * torch.arange(44100) / 44100)  # above the 8 kHz Nyquist
+    assert resample(x, 44100, 16000)[500:-500].abs().max() < 5e-3
+
+
+def test_to_model_format_converts_channels_and_rate():
+    stereo = torch.stack([torch.ones(4410) * 0.5, torch.zeros(4410)])
+    mono = to_model_format(stereo, 44100, 16000, channels=1)
+    assert mono.shape == (1, 1600)
+    assert torch.allclose(mono[:, 200:-200], torch.full((1, 1200), 0.25), atol=1e-3)
+    assert to_model_format(torch.zeros(1, 800), 8000, 16000, channels=2).shape == (2, 1600)

@@ -1,0 +1,113 @@
+"""EnCodec training (one step, resume, a loss that goes down) and the audio benchmark."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from unitok.cli import main
+from unitok.config import from_dict
+from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+from unitok.tokenizers.base import load_tokenizer
+from unitok.training.encodec import EncodecRecipe, train
+
+TINY_MODEL = {"num_filters": 4, "upsampling_ratios": [4, 4, 4], "hidden_size": 16, "num_lstm_layers": 1,
+              "codebook_size": 64, "num_levels": 4, "kmeans_init": False}
+
+
+def _write_folder(d, silent=True, corrupt=True):
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    speechy = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(16000))
+    sf.write(d / "a.wav", speechy.astype(np.float32), 16000)
+    t2 = np.arange(44100) / 44100  # other rate, stereo, FLAC: converted, not rejected
+    sf.write(d / "b.flac", np.stack([0.2 * np.sin(2 * np.pi * 330 * t2), 0.1 * np.sin(2 * np.pi * 660 * t2)], 1), 44100)
+    if silent:
+        sf.write(d / "quiet.wav", np.zeros(8000, np.float32), 16000)
+    if corrupt:
+        (d / "broken.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    return d
+
+
+def _recipe(**train):
+    return from_dict(EncodecRecipe, {"model": TINY_MODEL, "train": {
+        "steps": 2, "batch_size": 2, "segment_s": 0.25, "warmup_steps": 1, "log_every": 1, "ckpt_every": 100,
+        "disc_start": 0.0, "mel_n_ffts": [128, 256], "mel_bands": 32, "disc_n_ffts": [256, 128], "disc_filters": 4,
+        **train}})
+
+
+def test_one_step_train_skips_bad_files_and_resumes(tmp_path):
+    data = _write_folder(tmp_path / "data")
+    summary = train(_recipe(), data, tmp_path / "out", progress_bar=False)
+    assert summary["steps"] == 2
+    assert summary["skipped_unreadable"] == 1 and summary["skipped_silent"] == 1
+    assert "broken.wav" in summary["skipped"] and summary["skipped"]["quiet.wav"] == "silent"
+    tok = load_tokenizer(tmp_path / "out" / "final")
+    assert isinstance(tok, AudioTokenizer)
+    assert tok.encode(torch.randn(1, 1, 640) * 0.1).shape == (1, 4, 10)
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert {"mel", "sisnr", "l1", "adv", "feat", "d"} <= set(log[-1])  # discriminator active from the start
+    # a second run into the same folder needs --resume; with it, it continues from step 2
+    from unitok.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(_recipe(), data, tmp_path / "out", progress_bar=False)
+    assert train(_recipe(steps=3), data, tmp_path / "out", resume=True, progress_bar=False)["steps"] == 3
+
+
+def test_resume_continues_from_checkpoint(tmp_path):
+    data = _write_folder(tmp_path / "data", silent=False, corrupt=False)
+    train(_recipe(disc=False), data, tmp_path / "out", progress_bar=False)
+    s = train(_recipe(disc=False, steps=4), data, tmp_path / "out", resume=True, progress_bar=False)
+    assert s["steps"] == 4
+    from unitok.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="different recipe"):
+        train(_recipe(disc=True, steps=5), data, tmp_path / "out", resume=True, progress_bar=False)
+
+
+def test_training_reduces_the_reconstruction_loss(tmp_path):
+    data = _write_folder(tmp_path / "data", silent=False, corrupt=False)
+    torch.manual_seed(0)
+    train(_recipe(steps=60, disc=False, lr=3e-3, log_every=1, batch_size=4), data, tmp_path / "out", progress_bar=False)
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    first = np.mean([r["mel"] for r in log[:5]])
+    last = np.mean([r["mel"] for r in log[-5:]])
+    assert last < 0.75 * first, (first, last)
+    assert np.mean([r["sisnr"] for r in log[-5:]]) < np.mean([r["sisnr"] for r in log[:5]])  # -SI-SNR went down
+
+
+def test_cli_train_unknown_key_is_one_line_error(tmp_path, capsys):
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("modality: audio\nmodel:\n  num_filterz: 4\n")
+    assert main(["tokenizer", "train", str(cfg), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "num_filterz" in err and "num_filters" in err and "Traceback" not in err
+
+
+def test_bench_writes_json_table_and_spectrograms(tmp_path, capsys):
+    data = _write_folder(tmp_path / "data", silent=False)
+    torch.manual_seed(0)
+    AudioTokenizer(AudioTokenizerConfig.tiny()).eval().save_pretrained(tmp_path / "tok")
+    rc = main(["tokenizer", "bench", str(tmp_path / "tok"), "--data", str(data), "--json", str(tmp_path / "r" / "b.json")])
+    assert rc == 0
+    r = json.loads((tmp_path / "r" / "b.json").read_text())
+    assert "broken.wav" in r["skipped"] and "broken.wav" in capsys.readouterr().out
+    ours, opus = r["ours"], r["opus"]
+    assert ours["kbps"] == 6.0 and math.isclose(ours["frame_rate"], 250.0)
+    assert set(ours["per_file"]) == {"a.wav", "b.flac"}
+    for entry in (ours, opus):
+        assert {"kbps", "si_snr", "mel_distance", "per_file"} <= set(entry)
+        for v in entry["per_file"].values():
+            assert {"si_snr", "mel_distance"} <= set(v)
+    assert len(ours["codebook_usage"]) == 4 and all(0 < u <= 1 for u in ours["codebook_usage"])
+    assert {"encode", "decode"} == set(ours["real_time_factor"])
+    # Opus at 6 kbps on a clean tone is a real codec: positive SI-SNR after alignment
+    assert opus.get("missing") is None and opus["per_file"]["a.wav"]["si_snr"] > 0
+    assert abs(opus["per_file"]["a.wav"]["lag_samples"]) <= 160
+    assert (tmp_path / "r" / "bench.md").read_text().count("|") > 20
+    assert (tmp_path / "r" / "spectrograms" / "a.png").stat().st_size > 1000
