@@ -1,0 +1,307 @@
+"""Codebook reconstruction benchmark for image and video tokenizers, next to JPEG and WebP.
+
+    unitok tokenizer bench OUT/final --data HELD_OUT_DIR --json bench.json [--out DIR] [--max-files N]
+
+Protocol (images): every readable image is converted to RGB (grayscale replicated, alpha composited
+on white); if its shorter side is under 256 it is resized (bicubic) so that side is 256; then it is
+cut into the non-overlapping 256x256 tiles of a grid centred on the image (floor(H/256) x floor(W/256)
+tiles, at most 16 per image, the central ones first). Every metric is the mean over tiles; codebook
+usage (fraction of codes hit) and perplexity are over all tokens of all tiles.
+bpp = tokens per tile x log2(codebook size) / 65536 (summed over levels for residual quantizers).
+JPEG and WebP (Pillow; JPEG 4:2:0, default tables; WebP lossy, method 4) encode the *same* tiles,
+each at the one quality (over all tiles) whose mean bpp is closest to the tokenizer's; bpp is the
+file size in bits / 65536, headers included. If even quality 1 (JPEG) or 0 (WebP) exceeds the
+tokenizer's rate, that is said in the `note`.
+
+Video: the first `frames` frames of each video (every frame), resized so the shorter side is 256 and
+centre-cropped to 256x256; metrics per frame, plus temporal consistency: the mean absolute
+difference, in 8-bit levels, between consecutive-frame differences of reconstruction and original.
+
+rFID needs Inception weights and is always skipped with a note (none are shipped). LPIPS is
+reported when UNITOK_LPIPS_WEIGHTS names a local VGG16(+LPIPS) weights file.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unitok.bench.common import markdown_table, psnr, save_grid, ssim, write_json
+from unitok.data.media import SkipLog, list_media, read_image, read_video, to_tensor, to_uint8
+from unitok.errors import DataError
+
+TILE = 256
+MAX_TILES = 16
+PROTOCOL = ("held-out images -> RGB, shorter side resized up to 256 if smaller, non-overlapping 256x256 tiles "
+            "of a centred grid (max 16 per image); mean over tiles")
+
+
+def image_tiles(img: np.ndarray, tile: int = TILE, max_tiles: int = MAX_TILES) -> list[np.ndarray]:
+    """(H, W, 3) uint8 -> list of (tile, tile, 3) crops as described in the module docstring."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    if min(h, w) < tile:
+        s = tile / min(h, w)
+        nh, nw = max(tile, round(h * s)), max(tile, round(w * s))
+        img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
+        h, w = img.shape[:2]
+    ny, nx = h // tile, w // tile
+    y0, x0 = (h - ny * tile) // 2, (w - nx * tile) // 2
+    cells = sorted(((i, j) for i in range(ny) for j in range(nx)),
+                   key=lambda c: (c[0] + 0.5 - ny / 2) ** 2 + (c[1] + 0.5 - nx / 2) ** 2)
+    return [img[y0 + i * tile:y0 + (i + 1) * tile, x0 + j * tile:x0 + (j + 1) * tile] for i, j in cells[:max_tiles]]
+
+
+# ---------------------------------------------------------------- classic codecs
+
+
+def _codec_bytes(img: np.ndarray, codec: str, q: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    if codec == "jpeg":
+        Image.fromarray(img).save(buf, format="JPEG", quality=q, subsampling=2)
+    else:
+        Image.fromarray(img).save(buf, format="WEBP", quality=q, method=4)
+    return buf.getvalue()
+
+
+def _decode(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def codec_at(tiles: list[np.ndarray], codec: str, q: int, metrics: bool = True) -> dict:
+    sizes, ps, ss = [], [], []
+    for t in tiles:
+        data = _codec_bytes(t, codec, q)
+        sizes.append(len(data) * 8 / (t.shape[0] * t.shape[1]))
+        if metrics:
+            r = _decode(data)
+            ps.append(psnr(t, r))
+            ss.append(ssim(t, r))
+    out = {"quality": q, "bpp": float(np.mean(sizes))}
+    if metrics:
+        out.update(psnr=float(np.mean(ps)), ssim=float(np.mean(ss)))
+    return out
+
+
+def codec_matched(tiles: list[np.ndarray], codec: str, target_bpp: float) -> dict:
+    """The quality whose mean bpp over `tiles` is closest to target_bpp (bpp rises with quality)."""
+    lo, hi = (1, 95) if codec == "jpeg" else (0, 100)
+    cache: dict[int, float] = {}
+
+    def bpp(q):
+        if q not in cache:
+            cache[q] = codec_at(tiles, codec, q, metrics=False)["bpp"]
+        return cache[q]
+
+    a, b = lo, hi
+    while b - a > 1:  # largest q with bpp(q) <= target, by bisection
+        m = (a + b) // 2
+        a, b = (m, b) if bpp(m) <= target_bpp else (a, m)
+    best = min({a, b}, key=lambda q: abs(bpp(q) - target_bpp))
+    res = codec_at(tiles, codec, best)
+    floor = bpp(lo)
+    if floor > target_bpp:
+        res["note"] = (f"{codec.upper()} cannot reach {target_bpp:.4f} bpp: its lowest quality ({lo}) "
+                       f"needs {floor:.4f} bpp on these tiles")
+    return res
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def _lpips_model():
+    path = os.environ.get("UNITOK_LPIPS_WEIGHTS")
+    if not path or not Path(path).is_file():
+        return None
+    from unitok.training.perceptual import load_perceptual
+
+    return load_perceptual(path)
+
+
+@torch.no_grad()
+def _run_tokenizer(tok, tiles: list[np.ndarray], batch: int = 8):
+    """Reconstruct uint8 tiles (N, H, W, 3) (images) or clips (N, T, H, W, 3) (videos)."""
+    recs, codes = [], []
+    t_enc = t_dec = 0.0
+    for i in range(0, len(tiles), batch):
+        x = to_tensor(np.stack(tiles[i:i + batch]))  # (b, 3, H, W) or (b, T, 3, H, W)
+        if x.dim() == 5:
+            x = x.transpose(1, 2)  # (b, 3, T, H, W)
+        t0 = time.perf_counter()
+        c = tok.encode(x)
+        t1 = time.perf_counter()
+        y = tok.decode(c)
+        t2 = time.perf_counter()
+        t_enc, t_dec = t_enc + t1 - t0, t_dec + t2 - t1
+        if y.dim() == 5:
+            y = y.transpose(1, 2)
+        recs.extend(to_uint8(y))
+        codes.append(c)
+    return recs, codes, t_enc, t_dec
+
+
+def run(args, tokenizer) -> int:
+    from tqdm import tqdm
+
+    torch.set_grad_enabled(False)
+    tok = tokenizer.eval()
+    video = tok.modality == "video"
+    skips = SkipLog()
+    files = list_media(args.data, "video" if video else "image", skips)
+    if args.max_files:
+        files = files[:args.max_files]
+    items, names = [], []
+    for p in tqdm(files, desc="reading", disable=len(files) < 20):
+        try:
+            if video:
+                items.append(_video_clip(p, getattr(tok, "bench_frames", 17)))
+                names.append(p.name)
+            else:
+                for t in image_tiles(read_image(p)):
+                    items.append(t)
+                    names.append(p.name)
+        except DataError as e:
+            skips.add(p, str(e).split(": ", 1)[-1])
+    for p, why in skips.items:
+        print(f"bench: skipped {p}: {why}")
+    if not items:
+        raise DataError(f"{args.data}: no readable {'videos' if video else 'images'} ({skips.summary()})")
+
+    recs, codes, t_enc, t_dec = _run_tokenizer(tok, items)
+    frames_per_item = items[0].shape[0] if video else 1
+    n_img = len(items) * frames_per_item
+    orig = [f for it in items for f in (it if video else [it])]
+    rec = [f for it in recs for f in (it if video else [it])]
+    ps = [psnr(a, b) for a, b in zip(orig, rec)]
+    ss = [ssim(a, b) for a, b in zip(orig, rec)]
+    cat = torch.cat([c.flatten(1) for c in codes])  # (items, tokens per item)
+    size = tok.codebook_size
+    counts = torch.bincount(cat.flatten().long(), minlength=size).float()
+    usage_levels, ppl_levels = [], []
+    if tok.num_levels > 1:  # (B, L, ...) codes: stats per level
+        per_level = torch.cat([c.transpose(0, 1).flatten(1) for c in codes], dim=1)  # (L, N)
+        for lv in per_level:
+            cnt = torch.bincount(lv.long(), minlength=size).float()
+            p = cnt / cnt.sum()
+            usage_levels.append((cnt > 0).float().mean().item())
+            ppl_levels.append(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item())
+    else:
+        p = counts / counts.sum()
+        usage_levels.append((counts > 0).float().mean().item())
+        ppl_levels.append(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item())
+    tokens_per_item = cat.shape[1]
+    pixels = orig[0].shape[0] * orig[0].shape[1]
+    tokens_per_image = tokens_per_item / frames_per_item
+    bpp = tokens_per_image * math.log2(size) / pixels
+    ours = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "bpp": bpp,
+            "codebook_usage": float(np.mean(usage_levels)), "perplexity": float(np.mean(ppl_levels)),
+            "codebook_size": size, "levels": tok.num_levels, "tokens_per_image": tokens_per_image,
+            "encode_images_per_s": n_img / max(t_enc, 1e-9), "decode_images_per_s": n_img / max(t_dec, 1e-9)}
+    notes = ["rFID skipped: no local Inception weights (none are shipped; nothing is downloaded)"]
+    lp = _lpips_model()
+    if lp is not None:
+        ours["lpips"] = float(np.mean([lp(to_tensor(a)[None], to_tensor(b)[None]).item() for a, b in zip(orig, rec)]))
+    else:
+        notes.append("LPIPS skipped: set UNITOK_LPIPS_WEIGHTS to a local VGG16(+LPIPS) weights file to report it")
+    if video:
+        tc_o = [np.abs(np.diff(o.astype(np.float32), axis=0) - np.diff(r.astype(np.float32), axis=0)).mean()
+                for o, r in zip(items, recs)]
+        ours["temporal_diff_l1"] = float(np.mean(tc_o))
+        ours["frames_per_clip"] = frames_per_item
+
+    results = {"protocol": PROTOCOL if not video else "videos: first frames, shorter side to 256, centre 256x256 crop",
+               "files": len(files) - sum(1 for p, _ in skips.items if Path(p) in set(files)),
+               "images": n_img, "skipped": [{"file": p, "reason": r} for p, r in skips.items],
+               "ours": ours}
+    for codec in ("jpeg", "webp"):
+        results[codec] = codec_matched(orig, codec, bpp)
+        if "note" in results[codec]:
+            notes.append(results[codec]["note"])
+    curves = {c: [codec_at(orig, c, q) for q in ((1, 2, 3, 5, 8, 12, 20, 35, 50, 75) if c == "jpeg"
+                                                   else (0, 2, 5, 10, 20, 35, 50, 75))] for c in ("jpeg", "webp")}
+    results["curves"] = curves
+    results["notes"] = notes
+
+    out_dir = Path(args.out) if args.out else Path(args.json).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [dict(method=f"ours ({size} codes x {tok.num_levels} level)", psnr=ours["psnr"], ssim=ours["ssim"],
+                 bpp=ours["bpp"], usage=ours["codebook_usage"], perplexity=ours["perplexity"],
+                 **({"lpips": ours["lpips"]} if "lpips" in ours else {}))]
+    for c in ("jpeg", "webp"):
+        r = results[c]
+        rows.append(dict(method=f"{c.upper()} q={r['quality']}", psnr=r["psnr"], ssim=r["ssim"], bpp=r["bpp"]))
+    table = markdown_table(rows, ["method", "psnr", "ssim", "bpp", "usage", "perplexity"] +
+                           (["lpips"] if "lpips" in ours else []),
+                           fmt={"psnr": ".2f", "bpp": ".4f", "perplexity": ".0f", "usage": ".3f", "ssim": ".4f"})
+    extra = (f"\n{results['files']} files, {n_img} {'frames' if video else '256x256 tiles'}; "
+             f"{tokens_per_image:g} tokens per image; encode {ours['encode_images_per_s']:.1f} img/s, "
+             f"decode {ours['decode_images_per_s']:.1f} img/s ({torch.get_num_threads()} threads, "
+             f"{'cuda' if next(tok.parameters()).is_cuda else 'cpu'}).\nProtocol: {results['protocol']}.\n")
+    if video:
+        extra += f"Temporal consistency (mean |d/dt rec - d/dt orig|, 8-bit levels): {ours['temporal_diff_l1']:.2f}\n"
+    extra += "".join(f"Note: {n}\n" for n in notes)
+    if skips.count:
+        extra += f"Skipped: {skips.summary(limit=10)}\n"
+    (out_dir / "table.md").write_text(table + extra)
+    results["table_md"] = str(out_dir / "table.md")
+    n = min(8, len(orig))
+    idx = np.linspace(0, len(orig) - 1, n).round().astype(int)
+    results["grid_png"] = str(save_grid([[orig[i] for i in idx], [rec[i] for i in idx]], out_dir / "grid.png"))
+    results["rd_png"] = str(_rd_plot(results, out_dir / "rd.png"))
+    write_json(results, args.json)
+    print(table + extra, end="")
+    return 0
+
+
+def _video_clip(path, frames: int) -> np.ndarray:
+    from PIL import Image
+
+    v = read_video(path, max_frames=frames)
+    if v.shape[0] < frames:
+        v = np.concatenate([v, np.repeat(v[-1:], frames - v.shape[0], 0)])
+    out = []
+    for f in v:
+        h, w = f.shape[:2]
+        s = TILE / min(h, w)
+        im = Image.fromarray(f).resize((max(TILE, round(w * s)), max(TILE, round(h * s))), Image.BICUBIC)
+        a = np.asarray(im)
+        y0, x0 = (a.shape[0] - TILE) // 2, (a.shape[1] - TILE) // 2
+        out.append(a[y0:y0 + TILE, x0:x0 + TILE])
+    return np.stack(out)
+
+
+def _rd_plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    for c, style in (("jpeg", "o-"), ("webp", "s-")):
+        pts = results["curves"][c]
+        ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], style, ms=3, label=c.upper())
+        ax.plot([results[c]["bpp"]], [results[c]["psnr"]], "k" + style[0], ms=6, mfc="none")
+    o = results["ours"]
+    ax.plot([o["bpp"]], [o["psnr"]], "r*", ms=12, label="ours")
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("rate-distortion (mean over 256x256 tiles)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,115 @@
+"""Media file helpers shared by the tokenizer trainers and benchmarks.
+
+* `list_media(dir, kind)`: files of one kind under a folder (recursive, sorted), by extension.
+* `SkipLog`: counts and remembers files that could not be read (never fatal), with one summary line.
+* `read_image(path)`: RGB uint8 array (H, W, 3); grayscale/palette/alpha converted; DataError if unreadable.
+* `read_video(path, max_frames, stride)`: RGB uint8 array (T, H, W, 3) via PyAV; DataError if unreadable.
+* `to_tensor(img)` / `to_uint8(x)`: uint8 HWC <-> float CHW in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unitok.errors import DataError
+
+__all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "AUDIO_EXTS", "list_media", "SkipLog", "read_image", "read_video",
+           "to_tensor", "to_uint8"]
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".gif"}
+AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a"}
+_KINDS = {"image": IMAGE_EXTS, "video": VIDEO_EXTS, "audio": AUDIO_EXTS}
+
+
+def list_media(directory: str | Path, kind: str, skips: "SkipLog | None" = None) -> list[Path]:
+    """Files of `kind` under `directory` (recursive, sorted). Other files are recorded in `skips`."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"data directory not found: {d}")
+    exts = _KINDS[kind]
+    out = []
+    for p in sorted(d.rglob("*")):
+        if p.is_dir() or p.name.startswith("."):
+            continue
+        if p.suffix.lower() in exts:
+            out.append(p)
+        elif skips is not None:
+            skips.add(p, f"not {'an' if kind[0] in 'aeiou' else 'a'} {kind} file")
+    return out
+
+
+@dataclass
+class SkipLog:
+    """Files skipped because they could not be read; `summary()` is one printable line."""
+
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, path, reason: str) -> None:
+        self.items.append((str(path), reason))
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def summary(self, limit: int = 3) -> str:
+        if not self.items:
+            return "skipped 0 files"
+        shown = "; ".join(f"{Path(p).name}: {r}" for p, r in self.items[:limit])
+        more = f"; ... {self.count - limit} more" if self.count > limit else ""
+        return f"skipped {self.count} unreadable file(s): {shown}{more}"
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB. Raises DataError for anything Pillow cannot decode."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im.convert("RGBA"))
+            arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable image ({str(e)[:120]})") from None
+    if arr.ndim != 3 or min(arr.shape[:2]) < 1:
+        raise DataError(f"{path}: empty image")
+    return arr
+
+
+def read_video(path: str | Path, max_frames: int | None = None, stride: int = 1) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames (every `stride`-th, at most `max_frames`). DataError if unreadable."""
+    import av
+
+    frames = []
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            for i, fr in enumerate(c.decode(stream)):
+                if i % stride:
+                    continue
+                frames.append(fr.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except (av.error.FFmpegError, IndexError, OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable video ({str(e)[:120]})") from None
+    if not frames:
+        raise DataError(f"{path}: no video frames")
+    return np.stack(frames)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(img)).float().div_(127.5).sub_(1.0)
+    return t.movedim(-1, -3)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3) (clamped, rounded)."""
+    y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return y.movedim(-3, -1).cpu().numpy()
