@@ -55,7 +55,7 @@ def allowed_pairs(T: int, causal: bool, doc_ids=None) -> int:
 
 
 def _maxdiff(a, b) -> float:
-    return float((a.float() - b.float()).abs().max())
+    return float((a.detach().float() - b.detach().float()).abs().max())
 
 
 # --------------------------------------------------------------------------- correctness (CPU or GPU)

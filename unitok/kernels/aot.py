@@ -69,7 +69,12 @@ def compile_kernel(kernel: str, *, head_dim: int = 128, dtype: str = "bf16", blo
         floats = {"eps"}
     else:
         raise ValueError(kernel)
-    src = ASTSource(fn, _signature(fn, ptrs, floats, const), const)
+    sig = _signature(fn, ptrs, floats, const)
+    # What the JIT specializes at run time: pointers (torch allocations) and strides are multiples of 16.
+    # Without these the loads cannot be vectorized and the pipeliner (num_stages) does nothing.
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+             if sig[n].startswith("*") or (n.startswith("s") and sig[n] == "i32" and n != "s_bound_b")}
+    src = ASTSource(fn, sig, const, attrs)
     k = triton.compile(src, target=GPUTarget("cuda", SM, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
     out = {"kernel": kernel, "head_dim": head_dim, "dtype": dtype, "BLOCK_M": block_m, "BLOCK_N": block_n,
            "num_warps": num_warps, "num_stages": num_stages, "shared": k.metadata.shared}

@@ -148,7 +148,7 @@ def _attn_fwd(Q, K, V, O, LSE, LO, HI,
               H, T, qk_scale,
               GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               UPCAST: tl.constexpr):
-    pid_m = tl.program_id(0)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest (last, under causal) query tiles first
     pid_bh = tl.program_id(1).to(tl.int64)  # int64 base offsets: B*H*T*D may exceed 2**31
     b = pid_bh // H
     h = pid_bh % H
@@ -286,7 +286,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, LO, HI,
                  H, T, qk_scale, sm_scale,
                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  UPCAST: tl.constexpr):
-    pid_m = tl.program_id(0)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest (last, under causal) query tiles first
     pid_bh = tl.program_id(1).to(tl.int64)  # int64 base offsets: B*H*T*D may exceed 2**31
     b = pid_bh // H
     h = pid_bh % H
