@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 CHUNK_BYTES = 1 << 28  # target size of one fp32 chunk of logits: 256 MiB
+DW_SLICE = 16384  # vocabulary rows per dW update (a 16384 x D bf16 temporary: 128 MiB at D = 4096)
 
 
 def default_chunk(N: int, V: int) -> int:
@@ -126,19 +127,21 @@ def _ce_chunk_triton(logits, targets, weight_tok, ignore_index: int, eps: float,
 
 
 # --------------------------------------------------------------------------- the chunked pass
-def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, grad: bool, impl: str,
-                  chunk: int | None = None):
+def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, need_h: bool, need_w: bool,
+                  impl: str, chunk: int | None = None):
     """-> loss (N,) fp32, dh (N, D) in hidden's dtype or None, dW (V, D) in weight's dtype or None.
 
     weight_tok (N,) fp32: d(total loss)/d(loss_n) for each token (ignored tokens get 0 anyway).
+    need_h / need_w: which gradients to compute (none: loss only).
     """
+    grad = need_h or need_w
     N, D = hidden.shape
     V = weight.shape[0]
     step = _ce_chunk_triton if impl == "triton" else _ce_chunk_torch
     C = chunk or default_chunk(N, V)
     loss = torch.empty(N, device=hidden.device, dtype=torch.float32)
-    dh = torch.empty_like(hidden) if grad else None
-    dw = torch.zeros(V, D, device=weight.device, dtype=torch.float32) if grad else None
+    dh = torch.empty_like(hidden) if need_h else None
+    dw = torch.zeros(V, D, device=weight.device, dtype=torch.float32) if need_w else None
     for a in range(0, N, C):
         h = hidden[a: a + C]  # (C, D)
         logits = h @ weight.t()  # (C, V) in the input dtype, fp32 accumulation inside the GEMM
@@ -146,13 +149,17 @@ def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, 
         loss[a: a + C], g = step(logits, targets[a: a + C], wt, ignore_index, eps, z, grad)
         if grad:
             g = g.to(weight.dtype)
-            torch.mm(g, weight, out=dh[a: a + C])
-            if dw.dtype == g.dtype:
+            if need_h:
+                torch.mm(g, weight, out=dh[a: a + C])
+            if not need_w:
+                pass
+            elif dw.dtype == g.dtype:
                 dw.addmm_(g.t(), h)
-            else:
-                dw += g.t() @ h  # bf16/fp16 GEMM, fp32 accumulation across chunks
+            else:  # bf16/fp16 GEMMs into the fp32 accumulator, in row slices: temporaries stay small
+                for v in range(0, V, DW_SLICE):
+                    dw[v: v + DW_SLICE] += g[:, v: v + DW_SLICE].t() @ h
         del logits, g
-    return loss, dh, (dw.to(weight.dtype) if grad else None)
+    return loss, dh, (dw.to(weight.dtype) if need_w else None)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -162,16 +169,16 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, ignore_index, eps, z, reduction, impl, chunk):
         valid = targets != ignore_index
         kw = dict(ignore_index=ignore_index, eps=eps, z=z, impl=impl, chunk=chunk)
-        ctx.reduction, ctx.kw = reduction, kw
+        ctx.reduction, ctx.kw, ctx.used = reduction, kw, False
         if reduction == "none":  # per-token upstream weights are known only in backward: recompute there
-            loss, _, _ = _chunked_pass(hidden, weight, targets, None, grad=False, **kw)
+            loss, _, _ = _chunked_pass(hidden, weight, targets, None, need_h=False, need_w=False, **kw)
             ctx.save_for_backward(hidden, weight, targets)
             return loss
         wt = valid.float()
         if reduction == "mean":
             wt = wt / valid.sum().clamp(min=1)
-        grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        loss, dh, dw = _chunked_pass(hidden, weight, targets, wt, grad=grad, **kw)
+        loss, dh, dw = _chunked_pass(hidden, weight, targets, wt, need_h=ctx.needs_input_grad[0],
+                                     need_w=ctx.needs_input_grad[1], **kw)
         ctx.save_for_backward(dh, dw)
         return (loss * wt).sum() if reduction == "mean" else loss.sum()
 
@@ -179,10 +186,17 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, g):
         if ctx.reduction == "none":
             hidden, weight, targets = ctx.saved_tensors
-            _, dh, dw = _chunked_pass(hidden, weight, targets, g.float().contiguous(), grad=True, **ctx.kw)
-        else:
+            _, dh, dw = _chunked_pass(hidden, weight, targets, g.float().contiguous(), need_h=ctx.needs_input_grad[0],
+                                      need_w=ctx.needs_input_grad[1], **ctx.kw)
+        else:  # scale the gradients computed in forward in place (no second copy of dW)
+            if ctx.used:
+                raise RuntimeError("fused linear cross-entropy: backward can run only once (its gradients are scaled in place)")
+            ctx.used = True
             dh, dw = ctx.saved_tensors
-            dh, dw = dh * g.to(dh.dtype), dw * g.to(dw.dtype)
+            if dh is not None:
+                dh.mul_(g.to(dh.dtype))
+            if dw is not None:
+                dw.mul_(g.to(dw.dtype))
         return dh, dw, None, None, None, None, None, None, None
 
 
