@@ -51,11 +51,13 @@ def compile_kernel(kernel: str, *, head_dim: int = 128, dtype: str = "bf16", blo
     mods = _setup()
     A, CE, R = mods["attention"], mods["cross_entropy"], mods["rms_norm"]
     t = f"*{dtype}"
-    if kernel in ("fwd", "dkdv", "dq"):
-        fn = {"fwd": A._attn_fwd, "dkdv": A._attn_bwd_dkdv, "dq": A._attn_bwd_dq}[kernel]
+    if kernel in ("fwd", "dkdv", "dq", "delta"):
+        fn = {"fwd": A._attn_fwd, "dkdv": A._attn_bwd_dkdv, "dq": A._attn_bwd_dq, "delta": A._attn_bwd_delta}[kernel]
         ptrs = {n: t for n in ("Q", "K", "V", "O", "DO", "DK", "DV", "DQ")}
         ptrs.update({n: "*fp32" for n in ("LSE", "DELTA")}, **{n: "*i32" for n in ("LO", "HI", "QLO", "QHI")})
         const = dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=False)
+        if kernel == "delta":
+            const = dict(HEAD_DIM=head_dim, BLOCK_M=block_m)
         floats = {"qk_scale", "sm_scale"}
     elif kernel == "ce":
         fn = CE._ce_chunk_kernel
@@ -103,6 +105,7 @@ def representative() -> list[dict]:
         dict(kernel="fwd", head_dim=128, block_m=128, block_n=64, num_warps=8, num_stages=3),
         dict(kernel="dkdv", head_dim=128, block_m=32, block_n=128, num_warps=8, num_stages=2, group=4),
         dict(kernel="dq", head_dim=64, block_m=128, block_n=64, num_warps=8, num_stages=3),
+        dict(kernel="delta", head_dim=128, block_m=64, num_warps=4, num_stages=1),
         dict(kernel="ce", block_n=4096, num_warps=8, num_stages=2),
         dict(kernel="rms_bwd", block_n=4096, num_warps=8, num_stages=2),
     ]

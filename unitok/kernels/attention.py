@@ -19,8 +19,8 @@ query tiles for each key tile.
 Kernels: `_attn_fwd` (online softmax, saves the log-sum-exp in base 2),
 `_attn_bwd_dkdv` (one program per key tile and kv head; loops over the query
 heads of its GQA group, so dK/dV need no atomics and no reduction afterwards),
-`_attn_bwd_dq` (one program per query tile and head). delta = rowsum(dO * O) is
-computed in torch. Inputs bf16/fp16 (fp32 works too); accumulation in fp32.
+`_attn_bwd_dq` (one program per query tile and head), after `_attn_bwd_delta`
+(delta = rowsum(dO * O) in fp32). Inputs bf16/fp16 (fp32 works too); accumulation in fp32.
 Head dims: powers of two from 16 to 128 (64 and 128 are the tuned ones).
 """
 
@@ -176,6 +176,23 @@ def _attn_fwd(Q, K, V, O, LSE, LO, HI,
     tl.store(LSE + pid_bh * T + offs_m, m_i + tl.math.log2(l_i), mask=row_ok)
     tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], acc.to(O.dtype.element_ty),
              mask=row_ok[:, None])
+
+
+@triton.jit
+def _attn_bwd_delta(O, DO, DELTA, sob, soh, sot, sdob, sdoh, sdot, H, T,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta = rowsum(dO * O) in fp32, (B, H, T): the softmax-backward correction term."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = (offs_m < T)[:, None]
+    o = tl.load(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=ok, other=0.0)
+    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :], mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh * T + offs_m, delta, mask=offs_m < T)
 
 
 @triton.jit
@@ -352,6 +369,8 @@ def configs(kernel: str, head_dim: int) -> list:
     return out
 
 
+DELTA_BLOCK = 64  # rows per program of the delta kernel (no dot: any power of two works)
+
 # Fixed tiles for the interpreter (no autotuning there): small, so tests see several tiles.
 INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
 
@@ -414,7 +433,10 @@ def attention_backward(do, q, k, v, o, lse, bounds, scale: float, blocks: dict |
     B, H, T, D = q.shape
     HKV = k.shape[1]
     do = _last_contig(do)
-    delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, T): rowsum(dO * O)
+    delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)  # rowsum(dO * O)
+    bm = 16 if INTERPRET else DELTA_BLOCK
+    _attn_bwd_delta[(triton.cdiv(T, bm), B * H)](o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T,
+                                                  HEAD_DIM=D, BLOCK_M=bm)
     dq = torch.empty(B, H, T, D, device=q.device, dtype=q.dtype)
     dk = torch.empty(B, HKV, T, D, device=q.device, dtype=k.dtype)
     dv = torch.empty(B, HKV, T, D, device=q.device, dtype=v.dtype)
