@@ -242,3 +242,17 @@ def test_kernels_compile_for_h100():
         if r["kernel"] in ("fwd", "dkdv", "dq"):  # the estimate that prunes the autotune configs is an upper bound
             est = smem_bytes(r["kernel"], r["BLOCK_M"], r["BLOCK_N"], r["head_dim"], r["num_stages"])
             assert r["shared"] <= est <= 1.02 * r["shared"], (r, est)
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="interpreter set-up")
+def test_triton_imported_too_early_is_a_clear_error():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = "import triton, unitok.kernels.attention"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={**env, "PYTHONPATH": str(ROOT)})
+    assert p.returncode != 0 and "imported before TRITON_INTERPRET=1" in p.stderr

@@ -27,6 +27,8 @@ from unitok.kernels import attention, attention_reference, linear_cross_entropy,
 from unitok.kernels.reference import linear_cross_entropy_reference
 
 TOKENS = 16384  # tokens per attention batch (B = TOKENS // T)
+CPU_CE_SHAPE = (2048, 256, 131072)  # N, D, V of the CPU memory comparison (fp32)
+CPU_CE_SHAPE_QUICK = (1024, 256, 131072)
 MODEL_DIM = 2048  # heads = MODEL_DIM // D
 
 
@@ -224,9 +226,8 @@ def _attention_impls(B, H, T, D, doc):
     return impls
 
 
-def bench_attention(quick: bool) -> list[dict]:
+def bench_attention(Ts) -> list[dict]:
     rows = []
-    Ts = (8192,) if quick else (1024, 2048, 4096, 8192, 16384)
     for T in Ts:
         for D in (64, 128):
             for masking in ("causal", "docs"):
@@ -351,12 +352,16 @@ def _fmt_attn(r: dict) -> str:
 # --------------------------------------------------------------------------- entry point
 def run(args) -> int:
     quick = bool(getattr(args, "quick", False))
-    cmd = "unitok bench kernels --json " + str(args.json) + (" --quick" if quick else "")
+    seq = getattr(args, "seq_lens", None)
+    ops = set((getattr(args, "ops", None) or "attention,ce,rms_norm").split(","))
+    Ts = tuple(int(x) for x in seq.split(",")) if seq else (8192,) if quick else (1024, 2048, 4096, 8192, 16384)
+    cmd = "unitok bench kernels --json " + str(args.json) + (" --quick" if quick else "") + (
+        f" --seq-lens {seq}" if seq else "") + (f" --ops {args.ops}" if getattr(args, "ops", None) else "")
     cuda = torch.cuda.is_available()
     res = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "torch": torch.__version__,
            "python": platform.python_version(), "quick": quick}
     try:
-        import triton
+        from unitok.kernels._triton import triton  # first: it may switch on the interpreter (no CUDA)
 
         res["triton"] = triton.__version__
     except ImportError:
@@ -372,17 +377,16 @@ def run(args) -> int:
         print(f"device: {res['device']}")
         print("| T | D | mask | impl | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd ms | fwd+bwd ms | peak MiB |")
         print("|---|---|---|---|---|---|---|---|---|")
-        res["attention"] = bench_attention(quick)
-        res["cross_entropy"] = bench_cross_entropy(quick)
-        res["rms_norm"] = bench_rms_norm(quick)
+        res["attention"] = bench_attention(Ts) if "attention" in ops else []
+        res["cross_entropy"] = bench_cross_entropy(quick) if "ce" in ops else []
+        res["rms_norm"] = bench_rms_norm(quick) if "rms_norm" in ops else []
         res["acceptance"] = acceptance(res["attention"], res["cross_entropy"])
         print("acceptance:", json.dumps(res["acceptance"], indent=1))
     else:
         res["device"] = "cpu"
         res["timing"] = "timing needs a GPU: run `unitok bench kernels --json OUT` on a CUDA machine"
         print(res["timing"])
-        N, D, V = (1024 if quick else 2048), 256, 131072
-        res["cross_entropy_cpu_memory"] = cpu_ce_memory(N, D, V)
+        res["cross_entropy_cpu_memory"] = cpu_ce_memory(*(CPU_CE_SHAPE_QUICK if quick else CPU_CE_SHAPE))
         print("CPU cross-entropy memory:", json.dumps(res["cross_entropy_cpu_memory"], indent=1))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1))
