@@ -116,6 +116,16 @@ def test_non_contiguous_ids_are_rejected():
     with pytest.raises(ValueError, match="span_ids"):
         mask_bounds(1, 6, causal=True, span_ids=torch.tensor([[0, 3, 3, 0, 3, 0]]))
     check_contiguous(torch.tensor([[0, 3, 3, 0, 4, 0]]), ignore_zero=True)  # zeros may repeat
+    # spans numbered per document (image 1 of each document): fine, with the same result as the reference
+    doc = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1]])
+    span = torch.tensor([[0, 1, 1, 0, 0, 1, 1, 1, 0]])
+    check_contiguous(span, ignore_zero=True, within=doc)
+    lo, hi, _, _ = mask_bounds(1, 9, causal=True, doc_ids=doc, span_ids=span)
+    j = torch.arange(9)
+    got = (j[None, :] >= lo[0][:, None]) & (j[None, :] <= hi[0][:, None])
+    assert torch.equal(got, attention_mask(9, causal=True, doc_ids=doc, span_ids=span)[0, 0])
+    with pytest.raises(ValueError, match="within each document"):
+        check_contiguous(torch.tensor([[1, 1, 0, 1, 0, 0]]), ignore_zero=True, within=torch.zeros(1, 6))
 
 
 def test_launch_configs_are_valid_on_gpu():

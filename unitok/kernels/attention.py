@@ -53,19 +53,23 @@ def _run_end(ids: torch.Tensor) -> torch.Tensor:
     return (T - 1) - _run_start(ids.flip(1)).flip(1)
 
 
-def check_contiguous(ids: torch.Tensor, *, ignore_zero: bool = False, name: str = "ids") -> None:
-    """Raise ValueError unless every id value (but 0 if ignore_zero) forms one contiguous run per row."""
+def check_contiguous(ids: torch.Tensor, *, ignore_zero: bool = False, within=None, name: str = "ids") -> None:
+    """Raise ValueError unless every id value (but 0 if ignore_zero) forms one contiguous run per row
+    (per document when `within` (B, T) document ids are given: spans may be numbered per document)."""
     ids = ids.long()
-    starts = torch.ones_like(ids, dtype=torch.bool)
-    starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
-    srt = ids.sort(dim=1).values
+    key = ids if within is None else within.long() * (1 << 32) + ids  # (document, id) pairs
+    skip = ids == 0 if ignore_zero else torch.zeros_like(ids, dtype=torch.bool)
+    key = key.masked_fill(skip, torch.iinfo(torch.int64).min)  # all skipped positions: one sentinel value
+    starts = torch.ones_like(key, dtype=torch.bool)
+    starts[:, 1:] = key[:, 1:] != key[:, :-1]
+    srt = key.sort(dim=1).values
     first = torch.ones_like(srt, dtype=torch.bool)
     first[:, 1:] = srt[:, 1:] != srt[:, :-1]
-    if ignore_zero:
-        starts &= ids != 0
-        first &= srt != 0
-    if not torch.equal(starts.sum(1), first.sum(1)):  # runs == distinct values (one host sync)
-        raise ValueError(f"the triton attention backend needs each value of {name} to be one contiguous run of positions")
+    runs = (starts & ~skip).sum(1)
+    distinct = first.sum(1) - skip.any(1).long()
+    if not torch.equal(runs, distinct):  # one host sync
+        raise ValueError(f"the triton attention backend needs each value of {name} to be one contiguous run of "
+                         f"positions{' within each document' if within is not None else ''}")
 
 
 def mask_bounds(B: int, T: int, *, causal: bool, doc_ids=None, span_ids=None, device=None, check: bool = True):
@@ -83,7 +87,7 @@ def mask_bounds(B: int, T: int, *, causal: bool, doc_ids=None, span_ids=None, de
         hi, qlo = pos, pos
         if span_ids is not None:
             if check:
-                check_contiguous(span_ids, ignore_zero=True, name="span_ids")
+                check_contiguous(span_ids, ignore_zero=True, within=doc_ids, name="span_ids")
             in_span = span_ids != 0
             hi = torch.where(in_span, torch.maximum(pos, _run_end(span_ids)), pos)  # keys up to the span's end
             qlo = torch.where(in_span, _run_start(span_ids), pos)  # queries from the span's start
