@@ -409,6 +409,8 @@ def _check_inputs(q, k, v):
     B, H, T, D = q.shape
     if k.shape != v.shape or k.shape[0] != B or k.shape[2:] != (T, D) or H % k.shape[1]:
         raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share a dtype (got {q.dtype}, {k.dtype}, {v.dtype})")
     if D not in HEAD_DIMS:
         raise ValueError(f"head dim {D} not supported by the triton backend (supported: {HEAD_DIMS})")
     check_device(q, k, v)
