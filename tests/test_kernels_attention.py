@@ -150,6 +150,27 @@ def test_launch_configs_are_valid_on_gpu():
     assert any(c.kwargs["BLOCK_M"] == 128 for c in configs("fwd", 128))
 
 
+# Measured on sm_90 cubins (`python -m unitok.kernels.aot --all`, bf16, GROUP=1): spill bytes per config.
+SM90_SPILLS = {  # (kernel, D, BLOCK_M, BLOCK_N, warps): spill bytes at 2 stages
+    ("fwd", 64, 128, 128, 4): 200, ("fwd", 64, 128, 128, 8): 0, ("fwd", 128, 128, 64, 4): 528,
+    ("fwd", 128, 128, 64, 8): 0, ("fwd", 128, 128, 128, 8): 0, ("fwd", 128, 128, 32, 4): 0,
+    ("dkdv", 64, 32, 128, 4): 96, ("dkdv", 64, 32, 128, 8): 0, ("dkdv", 128, 32, 128, 8): 0,
+    ("dkdv", 128, 64, 128, 8): 120, ("dkdv", 128, 64, 64, 4): 332, ("dq", 64, 128, 64, 4): 280,
+    ("dq", 64, 128, 64, 8): 0, ("dq", 128, 128, 128, 8): 64, ("dq", 128, 128, 32, 4): 72, ("dq", 128, 64, 32, 4): 0,
+}
+
+
+def test_register_spill_rule_matches_sm90_measurements():
+    from unitok.kernels.attention import spills
+
+    for (kernel, D, bm, bn, warps), spill in SM90_SPILLS.items():
+        assert spills(kernel, bm, bn, D, warps) == (spill > 0), (kernel, D, bm, bn, warps, spill)
+    for kernel in ("fwd", "dkdv", "dq"):
+        for D in (64, 128):
+            for c in configs(kernel, D):
+                assert not spills(kernel, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], D, c.num_warps)
+
+
 def test_dispatcher_paths():
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, 2, 17, 32, generator=gen).to(DEV) for _ in range(3))

@@ -360,14 +360,38 @@ def _blocks(kernel: str):
     return [(128, 64), (128, 128), (64, 64), (128, 32), (64, 32)]  # fwd, dq: resident query tile first
 
 
+def acc_per_thread(kernel: str, block_m: int, block_n: int, head_dim: int, num_warps: int) -> float:
+    """fp32 accumulator elements each thread holds: accumulators plus the score tiles of one step."""
+    if kernel == "fwd":  # acc (M, D) + scores/probabilities (M, N)
+        n = block_m * head_dim + block_m * block_n
+    elif kernel == "dq":  # dq (M, D) + p and dp (M, N)
+        n = block_m * head_dim + 2 * block_m * block_n
+    else:  # dkdv: dk, dv (N, D) + pT and dpT (N, M)
+        n = 2 * block_n * head_dim + 2 * block_m * block_n
+    return n / (32 * num_warps)
+
+
+def spills(kernel: str, block_m: int, block_n: int, head_dim: int, num_warps: int) -> bool:
+    """Predicted register spill. Calibrated on the sm_90 sweep (`python -m unitok.kernels.aot --all`,
+    docs/log/kernels.md): every config above 160 fp32 accumulator elements per thread spilled
+    (48 to 5632 bytes) and none at or below, but for a 4-8 byte spill of dkdv 32x64 at D=128."""
+    return acc_per_thread(kernel, block_m, block_n, head_dim, num_warps) > 160
+
+
 def configs(kernel: str, head_dim: int) -> list:
-    """GPU autotune configs for one kernel and head dim, pruned to fit shared memory."""
+    """GPU autotune configs for one kernel and head dim: no predicted spills, fits shared memory.
+
+    4 warps where the tiles fit in their registers, 8 warps for 128-wide tiles or where 4 would
+    spill; 2-3 pipeline stages, also 4 when the streamed tile is small."""
     out = []
     for bm, bn in _blocks(kernel):
+        streamed = bm if kernel == "dkdv" else bn
         for warps in (4, 8):
-            for stages in (2, 3, 4):
-                if warps == 8 and max(bm, bn) < 128:
-                    continue
+            if spills(kernel, bm, bn, head_dim, warps):
+                continue
+            if warps == 8 and max(bm, bn) < 128 and not spills(kernel, bm, bn, head_dim, 4):
+                continue  # small tiles: 8 warps only when 4 would spill
+            for stages in (2, 3, 4) if streamed <= 64 else (2, 3):
                 if smem_bytes(kernel, bm, bn, head_dim, stages) <= SMEM_LIMIT:
                     out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages))
     return out
