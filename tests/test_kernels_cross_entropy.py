@@ -118,3 +118,12 @@ def test_frozen_weight_and_bf16_slices(monkeypatch):
     err = ((wb.grad.float() - w2.grad).abs().max() / w2.grad.abs().max()).item()
     print("bf16 dW max|diff| / max|dW|", err)
     assert wb.grad.dtype == torch.bfloat16 and err < 1e-2  # bf16 inputs: 8 mantissa bits
+
+
+def test_fp32_addmm_probe():
+    from unitok.kernels.cross_entropy import fp32_addmm_ok
+
+    ok = fp32_addmm_ok(torch.device(DEV))
+    print("addmm(out_dtype=float32) in place on", DEV, ok)
+    if DEV == "cpu":
+        assert ok is False  # torch 2.13 has no CPU kernel for it: the slice fallback runs

@@ -127,6 +127,29 @@ def _ce_chunk_triton(logits, targets, weight_tok, ignore_index: int, eps: float,
 
 
 # --------------------------------------------------------------------------- the chunked pass
+_FP32_ADDMM: dict = {}
+
+
+def fp32_addmm_ok(device) -> bool:
+    """Whether `torch.addmm(c32, a16, b16, out_dtype=float32, out=c32)` accumulates correctly here
+    (CUDA builds of recent torch; not CPU). Checked once per device on a small product."""
+    key = str(device)
+    if key not in _FP32_ADDMM:
+        ok = False
+        try:
+            gen = torch.Generator(device=device).manual_seed(0)
+            a = torch.randn(32, 48, device=device, generator=gen).bfloat16()
+            b = torch.randn(48, 16, device=device, generator=gen).bfloat16()
+            c = torch.randn(32, 16, device=device, generator=gen)
+            want = c + a.float() @ b.float()
+            torch.addmm(c, a, b, out_dtype=torch.float32, out=c)
+            ok = bool(torch.allclose(c, want, rtol=1e-3, atol=1e-3))
+        except (RuntimeError, TypeError, NotImplementedError):
+            ok = False
+        _FP32_ADDMM[key] = ok
+    return _FP32_ADDMM[key]
+
+
 def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, need_h: bool, need_w: bool,
                   impl: str, chunk: int | None = None):
     """-> loss (N,) fp32, dh (N, D) in hidden's dtype or None, dW (V, D) in weight's dtype or None.
@@ -155,7 +178,9 @@ def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, 
                 pass
             elif dw.dtype == g.dtype:
                 dw.addmm_(g.t(), h)
-            else:  # bf16/fp16 GEMMs into the fp32 accumulator, in row slices: temporaries stay small
+            elif fp32_addmm_ok(dw.device):  # cuBLAS: bf16 x bf16 accumulated into the fp32 dW in place
+                torch.addmm(dw, g.t(), h, out_dtype=torch.float32, out=dw)
+            else:  # bf16/fp16 GEMMs, then fp32 adds, in row slices: temporaries stay small
                 for v in range(0, V, DW_SLICE):
                     dw[v: v + DW_SLICE] += g[:, v: v + DW_SLICE].t() @ h
         del logits, g
