@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from unitok.kernels import attention, attention_mask, attention_reference
-from unitok.kernels.attention import (HEAD_DIMS, INTERPRET_BLOCKS, check_contiguous, configs, flash_attention,
+from unitok.kernels.triton_attention import (HEAD_DIMS, INTERPRET_BLOCKS, check_contiguous, configs, flash_attention,
                                       is_pow2, mask_bounds, smem_bytes)
 from unitok.kernels._triton import SMEM_LIMIT
 
@@ -161,7 +161,7 @@ SM90_SPILLS = {  # (kernel, D, BLOCK_M, BLOCK_N, warps): spill bytes at 2 stages
 
 
 def test_register_spill_rule_matches_sm90_measurements():
-    from unitok.kernels.attention import spills
+    from unitok.kernels.triton_attention import spills
 
     for (kernel, D, bm, bn, warps), spill in SM90_SPILLS.items():
         assert spills(kernel, bm, bn, D, warps) == (spill > 0), (kernel, D, bm, bn, warps, spill)
@@ -282,8 +282,21 @@ def test_triton_imported_too_early_is_a_clear_error():
 
     from conftest import ROOT
 
-    code = "import triton, unitok.kernels.attention"
+    code = "import triton, unitok.kernels.triton_attention"
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                        env={**env, "PYTHONPATH": str(ROOT)})
     assert p.returncode != 0 and "imported before TRITON_INTERPRET=1" in p.stderr
+
+
+def test_kernel_modules_do_not_shadow_dispatchers():
+    import importlib
+
+    import unitok.kernels as K
+
+    for m in ("triton_attention", "triton_rms_norm", "cross_entropy", "aot", "_triton"):
+        importlib.import_module(f"unitok.kernels.{m}")
+    assert callable(K.attention) and callable(K.rms_norm) and callable(K.linear_cross_entropy)
+    from unitok.kernels import attention as a2, rms_norm as r2
+
+    assert a2 is K.attention and callable(r2)

@@ -49,7 +49,7 @@ def packed_doc_ids(B: int, T: int, seed: int = 0) -> torch.Tensor:
 
 def allowed_pairs(T: int, causal: bool, doc_ids=None) -> int:
     """Number of (query, key) pairs the mask allows, summed over the batch (1 row if doc_ids is None)."""
-    from unitok.kernels.attention import mask_bounds
+    from unitok.kernels.triton_attention import mask_bounds
 
     lo, hi, _, _ = mask_bounds(1 if doc_ids is None else doc_ids.shape[0], T, causal=causal,
                                doc_ids=None if doc_ids is None else doc_ids.cpu(), device="cpu")
@@ -63,7 +63,7 @@ def _maxdiff(a, b) -> float:
 # --------------------------------------------------------------------------- correctness (CPU or GPU)
 def correctness(device: str) -> dict:
     """Small-shape checks of every kernel against its reference (max |diff|, float64 reference)."""
-    from unitok.kernels.attention import flash_attention
+    from unitok.kernels.triton_attention import flash_attention
 
     out = {}
     gen = torch.Generator().manual_seed(0)

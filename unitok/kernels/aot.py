@@ -28,7 +28,9 @@ def _setup():
 
     import triton
 
-    mods = {m: importlib.import_module(f"unitok.kernels.{m}") for m in ("attention", "cross_entropy", "rms_norm")}
+    mods = {m: importlib.import_module(f"unitok.kernels.{f}")
+            for m, f in (("attention", "triton_attention"), ("cross_entropy", "cross_entropy"),
+                         ("rms_norm", "triton_rms_norm"))}
     if not isinstance(mods["attention"]._attn_fwd, triton.runtime.JITFunction):
         raise RuntimeError("TRITON_INTERPRET must be 0 before the kernel modules are imported")
     return mods

@@ -228,6 +228,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 linear_cross_entropy_apply = LinearCrossEntropy.apply
 
 
+@torch.compiler.disable  # a graph break: launches, autotuning and the id check stay eager
 def _run(hidden, weight, targets, ignore_index, label_smoothing, z_loss, reduction, impl, chunk):
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be mean, sum or none (got {reduction!r})")

@@ -502,6 +502,7 @@ class FlashAttention(torch.autograd.Function):
 flash_attention_apply = FlashAttention.apply
 
 
+@torch.compiler.disable  # a graph break: launches, autotuning and the id check stay eager
 def flash_attention(q, k, v, *, causal: bool = True, doc_ids=None, span_ids=None, scale: float | None = None,
                     blocks: dict | None = None, check: bool = True):
     """Same contract as `reference.attention_reference`. `blocks` forces tile sizes (else autotuned on GPU)."""
