@@ -137,7 +137,7 @@ def cpu_ce_memory(N: int, D: int, V: int) -> dict:
                    "process per backend; VmHWM reset through /proc/self/clear_refs",
            "analytic_mib": {  # tensors that must coexist at the peak, from their sizes
                "torch (logits, fp32 log-softmax, grad logits)": 3 * N * V * 4 / 2**20,
-               "chunked (C-row chunk x3, dh, dW fp32)": (3 * _chunk(N, V) * V * 4 + N * D * 4 + 2 * V * D * 4) / 2**20},
+               "chunked (one C-row fp32 chunk, dh, dW)": (_chunk(N, V) * V * 4 + N * D * 4 + V * D * 4) / 2**20},
            "runs": []}
     for backend in ("torch", "chunked"):
         code = (f"import json; from unitok.bench.kernels import ce_peak_rss; "

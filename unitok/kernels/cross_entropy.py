@@ -36,22 +36,25 @@ def default_chunk(N: int, V: int) -> int:
 
 # --------------------------------------------------------------------------- per-chunk step: torch
 def _ce_chunk_torch(logits, targets, weight_tok, ignore_index: int, eps: float, z: float, grad: bool):
-    """logits (C, V) any float dtype; weight_tok (C,) fp32 or None -> loss (C,) fp32, grad (C, V) fp32 or None."""
-    x = logits.float()
+    """logits (C, V) any float dtype, used as scratch; weight_tok (C,) fp32 or None
+    -> loss (C,) fp32, grad (C, V) fp32 or None. One (C, V) fp32 buffer: everything happens in place."""
+    x = logits.float()  # the same tensor when the logits are fp32
     V = x.shape[1]
     valid = targets != ignore_index
     t = torch.where(valid, targets, 0).long()
-    lse = torch.logsumexp(x, dim=1)  # (C,)
     x_t = x.gather(1, t[:, None])[:, 0]
+    mean = x.mean(1) if eps else None
+    m = x.amax(1)
+    p = x.sub_(m[:, None]).exp_()  # unnormalized softmax, in place (no logsumexp temporary)
+    s = p.sum(1)
+    lse = m + s.log()  # (C,)
     loss = lse - (1 - eps) * x_t + z * lse * lse
     if eps:
-        loss = loss - eps * x.mean(1)
+        loss = loss - eps * mean
     loss = torch.where(valid, loss, 0.0)
     if not grad:
         return loss, None
-    g = x.sub_(lse[:, None]).exp_()  # softmax, in place of the fp32 logits
-    if z:
-        g.mul_((1 + 2 * z * lse)[:, None])
+    g = p.mul_(((1 + 2 * z * lse) / s)[:, None])  # softmax * (1 + 2 z lse)
     g.scatter_add_(1, t[:, None], torch.full_like(x_t, -(1 - eps))[:, None])
     if eps:
         g.sub_(eps / V)
