@@ -2,7 +2,10 @@
 
 Tokens are processed in chunks of C rows. For each chunk: logits_c = h_c @ W.T (C, V) with one
 GEMM, then loss and d(loss)/d(logits_c) in one pass over the chunk, then dh_c = g_c @ W and
-dW += g_c.T @ h_c (fp32 accumulator), and the chunk buffer is freed. The gradients are computed
+dW += g_c.T @ h_c, and the chunk buffer is freed. dW accumulates in the weight's dtype (each GEMM
+accumulates in fp32 inside; a bf16 dW is rounded once per chunk: about sqrt(chunks) * 2**-9
+relative, 8 chunks at 8k tokens and a 128k vocabulary). An fp32 accumulator would double the
+memory of the largest tensor left (V x D) and its read-modify-write per chunk. The gradients are computed
 during the forward pass (the backward only scales them by the incoming scalar), so the logits GEMM
 runs once; for reduction="none" the backward recomputes the chunks with per-token weights.
 
@@ -22,14 +25,17 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_BYTES = 1 << 28  # target size of one fp32 chunk of logits: 256 MiB
-DW_SLICE = 16384  # vocabulary rows per dW update (a 16384 x D bf16 temporary: 128 MiB at D = 4096)
+CHUNK_BYTES = 1 << 28  # target size of one chunk of logits: 256 MiB
 
 
-def default_chunk(N: int, V: int) -> int:
-    """Rows per chunk: a power of two with C * V * 4 bytes <= 256 MiB, between 16 and 4096 (and <= N)."""
+def default_chunk(N: int, V: int, elt: int = 4) -> int:
+    """Rows per chunk: a power of two with C * V * elt <= 256 MiB, between 16 and 4096 (and <= N).
+
+    elt: bytes per logit in the chunk buffer (4 for the torch step's fp32 copy, 2 for the Triton
+    step on bf16 logits: 1024 rows at V = 131,072, so the dW GEMM has K = 1024 and stays
+    compute-bound on an H100)."""
     c = 16
-    while c * 2 <= 4096 and c * 2 * V * 4 <= CHUNK_BYTES:
+    while c * 2 <= 4096 and c * 2 * V * elt <= CHUNK_BYTES:
         c *= 2
     return max(1, min(c, N))
 
@@ -130,29 +136,6 @@ def _ce_chunk_triton(logits, targets, weight_tok, ignore_index: int, eps: float,
 
 
 # --------------------------------------------------------------------------- the chunked pass
-_FP32_ADDMM: dict = {}
-
-
-def fp32_addmm_ok(device) -> bool:
-    """Whether `torch.addmm(c32, a16, b16, out_dtype=float32, out=c32)` accumulates correctly here
-    (CUDA builds of recent torch; not CPU). Checked once per device on a small product."""
-    key = str(device)
-    if key not in _FP32_ADDMM:
-        ok = False
-        try:
-            gen = torch.Generator(device=device).manual_seed(0)
-            a = torch.randn(32, 48, device=device, generator=gen).bfloat16()
-            b = torch.randn(48, 16, device=device, generator=gen).bfloat16()
-            c = torch.randn(32, 16, device=device, generator=gen)
-            want = c + a.float() @ b.float()
-            torch.addmm(c, a, b, out_dtype=torch.float32, out=c)
-            ok = bool(torch.allclose(c, want, rtol=1e-3, atol=1e-3))
-        except (RuntimeError, TypeError, NotImplementedError):
-            ok = False
-        _FP32_ADDMM[key] = ok
-    return _FP32_ADDMM[key]
-
-
 def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, need_h: bool, need_w: bool,
                   impl: str, chunk: int | None = None):
     """-> loss (N,) fp32, dh (N, D) in hidden's dtype or None, dW (V, D) in weight's dtype or None.
@@ -164,10 +147,10 @@ def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, 
     N, D = hidden.shape
     V = weight.shape[0]
     step = _ce_chunk_triton if impl == "triton" else _ce_chunk_torch
-    C = chunk or default_chunk(N, V)
+    C = chunk or default_chunk(N, V, hidden.element_size() if impl == "triton" else 4)
     loss = torch.empty(N, device=hidden.device, dtype=torch.float32)
     dh = torch.empty_like(hidden) if need_h else None
-    dw = torch.zeros(V, D, device=weight.device, dtype=torch.float32) if need_w else None
+    dw = torch.zeros(V, D, device=weight.device, dtype=weight.dtype) if need_w else None
     for a in range(0, N, C):
         h = hidden[a: a + C]  # (C, D)
         logits = h @ weight.t()  # (C, V) in the input dtype, fp32 accumulation inside the GEMM
@@ -177,17 +160,10 @@ def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, 
             g = g.to(weight.dtype)
             if need_h:
                 torch.mm(g, weight, out=dh[a: a + C])
-            if not need_w:
-                pass
-            elif dw.dtype == g.dtype:
+            if need_w:  # one GEMM per chunk, fp32 inside, accumulated in the weight's dtype
                 dw.addmm_(g.t(), h)
-            elif fp32_addmm_ok(dw.device):  # cuBLAS: bf16 x bf16 accumulated into the fp32 dW in place
-                torch.addmm(dw, g.t(), h, out_dtype=torch.float32, out=dw)
-            else:  # bf16/fp16 GEMMs, then fp32 adds, in row slices: temporaries stay small
-                for v in range(0, V, DW_SLICE):
-                    dw[v: v + DW_SLICE] += g[:, v: v + DW_SLICE].t() @ h
         del logits, g
-    return loss, dh, (dw.to(weight.dtype) if need_w else None)
+    return loss, dh, dw
 
 
 class LinearCrossEntropy(torch.autograd.Function):
