@@ -64,7 +64,7 @@ def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = -100, l
     """
     kw = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction)
     if backend == "auto":
-        backend = "triton" if _triton_ok(hidden, weight) and reduction != "none" else "chunked"
+        backend = "triton" if _triton_ok(hidden, weight) else "chunked"
     if backend == "torch":
         return linear_cross_entropy_reference(hidden, weight, targets, **kw)
     if backend == "chunked":
