@@ -109,6 +109,7 @@ def representative() -> list[dict]:
         dict(kernel="dq", head_dim=64, block_m=128, block_n=64, num_warps=8, num_stages=3),
         dict(kernel="delta", head_dim=128, block_m=64, num_warps=4, num_stages=1),
         dict(kernel="ce", block_n=4096, num_warps=8, num_stages=2),
+        dict(kernel="rms_fwd", block_n=4096, num_warps=8, num_stages=2),
         dict(kernel="rms_bwd", block_n=4096, num_warps=8, num_stages=2),
     ]
 
