@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(bench, "kernels", "unitok.bench.kernels:run", "fused kernels vs. torch (timing needs a GPU)")
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--quick", action="store_true", help="fewer shapes")
+    p.add_argument("--seq-lens", default=None,
+                   help="attention sequence lengths, comma-separated (default: 1024,...,16384; --quick: 8192)")
+    p.add_argument("--ops", default="attention,ce,rms_norm", help="which benchmarks to run (default: all three)")
 
     # --- vocab
     p = _add(sub, "vocab", "unitok.cli:show_vocab", "show a vocabulary manifest (ranges, tokenizers, hash)")

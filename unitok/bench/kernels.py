@@ -27,6 +27,8 @@ from unitok.kernels import attention, attention_reference, linear_cross_entropy,
 from unitok.kernels.reference import linear_cross_entropy_reference
 
 TOKENS = 16384  # tokens per attention batch (B = TOKENS // T)
+CPU_CE_SHAPE = (2048, 256, 131072)  # N, D, V of the CPU memory comparison (fp32)
+CPU_CE_SHAPE_QUICK = (1024, 256, 131072)
 MODEL_DIM = 2048  # heads = MODEL_DIM // D
 
 
@@ -47,7 +49,7 @@ def packed_doc_ids(B: int, T: int, seed: int = 0) -> torch.Tensor:
 
 def allowed_pairs(T: int, causal: bool, doc_ids=None) -> int:
     """Number of (query, key) pairs the mask allows, summed over the batch (1 row if doc_ids is None)."""
-    from unitok.kernels.attention import mask_bounds
+    from unitok.kernels.triton_attention import mask_bounds
 
     lo, hi, _, _ = mask_bounds(1 if doc_ids is None else doc_ids.shape[0], T, causal=causal,
                                doc_ids=None if doc_ids is None else doc_ids.cpu(), device="cpu")
@@ -55,13 +57,13 @@ def allowed_pairs(T: int, causal: bool, doc_ids=None) -> int:
 
 
 def _maxdiff(a, b) -> float:
-    return float((a.float() - b.float()).abs().max())
+    return float((a.detach().float() - b.detach().float()).abs().max())
 
 
 # --------------------------------------------------------------------------- correctness (CPU or GPU)
 def correctness(device: str) -> dict:
     """Small-shape checks of every kernel against its reference (max |diff|, float64 reference)."""
-    from unitok.kernels.attention import flash_attention
+    from unitok.kernels.triton_attention import flash_attention
 
     out = {}
     gen = torch.Generator().manual_seed(0)
@@ -135,7 +137,7 @@ def cpu_ce_memory(N: int, D: int, V: int) -> dict:
                    "process per backend; VmHWM reset through /proc/self/clear_refs",
            "analytic_mib": {  # tensors that must coexist at the peak, from their sizes
                "torch (logits, fp32 log-softmax, grad logits)": 3 * N * V * 4 / 2**20,
-               "chunked (C-row chunk x3, dh, dW fp32)": (3 * _chunk(N, V) * V * 4 + N * D * 4 + 2 * V * D * 4) / 2**20},
+               "chunked (one C-row fp32 chunk, dh, dW)": (_chunk(N, V) * V * 4 + N * D * 4 + V * D * 4) / 2**20},
            "runs": []}
     for backend in ("torch", "chunked"):
         code = (f"import json; from unitok.bench.kernels import ce_peak_rss; "
@@ -157,13 +159,26 @@ def _chunk(N, V):
 
 
 # --------------------------------------------------------------------------- GPU timing
+# The GPU benchmark runs on DEV in DTYPE; tests dry-run its code paths on CPU with tiny shapes.
+DEV = "cuda"
+DTYPE = torch.bfloat16
+
+
 def _bench(fn, grad_to_none=None) -> float:
+    """Milliseconds per call (triton's do_bench on CUDA; one timed call elsewhere, for dry runs)."""
+    if DEV != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
     from triton.testing import do_bench
 
     return float(do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none))
 
 
-def _peak_mib(fn) -> float:
+def _peak_mib(fn) -> float | None:
+    if DEV != "cuda":
+        fn()
+        return None
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -182,7 +197,7 @@ def _attention_impls(B, H, T, D, doc):
     def sdpa(backend, use_mask):
         mask = None
         if use_mask:
-            mask = (doc[:, :, None] == doc[:, None, :]) & torch.ones(T, T, dtype=torch.bool, device="cuda").tril()
+            mask = (doc[:, :, None] == doc[:, None, :]) & torch.ones(T, T, dtype=torch.bool, device=DEV).tril()
             mask = mask[:, None]
 
         def f(q, k, v):
@@ -200,6 +215,8 @@ def _attention_impls(B, H, T, D, doc):
         impls["sdpa_cudnn"] = sdpa(SDPBackend.CUDNN_ATTENTION, True)
         impls["sdpa_efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION, True)
     try:
+        if DEV != "cuda":
+            raise RuntimeError("skipped in CPU dry runs (compiling it takes minutes there)")
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         if doc is None:
@@ -208,7 +225,7 @@ def _attention_impls(B, H, T, D, doc):
         else:
             def mask_mod(b, h, qi, ki):
                 return (qi >= ki) & (doc[b, qi] == doc[b, ki])
-        block_mask = create_block_mask(mask_mod, B, None, T, T, device="cuda")
+        block_mask = create_block_mask(mask_mod, B, None, T, T, device=DEV)
         flex = torch.compile(flex_attention, dynamic=False)
         impls["flex"] = lambda q, k, v: flex(q, k, v, block_mask=block_mask)
     except Exception as e:  # noqa: BLE001 - record why, keep benchmarking
@@ -216,7 +233,7 @@ def _attention_impls(B, H, T, D, doc):
 
     def unfused(q, k, v):
         s = (q @ k.transpose(-1, -2)).float() * (1.0 / math.sqrt(D))
-        allowed = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()
+        allowed = torch.ones(T, T, dtype=torch.bool, device=DEV).tril()
         if doc is not None:
             allowed = allowed & (doc[:, None, :, None] == doc[:, None, None, :])
         return torch.softmax(s.masked_fill(~allowed, float("-inf")), -1).to(q.dtype) @ v
@@ -224,18 +241,17 @@ def _attention_impls(B, H, T, D, doc):
     return impls
 
 
-def bench_attention(quick: bool) -> list[dict]:
+def bench_attention(Ts, head_dims=(64, 128), tokens: int = TOKENS, model_dim: int = MODEL_DIM) -> list[dict]:
     rows = []
-    Ts = (8192,) if quick else (1024, 2048, 4096, 8192, 16384)
     for T in Ts:
-        for D in (64, 128):
+        for D in head_dims:
             for masking in ("causal", "docs"):
-                B, H = max(1, TOKENS // T), MODEL_DIM // D
-                doc = packed_doc_ids(B, T).cuda() if masking == "docs" else None
+                B, H = max(1, tokens // T), model_dim // D
+                doc = packed_doc_ids(B, T).to(DEV) if masking == "docs" else None
                 pairs = allowed_pairs(T, True, doc) * (1 if doc is not None else B)
                 flops_fwd = 4 * D * H * pairs  # QK^T and PV over the allowed pairs
-                gen = torch.Generator(device="cuda").manual_seed(0)
-                q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+                gen = torch.Generator(device=DEV).manual_seed(0)
+                q, k, v = (torch.randn(B, H, T, D, device=DEV, dtype=DTYPE, generator=gen).requires_grad_()
                            for _ in range(3))
                 do = torch.randn_like(q)
                 ref = None
@@ -259,18 +275,19 @@ def bench_attention(quick: bool) -> list[dict]:
                     except Exception as e:  # noqa: BLE001 - OOM or an unsupported mask: record it
                         row["error"] = f"{type(e).__name__}: {e}"[:200]
                     q.grad = k.grad = v.grad = None
-                    torch.cuda.empty_cache()
+                    if DEV == "cuda":
+                        torch.cuda.empty_cache()
                     rows.append(row)
                     print(_fmt_attn(row), flush=True)
     return rows
 
 
-def bench_cross_entropy(quick: bool) -> list[dict]:
-    N, D, V = (4096 if quick else 8192), 4096, 131072
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    h = torch.randn(N, D, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
-    w = (torch.randn(V, D, device="cuda", generator=gen) / D ** 0.5).to(torch.bfloat16).requires_grad_()
-    t = torch.randint(0, V, (N,), device="cuda", generator=gen)
+def bench_cross_entropy(quick: bool, shape=None) -> list[dict]:
+    N, D, V = shape or ((4096 if quick else 8192), 4096, 131072)
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    h = torch.randn(N, D, device=DEV, dtype=DTYPE, generator=gen).requires_grad_()
+    w = (torch.randn(V, D, device=DEV, generator=gen) / D ** 0.5).to(DTYPE).requires_grad_()
+    t = torch.randint(0, V, (N,), device=DEV, generator=gen)
     t[::10] = -100
     rows, ref = [], None
     for backend in ("torch", "chunked", "triton"):
@@ -278,7 +295,7 @@ def bench_cross_entropy(quick: bool) -> list[dict]:
             loss = linear_cross_entropy(h, w, t, z_loss=1e-4, backend=backend)
             loss.backward()
             return loss
-        row = {"N": N, "D": D, "V": V, "dtype": "bf16", "backend": backend}
+        row = {"N": N, "D": D, "V": V, "dtype": str(DTYPE).replace("torch.", ""), "backend": backend}
         try:
             loss = f()
             if ref is None:
@@ -292,17 +309,18 @@ def bench_cross_entropy(quick: bool) -> list[dict]:
         except Exception as e:  # noqa: BLE001
             row["error"] = f"{type(e).__name__}: {e}"[:200]
         h.grad = w.grad = None
-        torch.cuda.empty_cache()
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
         rows.append(row)
         print(row, flush=True)
     return rows
 
 
-def bench_rms_norm(quick: bool) -> list[dict]:
+def bench_rms_norm(quick: bool, shapes=None) -> list[dict]:
     rows = []
-    for N, D in ((16384, 4096),) if quick else ((16384, 2048), (16384, 4096), (16384, 8192)):
-        x = torch.randn(N, D, device="cuda", dtype=torch.bfloat16).requires_grad_()
-        w = torch.ones(D, device="cuda", dtype=torch.bfloat16).requires_grad_()
+    for N, D in shapes or (((16384, 4096),) if quick else ((16384, 2048), (16384, 4096), (16384, 8192))):
+        x = torch.randn(N, D, device=DEV, dtype=DTYPE).requires_grad_()
+        w = torch.ones(D, device=DEV, dtype=DTYPE).requires_grad_()
         dy = torch.randn_like(x)
         for name, f in {"triton": lambda: rms_norm(x, w, backend="triton"),
                         "torch_reference": lambda: rms_norm_reference(x, w),
@@ -332,7 +350,7 @@ def acceptance(att: list[dict], ce: list[dict]) -> dict:
     if ours_d and flex:
         out["docs_8k_d128_vs_flex"] = ours_d / flex
         out["docs_8k_d128_pass(>=1.2)"] = ours_d / flex >= 1.2
-    by = {r["backend"]: r for r in ce if "peak_mib" in r}
+    by = {r["backend"]: r for r in ce if r.get("peak_mib") is not None}
     if "torch" in by and "triton" in by:
         out["ce_peak_ratio"] = by["triton"]["peak_mib"] / by["torch"]["peak_mib"]
         out["ce_time_ratio"] = by["triton"]["fwd_bwd_ms"] / by["torch"]["fwd_bwd_ms"]
@@ -345,18 +363,22 @@ def _fmt_attn(r: dict) -> str:
     if "error" in r:
         return f"{head} {r['error'][:60]} |"
     return (f"{head} {r['fwd_tflops']:7.1f} | {r['fwd_bwd_tflops']:7.1f} | {r['fwd_ms']:8.3f} | "
-            f"{r['fwd_bwd_ms']:8.3f} | {r['peak_mib']:8.0f} |")
+            f"{r['fwd_bwd_ms']:8.3f} | {'-' if r['peak_mib'] is None else round(r['peak_mib'])} |")
 
 
 # --------------------------------------------------------------------------- entry point
 def run(args) -> int:
     quick = bool(getattr(args, "quick", False))
-    cmd = "unitok bench kernels --json " + str(args.json) + (" --quick" if quick else "")
+    seq = getattr(args, "seq_lens", None)
+    ops = set((getattr(args, "ops", None) or "attention,ce,rms_norm").split(","))
+    Ts = tuple(int(x) for x in seq.split(",")) if seq else (8192,) if quick else (1024, 2048, 4096, 8192, 16384)
+    cmd = "unitok bench kernels --json " + str(args.json) + (" --quick" if quick else "") + (
+        f" --seq-lens {seq}" if seq else "") + (f" --ops {args.ops}" if getattr(args, "ops", None) else "")
     cuda = torch.cuda.is_available()
     res = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "torch": torch.__version__,
            "python": platform.python_version(), "quick": quick}
     try:
-        import triton
+        from unitok.kernels._triton import triton  # first: it may switch on the interpreter (no CUDA)
 
         res["triton"] = triton.__version__
     except ImportError:
@@ -372,17 +394,16 @@ def run(args) -> int:
         print(f"device: {res['device']}")
         print("| T | D | mask | impl | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd ms | fwd+bwd ms | peak MiB |")
         print("|---|---|---|---|---|---|---|---|---|")
-        res["attention"] = bench_attention(quick)
-        res["cross_entropy"] = bench_cross_entropy(quick)
-        res["rms_norm"] = bench_rms_norm(quick)
+        res["attention"] = bench_attention(Ts) if "attention" in ops else []
+        res["cross_entropy"] = bench_cross_entropy(quick) if "ce" in ops else []
+        res["rms_norm"] = bench_rms_norm(quick) if "rms_norm" in ops else []
         res["acceptance"] = acceptance(res["attention"], res["cross_entropy"])
         print("acceptance:", json.dumps(res["acceptance"], indent=1))
     else:
         res["device"] = "cpu"
         res["timing"] = "timing needs a GPU: run `unitok bench kernels --json OUT` on a CUDA machine"
         print(res["timing"])
-        N, D, V = (1024 if quick else 2048), 256, 131072
-        res["cross_entropy_cpu_memory"] = cpu_ce_memory(N, D, V)
+        res["cross_entropy_cpu_memory"] = cpu_ce_memory(*(CPU_CE_SHAPE_QUICK if quick else CPU_CE_SHAPE))
         print("CPU cross-entropy memory:", json.dumps(res["cross_entropy_cpu_memory"], indent=1))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1))

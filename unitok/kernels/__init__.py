@@ -48,7 +48,7 @@ def attention(q, k, v, *, causal: bool = True, doc_ids=None, span_ids=None, scal
     if backend == "sdpa":
         return attention_reference(q, k, v, causal=causal, doc_ids=doc_ids, span_ids=span_ids, scale=scale)
     if backend == "triton":
-        from unitok.kernels.attention import flash_attention
+        from unitok.kernels.triton_attention import flash_attention
 
         return flash_attention(q, k, v, causal=causal, doc_ids=doc_ids, span_ids=span_ids, scale=scale)
     raise ValueError(f"unknown attention backend {backend!r}; available: {', '.join(BACKENDS)}")
@@ -64,7 +64,7 @@ def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = -100, l
     """
     kw = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction)
     if backend == "auto":
-        backend = "triton" if _triton_ok(hidden, weight) and reduction != "none" else "chunked"
+        backend = "triton" if _triton_ok(hidden, weight) else "chunked"
     if backend == "torch":
         return linear_cross_entropy_reference(hidden, weight, targets, **kw)
     if backend == "chunked":
@@ -88,7 +88,7 @@ def rms_norm(x, weight, eps: float = 1e-6, *, backend: str = "torch"):
     if backend == "torch":
         return rms_norm_reference(x, weight, eps)
     if backend == "triton":
-        from unitok.kernels.rms_norm import rms_norm_triton
+        from unitok.kernels.triton_rms_norm import rms_norm_triton
 
         return rms_norm_triton(x, weight, eps)
     raise ValueError(f"unknown rms_norm backend {backend!r}; available: {', '.join(NORM_BACKENDS)}")

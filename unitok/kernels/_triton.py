@@ -22,6 +22,13 @@ import triton.language as tl  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
+if INTERPRET:  # triton's own jit helpers (tl.cdiv, tl.max, ...) are decorated when triton is first imported
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(tl.standard.cdiv, InterpretedFunction):
+        raise RuntimeError("triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run on "
+                           "CPU; set TRITON_INTERPRET=1 in the environment or import unitok.kernels first")
+
 # Shared memory per block on H100/H200 (sm_90): 227 KiB usable with opt-in.
 SMEM_LIMIT = 232448
 

@@ -28,7 +28,9 @@ def _setup():
 
     import triton
 
-    mods = {m: importlib.import_module(f"unitok.kernels.{m}") for m in ("attention", "cross_entropy", "rms_norm")}
+    mods = {m: importlib.import_module(f"unitok.kernels.{f}")
+            for m, f in (("attention", "triton_attention"), ("cross_entropy", "cross_entropy"),
+                         ("rms_norm", "triton_rms_norm"))}
     if not isinstance(mods["attention"]._attn_fwd, triton.runtime.JITFunction):
         raise RuntimeError("TRITON_INTERPRET must be 0 before the kernel modules are imported")
     return mods
@@ -51,11 +53,13 @@ def compile_kernel(kernel: str, *, head_dim: int = 128, dtype: str = "bf16", blo
     mods = _setup()
     A, CE, R = mods["attention"], mods["cross_entropy"], mods["rms_norm"]
     t = f"*{dtype}"
-    if kernel in ("fwd", "dkdv", "dq"):
-        fn = {"fwd": A._attn_fwd, "dkdv": A._attn_bwd_dkdv, "dq": A._attn_bwd_dq}[kernel]
+    if kernel in ("fwd", "dkdv", "dq", "delta"):
+        fn = {"fwd": A._attn_fwd, "dkdv": A._attn_bwd_dkdv, "dq": A._attn_bwd_dq, "delta": A._attn_bwd_delta}[kernel]
         ptrs = {n: t for n in ("Q", "K", "V", "O", "DO", "DK", "DV", "DQ")}
         ptrs.update({n: "*fp32" for n in ("LSE", "DELTA")}, **{n: "*i32" for n in ("LO", "HI", "QLO", "QHI")})
         const = dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=False)
+        if kernel == "delta":
+            const = dict(HEAD_DIM=head_dim, BLOCK_M=block_m)
         floats = {"qk_scale", "sm_scale"}
     elif kernel == "ce":
         fn = CE._ce_chunk_kernel
@@ -69,7 +73,12 @@ def compile_kernel(kernel: str, *, head_dim: int = 128, dtype: str = "bf16", blo
         floats = {"eps"}
     else:
         raise ValueError(kernel)
-    src = ASTSource(fn, _signature(fn, ptrs, floats, const), const)
+    sig = _signature(fn, ptrs, floats, const)
+    # What the JIT specializes at run time: pointers (torch allocations) and strides are multiples of 16.
+    # Without these the loads cannot be vectorized and the pipeliner (num_stages) does nothing.
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+             if sig[n].startswith("*") or (n.startswith("s") and sig[n] == "i32" and n != "s_bound_b")}
+    src = ASTSource(fn, sig, const, attrs)
     k = triton.compile(src, target=GPUTarget("cuda", SM, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
     out = {"kernel": kernel, "head_dim": head_dim, "dtype": dtype, "BLOCK_M": block_m, "BLOCK_N": block_n,
            "num_warps": num_warps, "num_stages": num_stages, "shared": k.metadata.shared}
@@ -98,7 +107,9 @@ def representative() -> list[dict]:
         dict(kernel="fwd", head_dim=128, block_m=128, block_n=64, num_warps=8, num_stages=3),
         dict(kernel="dkdv", head_dim=128, block_m=32, block_n=128, num_warps=8, num_stages=2, group=4),
         dict(kernel="dq", head_dim=64, block_m=128, block_n=64, num_warps=8, num_stages=3),
+        dict(kernel="delta", head_dim=128, block_m=64, num_warps=4, num_stages=1),
         dict(kernel="ce", block_n=4096, num_warps=8, num_stages=2),
+        dict(kernel="rms_fwd", block_n=4096, num_warps=8, num_stages=2),
         dict(kernel="rms_bwd", block_n=4096, num_warps=8, num_stages=2),
     ]
 

@@ -2,7 +2,10 @@
 
 Tokens are processed in chunks of C rows. For each chunk: logits_c = h_c @ W.T (C, V) with one
 GEMM, then loss and d(loss)/d(logits_c) in one pass over the chunk, then dh_c = g_c @ W and
-dW += g_c.T @ h_c (fp32 accumulator), and the chunk buffer is freed. The gradients are computed
+dW += g_c.T @ h_c, and the chunk buffer is freed. dW accumulates in the weight's dtype (each GEMM
+accumulates in fp32 inside; a bf16 dW is rounded once per chunk: about sqrt(chunks) * 2**-9
+relative, 8 chunks at 8k tokens and a 128k vocabulary). An fp32 accumulator would double the
+memory of the largest tensor left (V x D) and its read-modify-write per chunk. The gradients are computed
 during the forward pass (the backward only scales them by the incoming scalar), so the logits GEMM
 runs once; for reduction="none" the backward recomputes the chunks with per-token weights.
 
@@ -22,35 +25,42 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_BYTES = 1 << 28  # target size of one fp32 chunk of logits: 256 MiB
+CHUNK_BYTES = 1 << 28  # target size of one chunk of logits: 256 MiB
 
 
-def default_chunk(N: int, V: int) -> int:
-    """Rows per chunk: a power of two with C * V * 4 bytes <= 256 MiB, between 16 and 4096 (and <= N)."""
+def default_chunk(N: int, V: int, elt: int = 4) -> int:
+    """Rows per chunk: a power of two with C * V * elt <= 256 MiB, between 16 and 4096 (and <= N).
+
+    elt: bytes per logit in the chunk buffer (4 for the torch step's fp32 copy, 2 for the Triton
+    step on bf16 logits: 1024 rows at V = 131,072, so the dW GEMM has K = 1024 and stays
+    compute-bound on an H100)."""
     c = 16
-    while c * 2 <= 4096 and c * 2 * V * 4 <= CHUNK_BYTES:
+    while c * 2 <= 4096 and c * 2 * V * elt <= CHUNK_BYTES:
         c *= 2
     return max(1, min(c, N))
 
 
 # --------------------------------------------------------------------------- per-chunk step: torch
 def _ce_chunk_torch(logits, targets, weight_tok, ignore_index: int, eps: float, z: float, grad: bool):
-    """logits (C, V) any float dtype; weight_tok (C,) fp32 or None -> loss (C,) fp32, grad (C, V) fp32 or None."""
-    x = logits.float()
+    """logits (C, V) any float dtype, used as scratch; weight_tok (C,) fp32 or None
+    -> loss (C,) fp32, grad (C, V) fp32 or None. One (C, V) fp32 buffer: everything happens in place."""
+    x = logits.float()  # the same tensor when the logits are fp32
     V = x.shape[1]
     valid = targets != ignore_index
     t = torch.where(valid, targets, 0).long()
-    lse = torch.logsumexp(x, dim=1)  # (C,)
     x_t = x.gather(1, t[:, None])[:, 0]
+    mean = x.mean(1) if eps else None
+    m = x.amax(1)
+    p = x.sub_(m[:, None]).exp_()  # unnormalized softmax, in place (no logsumexp temporary)
+    s = p.sum(1)
+    lse = m + s.log()  # (C,)
     loss = lse - (1 - eps) * x_t + z * lse * lse
     if eps:
-        loss = loss - eps * x.mean(1)
+        loss = loss - eps * mean
     loss = torch.where(valid, loss, 0.0)
     if not grad:
         return loss, None
-    g = x.sub_(lse[:, None]).exp_()  # softmax, in place of the fp32 logits
-    if z:
-        g.mul_((1 + 2 * z * lse)[:, None])
+    g = p.mul_(((1 + 2 * z * lse) / s)[:, None])  # softmax * (1 + 2 z lse)
     g.scatter_add_(1, t[:, None], torch.full_like(x_t, -(1 - eps))[:, None])
     if eps:
         g.sub_(eps / V)
@@ -126,19 +136,21 @@ def _ce_chunk_triton(logits, targets, weight_tok, ignore_index: int, eps: float,
 
 
 # --------------------------------------------------------------------------- the chunked pass
-def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, grad: bool, impl: str,
-                  chunk: int | None = None):
+def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, need_h: bool, need_w: bool,
+                  impl: str, chunk: int | None = None):
     """-> loss (N,) fp32, dh (N, D) in hidden's dtype or None, dW (V, D) in weight's dtype or None.
 
     weight_tok (N,) fp32: d(total loss)/d(loss_n) for each token (ignored tokens get 0 anyway).
+    need_h / need_w: which gradients to compute (none: loss only).
     """
+    grad = need_h or need_w
     N, D = hidden.shape
     V = weight.shape[0]
     step = _ce_chunk_triton if impl == "triton" else _ce_chunk_torch
-    C = chunk or default_chunk(N, V)
+    C = chunk or default_chunk(N, V, hidden.element_size() if impl == "triton" else 4)
     loss = torch.empty(N, device=hidden.device, dtype=torch.float32)
-    dh = torch.empty_like(hidden) if grad else None
-    dw = torch.zeros(V, D, device=weight.device, dtype=torch.float32) if grad else None
+    dh = torch.empty_like(hidden) if need_h else None
+    dw = torch.zeros(V, D, device=weight.device, dtype=weight.dtype) if need_w else None
     for a in range(0, N, C):
         h = hidden[a: a + C]  # (C, D)
         logits = h @ weight.t()  # (C, V) in the input dtype, fp32 accumulation inside the GEMM
@@ -146,13 +158,12 @@ def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, 
         loss[a: a + C], g = step(logits, targets[a: a + C], wt, ignore_index, eps, z, grad)
         if grad:
             g = g.to(weight.dtype)
-            torch.mm(g, weight, out=dh[a: a + C])
-            if dw.dtype == g.dtype:
+            if need_h:
+                torch.mm(g, weight, out=dh[a: a + C])
+            if need_w:  # one GEMM per chunk, fp32 inside, accumulated in the weight's dtype
                 dw.addmm_(g.t(), h)
-            else:
-                dw += g.t() @ h  # bf16/fp16 GEMM, fp32 accumulation across chunks
         del logits, g
-    return loss, dh, (dw.to(weight.dtype) if grad else None)
+    return loss, dh, dw
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -162,16 +173,16 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, ignore_index, eps, z, reduction, impl, chunk):
         valid = targets != ignore_index
         kw = dict(ignore_index=ignore_index, eps=eps, z=z, impl=impl, chunk=chunk)
-        ctx.reduction, ctx.kw = reduction, kw
+        ctx.reduction, ctx.kw, ctx.used = reduction, kw, False
         if reduction == "none":  # per-token upstream weights are known only in backward: recompute there
-            loss, _, _ = _chunked_pass(hidden, weight, targets, None, grad=False, **kw)
+            loss, _, _ = _chunked_pass(hidden, weight, targets, None, need_h=False, need_w=False, **kw)
             ctx.save_for_backward(hidden, weight, targets)
             return loss
         wt = valid.float()
         if reduction == "mean":
             wt = wt / valid.sum().clamp(min=1)
-        grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        loss, dh, dw = _chunked_pass(hidden, weight, targets, wt, grad=grad, **kw)
+        loss, dh, dw = _chunked_pass(hidden, weight, targets, wt, need_h=ctx.needs_input_grad[0],
+                                     need_w=ctx.needs_input_grad[1], **kw)
         ctx.save_for_backward(dh, dw)
         return (loss * wt).sum() if reduction == "mean" else loss.sum()
 
@@ -179,16 +190,24 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, g):
         if ctx.reduction == "none":
             hidden, weight, targets = ctx.saved_tensors
-            _, dh, dw = _chunked_pass(hidden, weight, targets, g.float().contiguous(), grad=True, **ctx.kw)
-        else:
+            _, dh, dw = _chunked_pass(hidden, weight, targets, g.float().contiguous(), need_h=ctx.needs_input_grad[0],
+                                      need_w=ctx.needs_input_grad[1], **ctx.kw)
+        else:  # scale the gradients computed in forward in place (no second copy of dW)
+            if ctx.used:
+                raise RuntimeError("fused linear cross-entropy: backward can run only once (its gradients are scaled in place)")
+            ctx.used = True
             dh, dw = ctx.saved_tensors
-            dh, dw = dh * g.to(dh.dtype), dw * g.to(dw.dtype)
+            if dh is not None:
+                dh.mul_(g.to(dh.dtype))
+            if dw is not None:
+                dw.mul_(g.to(dw.dtype))
         return dh, dw, None, None, None, None, None, None, None
 
 
 linear_cross_entropy_apply = LinearCrossEntropy.apply
 
 
+@torch.compiler.disable  # a graph break: launches, autotuning and the id check stay eager
 def _run(hidden, weight, targets, ignore_index, label_smoothing, z_loss, reduction, impl, chunk):
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be mean, sum or none (got {reduction!r})")

@@ -19,8 +19,8 @@ query tiles for each key tile.
 Kernels: `_attn_fwd` (online softmax, saves the log-sum-exp in base 2),
 `_attn_bwd_dkdv` (one program per key tile and kv head; loops over the query
 heads of its GQA group, so dK/dV need no atomics and no reduction afterwards),
-`_attn_bwd_dq` (one program per query tile and head). delta = rowsum(dO * O) is
-computed in torch. Inputs bf16/fp16 (fp32 works too); accumulation in fp32.
+`_attn_bwd_dq` (one program per query tile and head), after `_attn_bwd_delta`
+(delta = rowsum(dO * O) in fp32). Inputs bf16/fp16 (fp32 works too); accumulation in fp32.
 Head dims: powers of two from 16 to 128 (64 and 128 are the tuned ones).
 """
 
@@ -53,19 +53,23 @@ def _run_end(ids: torch.Tensor) -> torch.Tensor:
     return (T - 1) - _run_start(ids.flip(1)).flip(1)
 
 
-def check_contiguous(ids: torch.Tensor, *, ignore_zero: bool = False, name: str = "ids") -> None:
-    """Raise ValueError unless every id value (but 0 if ignore_zero) forms one contiguous run per row."""
+def check_contiguous(ids: torch.Tensor, *, ignore_zero: bool = False, within=None, name: str = "ids") -> None:
+    """Raise ValueError unless every id value (but 0 if ignore_zero) forms one contiguous run per row
+    (per document when `within` (B, T) document ids are given: spans may be numbered per document)."""
     ids = ids.long()
-    starts = torch.ones_like(ids, dtype=torch.bool)
-    starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
-    srt = ids.sort(dim=1).values
+    key = ids if within is None else within.long() * (1 << 32) + ids  # (document, id) pairs
+    skip = ids == 0 if ignore_zero else torch.zeros_like(ids, dtype=torch.bool)
+    key = key.masked_fill(skip, torch.iinfo(torch.int64).min)  # all skipped positions: one sentinel value
+    starts = torch.ones_like(key, dtype=torch.bool)
+    starts[:, 1:] = key[:, 1:] != key[:, :-1]
+    srt = key.sort(dim=1).values
     first = torch.ones_like(srt, dtype=torch.bool)
     first[:, 1:] = srt[:, 1:] != srt[:, :-1]
-    if ignore_zero:
-        starts &= ids != 0
-        first &= srt != 0
-    if not torch.equal(starts.sum(1), first.sum(1)):  # runs == distinct values (one host sync)
-        raise ValueError(f"the triton attention backend needs each value of {name} to be one contiguous run of positions")
+    runs = (starts & ~skip).sum(1)
+    distinct = first.sum(1) - skip.any(1).long()
+    if not torch.equal(runs, distinct):  # one host sync
+        raise ValueError(f"the triton attention backend needs each value of {name} to be one contiguous run of "
+                         f"positions{' within each document' if within is not None else ''}")
 
 
 def mask_bounds(B: int, T: int, *, causal: bool, doc_ids=None, span_ids=None, device=None, check: bool = True):
@@ -83,7 +87,7 @@ def mask_bounds(B: int, T: int, *, causal: bool, doc_ids=None, span_ids=None, de
         hi, qlo = pos, pos
         if span_ids is not None:
             if check:
-                check_contiguous(span_ids, ignore_zero=True, name="span_ids")
+                check_contiguous(span_ids, ignore_zero=True, within=doc_ids, name="span_ids")
             in_span = span_ids != 0
             hi = torch.where(in_span, torch.maximum(pos, _run_end(span_ids)), pos)  # keys up to the span's end
             qlo = torch.where(in_span, _run_start(span_ids), pos)  # queries from the span's start
@@ -148,7 +152,7 @@ def _attn_fwd(Q, K, V, O, LSE, LO, HI,
               H, T, qk_scale,
               GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               UPCAST: tl.constexpr):
-    pid_m = tl.program_id(0)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest (last, under causal) query tiles first
     pid_bh = tl.program_id(1).to(tl.int64)  # int64 base offsets: B*H*T*D may exceed 2**31
     b = pid_bh // H
     h = pid_bh % H
@@ -176,6 +180,23 @@ def _attn_fwd(Q, K, V, O, LSE, LO, HI,
     tl.store(LSE + pid_bh * T + offs_m, m_i + tl.math.log2(l_i), mask=row_ok)
     tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], acc.to(O.dtype.element_ty),
              mask=row_ok[:, None])
+
+
+@triton.jit
+def _attn_bwd_delta(O, DO, DELTA, sob, soh, sot, sdob, sdoh, sdot, H, T,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta = rowsum(dO * O) in fp32, (B, H, T): the softmax-backward correction term."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = (offs_m < T)[:, None]
+    o = tl.load(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], mask=ok, other=0.0)
+    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :], mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh * T + offs_m, delta, mask=offs_m < T)
 
 
 @triton.jit
@@ -286,7 +307,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, LO, HI,
                  H, T, qk_scale, sm_scale,
                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  UPCAST: tl.constexpr):
-    pid_m = tl.program_id(0)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest (last, under causal) query tiles first
     pid_bh = tl.program_id(1).to(tl.int64)  # int64 base offsets: B*H*T*D may exceed 2**31
     b = pid_bh // H
     h = pid_bh % H
@@ -319,13 +340,17 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, LO, HI,
 
 # --------------------------------------------------------------------------- launch configurations
 def smem_bytes(kernel: str, block_m: int, block_n: int, head_dim: int, num_stages: int, elt: int = 2) -> int:
-    """Upper estimate of the shared memory a config needs (operand tiles, pipelined ones times num_stages)."""
-    if kernel == "fwd":  # q resident; k, v streamed; p staged for the second dot
-        return elt * (block_m * head_dim + num_stages * 2 * block_n * head_dim + block_m * block_n)
-    if kernel == "dkdv":  # k, v resident; q, do streamed; pT and dsT staged
-        return elt * (2 * block_n * head_dim + num_stages * 2 * block_m * head_dim + 2 * block_m * block_n)
-    if kernel == "dq":  # q, do resident; k, v streamed; ds staged
-        return elt * (2 * block_m * head_dim + num_stages * 2 * block_n * head_dim + 2 * block_m * block_n)
+    """Shared memory of a config: resident tiles + num_stages buffers of the streamed ones.
+
+    Matches the sm_90 cubins `python -m unitok.kernels.aot --all` builds (exactly for fwd and dq,
+    within 1% above for dkdv); the probabilities stay in registers (wgmma takes A from registers).
+    """
+    if kernel == "fwd":  # q resident; k, v streamed
+        return elt * (block_m * head_dim + num_stages * 2 * block_n * head_dim)
+    if kernel == "dkdv":  # k, v resident; q, do streamed with their lse and delta rows (fp32)
+        return elt * (2 * block_n * head_dim + num_stages * 2 * block_m * head_dim) + num_stages * 2 * block_m * 4
+    if kernel == "dq":  # q, do resident; k, v streamed
+        return elt * (2 * block_m * head_dim + num_stages * 2 * block_n * head_dim)
     raise ValueError(kernel)
 
 
@@ -335,18 +360,44 @@ def _blocks(kernel: str):
     return [(128, 64), (128, 128), (64, 64), (128, 32), (64, 32)]  # fwd, dq: resident query tile first
 
 
+def acc_per_thread(kernel: str, block_m: int, block_n: int, head_dim: int, num_warps: int) -> float:
+    """fp32 accumulator elements each thread holds: accumulators plus the score tiles of one step."""
+    if kernel == "fwd":  # acc (M, D) + scores/probabilities (M, N)
+        n = block_m * head_dim + block_m * block_n
+    elif kernel == "dq":  # dq (M, D) + p and dp (M, N)
+        n = block_m * head_dim + 2 * block_m * block_n
+    else:  # dkdv: dk, dv (N, D) + pT and dpT (N, M)
+        n = 2 * block_n * head_dim + 2 * block_m * block_n
+    return n / (32 * num_warps)
+
+
+def spills(kernel: str, block_m: int, block_n: int, head_dim: int, num_warps: int) -> bool:
+    """Predicted register spill. Calibrated on the sm_90 sweep (`python -m unitok.kernels.aot --all`,
+    docs/log/kernels.md): every config above 160 fp32 accumulator elements per thread spilled
+    (48 to 5632 bytes) and none at or below, but for a 4-8 byte spill of dkdv 32x64 at D=128."""
+    return acc_per_thread(kernel, block_m, block_n, head_dim, num_warps) > 160
+
+
 def configs(kernel: str, head_dim: int) -> list:
-    """GPU autotune configs for one kernel and head dim, pruned to fit shared memory."""
+    """GPU autotune configs for one kernel and head dim: no predicted spills, fits shared memory.
+
+    4 warps where the tiles fit in their registers, 8 warps for 128-wide tiles or where 4 would
+    spill; 2-3 pipeline stages, also 4 when the streamed tile is small."""
     out = []
     for bm, bn in _blocks(kernel):
+        streamed = bm if kernel == "dkdv" else bn
         for warps in (4, 8):
-            for stages in (2, 3, 4):
-                if warps == 8 and max(bm, bn) < 128:
-                    continue
+            if spills(kernel, bm, bn, head_dim, warps):
+                continue
+            if warps == 8 and max(bm, bn) < 128 and not spills(kernel, bm, bn, head_dim, 4):
+                continue  # small tiles: 8 warps only when 4 would spill
+            for stages in (2, 3, 4) if streamed <= 64 else (2, 3):
                 if smem_bytes(kernel, bm, bn, head_dim, stages) <= SMEM_LIMIT:
                     out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages))
     return out
 
+
+DELTA_BLOCK = 64  # rows per program of the delta kernel (no dot: any power of two works)
 
 # Fixed tiles for the interpreter (no autotuning there): small, so tests see several tiles.
 INTERPRET_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
@@ -382,6 +433,8 @@ def _check_inputs(q, k, v):
     B, H, T, D = q.shape
     if k.shape != v.shape or k.shape[0] != B or k.shape[2:] != (T, D) or H % k.shape[1]:
         raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share a dtype (got {q.dtype}, {k.dtype}, {v.dtype})")
     if D not in HEAD_DIMS:
         raise ValueError(f"head dim {D} not supported by the triton backend (supported: {HEAD_DIMS})")
     check_device(q, k, v)
@@ -410,7 +463,10 @@ def attention_backward(do, q, k, v, o, lse, bounds, scale: float, blocks: dict |
     B, H, T, D = q.shape
     HKV = k.shape[1]
     do = _last_contig(do)
-    delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, T): rowsum(dO * O)
+    delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)  # rowsum(dO * O)
+    bm = 16 if INTERPRET else DELTA_BLOCK
+    _attn_bwd_delta[(triton.cdiv(T, bm), B * H)](o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T,
+                                                  HEAD_DIM=D, BLOCK_M=bm)
     dq = torch.empty(B, H, T, D, device=q.device, dtype=q.dtype)
     dk = torch.empty(B, HKV, T, D, device=q.device, dtype=k.dtype)
     dv = torch.empty(B, HKV, T, D, device=q.device, dtype=v.dtype)
@@ -446,6 +502,7 @@ class FlashAttention(torch.autograd.Function):
 flash_attention_apply = FlashAttention.apply
 
 
+@torch.compiler.disable  # a graph break: launches, autotuning and the id check stay eager
 def flash_attention(q, k, v, *, causal: bool = True, doc_ids=None, span_ids=None, scale: float | None = None,
                     blocks: dict | None = None, check: bool = True):
     """Same contract as `reference.attention_reference`. `blocks` forces tile sizes (else autotuned on GPU)."""
