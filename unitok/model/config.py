@@ -66,9 +66,9 @@ def debug(**kw) -> ModelConfig:
 
 
 def text(**kw) -> ModelConfig:
-    """Default text model, tuned for ~10 CPU-minutes on 1 MB of text: 4 layers, dim 256,
-    8 heads, context 256 (3.48M params with the 1,034-id text vocabulary of text-lm.yaml)."""
-    return replace(ModelConfig(dim=256, n_layer=4, n_head=8, max_seq_len=256, dropout=0.0), **kw)
+    """Default text model, tuned for 10 CPU-minutes on ~1 MB of text (docs/log/lm.md): 4 layers,
+    dim 128, 4 heads, context 128 (1.07M params with the 2,058-id vocabulary of text-lm.yaml)."""
+    return replace(ModelConfig(dim=128, n_layer=4, n_head=4, max_seq_len=128, dropout=0.0), **kw)
 
 
 def small(**kw) -> ModelConfig:
