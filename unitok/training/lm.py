@@ -481,10 +481,7 @@ def prepare(cfg: TrainConfig, data: str, eval_data: str | None, out: Path, token
 
 
 def run_cli(args) -> int:
-    try:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
-    except ConfigError:
-        raise
+    cfg = load_config(TrainConfig, args.config, args.overrides)
     out = Path(args.out)
     ckpt = None
     if args.resume:
