@@ -27,7 +27,7 @@ def test_ignore_index_and_z_loss():
     t[:, :4] = -100
     per_tok = m(ids, t, reduction="none", z_loss=0.0).view(2, 8)
     assert (per_tok[:, :4] == 0).all() and (per_tok[:, 4:] > 0).all()
-    assert float(m(ids, t)) > float(m(ids, t, z_loss=0.0))
+    assert m(ids, t).item() > m(ids, t, z_loss=0.0).item()
 
 
 def test_causality():
@@ -78,7 +78,7 @@ def test_presets_build_and_validate():
         cfg = f()
         assert cfg.dim % cfg.n_head == 0 and cfg.n_head % cfg.kv_heads == 0, name
     with torch.device("meta"):
-        assert 3e6 < UnifiedTransformer(PRESETS["text"](vocab_size=1034)).num_params() < 6e6
+        assert 1e6 < UnifiedTransformer(PRESETS["text"](vocab_size=2058)).num_params() < 1.2e6
     with pytest.raises(ValueError, match="divisible"):
         ModelConfig(dim=64, n_head=4, n_kv_head=3)
     m = model(tie_embeddings=False)

@@ -46,3 +46,15 @@ def test_generate_greedy_matches_full_forward_and_seed_is_reproducible():
     assert a == b and len(a) == 20
     c = generate(m, prompt, 20, temperature=1.0, seed=3, allowed=(100, 200))
     assert all(100 <= i < 200 for i in c)
+
+
+def test_generate_past_the_context_window():
+    torch.manual_seed(0)
+    m = UnifiedTransformer(debug()).eval()  # max_seq_len 64
+    ids = generate(m, list(range(1, 60)), 100, temperature=0)
+    assert len(ids) == 100
+    # after the window slides, the next token is greedy given the last 32 tokens
+    seq = list(range(1, 60)) + ids
+    k = 64 - 59 + 1  # tokens generated before the first slide (cache full at 64)
+    ctx = seq[59 + k - 32: 59 + k]
+    assert ids[k] == int(m(torch.tensor([ctx]))[0, -1].argmax())

@@ -16,13 +16,10 @@ from unitok.config import to_dict
 
 
 def demo_config(minutes: float, seed: int):
-    """A model small enough to learn something in a few CPU-minutes."""
-    from unitok.model.config import text
+    """The default text run (configs/train/text-lm.yaml's values) with a time budget."""
     from unitok.training.lm import TrainConfig
 
-    return TrainConfig(model=text(dim=192, n_layer=4, n_head=6, max_seq_len=128), text_vocab_size=1024,
-                       batch_size=16, seq_len=128, lr=3e-3, warmup_steps=30, max_steps=1_000_000,
-                       max_minutes=minutes, eval_every=100, eval_tokens=8192, ckpt_every=0, log_every=5, seed=seed)
+    return TrainConfig(max_minutes=minutes, eval_every=100, eval_tokens=8192, ckpt_every=0, log_every=5, seed=seed)
 
 
 def plot_losses(history: list[dict], path: Path) -> None:

@@ -42,19 +42,21 @@ def generate(model: UnifiedTransformer, prompt: list[int] | torch.Tensor, max_ne
     """Sample up to `max_new_tokens` ids after `prompt` (list of ids, or (T,) tensor).
 
     temperature 0 is greedy. `allowed` = [start, end) restricts sampling to an id
-    range (e.g. text ids only). The context is capped at model.cfg.max_seq_len:
-    the prompt is left-truncated so prompt + new tokens fit.
+    range (e.g. text ids only). Past the model's context (max_seq_len), the cache
+    is rebuilt from the last max_seq_len // 2 tokens (prefill again) and decoding goes on.
     """
     model.eval()
-    prompt = torch.as_tensor(prompt, dtype=torch.long).flatten()
-    if len(prompt) == 0:
+    seq = torch.as_tensor(prompt, dtype=torch.long).flatten().tolist()
+    if not seq:
         raise ValueError("generation needs at least one prompt token (e.g. <bos>)")
     max_len = model.cfg.max_seq_len
-    max_new_tokens = min(max_new_tokens, max_len - 1)
-    prompt = prompt[-(max_len - max_new_tokens):]
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    cache = model.new_cache(1, len(prompt) + max_new_tokens)
-    logits = model(prompt[None], cache=cache)[:, -1]  # prefill: (1, V)
+
+    def prefill(ids):
+        cache = model.new_cache(1, max_len)
+        return cache, model(torch.tensor([ids]), cache=cache)[:, -1]  # (1, V)
+
+    cache, logits = prefill(seq[-max_len:])
     out: list[int] = []
     for i in range(max_new_tokens):
         if allowed is not None:
@@ -67,9 +69,12 @@ def generate(model: UnifiedTransformer, prompt: list[int] | torch.Tensor, max_ne
             nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
         tok = int(nxt)
         out.append(tok)
-        if stop_ids and tok in stop_ids:
+        seq.append(tok)
+        if (stop_ids and tok in stop_ids) or i + 1 == max_new_tokens:
             break
-        if i + 1 < max_new_tokens:
+        if cache.pos == max_len:  # context full: slide the window
+            cache, logits = prefill(seq[-(max_len // 2):])
+        else:
             logits = model(nxt[:, None], cache=cache)[:, -1]  # one-token decode
     return out
 

@@ -2,8 +2,8 @@
 
 One `ModelConfig` describes a `UnifiedTransformer`; it is stored (as JSON) in
 every LM checkpoint. Presets are functions so a recipe can start from one and
-override a few fields; parameter counts are for a 2,048-id vocabulary with tied
-embeddings unless stated (`UnifiedTransformer.num_params()` gives the exact one).
+override a few fields. Parameter counts include embeddings
+(`UnifiedTransformer.num_params()` gives the exact figure for any vocabulary).
 """
 
 from __future__ import annotations
@@ -61,26 +61,24 @@ class ModelConfig:
 
 
 def debug(**kw) -> ModelConfig:
-    """Tiny model for tests: 2 layers, dim 32, GQA 4/2 heads (~70k params at vocab 512)."""
+    """Tiny model for tests: 2 layers, dim 32, GQA 4/2 heads (41k params at vocab 512)."""
     return replace(ModelConfig(vocab_size=512, dim=32, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=64), **kw)
 
 
 def text(**kw) -> ModelConfig:
-    """Default text model, tuned for ~10 CPU-minutes on 1 MB of text: 4 layers, dim 256,
-    8 heads, context 256 (~3.7M params at vocab 2,048 + specials)."""
-    return replace(ModelConfig(dim=256, n_layer=4, n_head=8, max_seq_len=256, dropout=0.0), **kw)
+    """Default text model, tuned for 10 CPU-minutes on ~1 MB of text (docs/log/lm.md): 4 layers,
+    dim 128, 4 heads, context 128 (1.07M params with the 2,058-id vocabulary of text-lm.yaml)."""
+    return replace(ModelConfig(dim=128, n_layer=4, n_head=4, max_seq_len=128, dropout=0.0), **kw)
 
 
 def small(**kw) -> ModelConfig:
-    """12 layers, dim 768, 12 heads, GQA 4 kv heads, context 2048 (~74M params at vocab 32k untied
-    embeddings excluded; ~124M with them)."""
+    """12 layers, dim 768, 12 heads, GQA 4 kv heads, context 2048, untied 32k vocabulary (126M params)."""
     return replace(ModelConfig(vocab_size=32768, dim=768, n_layer=12, n_head=12, n_kv_head=4,
                                max_seq_len=2048, tie_embeddings=False, z_loss=1e-4), **kw)
 
 
 def base(**kw) -> ModelConfig:
-    """24 layers, dim 1024, 16 heads, GQA 4 kv heads, context 4096 (~270M non-embedding params;
-    ~340M with untied 32k embeddings)."""
+    """24 layers, dim 1024, 16 heads, GQA 4 kv heads, context 4096, untied 32k vocabulary (333M params)."""
     return replace(ModelConfig(vocab_size=32768, dim=1024, n_layer=24, n_head=16, n_kv_head=4,
                                max_seq_len=4096, tie_embeddings=False, z_loss=1e-4), **kw)
 

@@ -63,23 +63,23 @@ class TrainConfig:
     """One LM training run. `model.vocab_size` is filled in from the vocabulary."""
 
     model: ModelConfig = field(default_factory=text)
-    text_vocab_size: int = 1024  # SentencePiece pieces (256 of them are byte fallbacks)
+    text_vocab_size: int = 2048  # SentencePiece pieces (256 of them are byte fallbacks)
     eval_fraction: float = 0.1  # held out from the end of --data when no --eval-data is given
     seed: int = 0
     batch_size: int = 16
-    seq_len: int = 256  # training context (<= model.max_seq_len)
+    seq_len: int = 128  # training context (<= model.max_seq_len)
     grad_accum: int = 1
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100
-    max_steps: int = 5000
+    warmup_steps: int = 20
+    max_steps: int = 1_000_000
     max_minutes: Optional[float] = None  # time budget; the schedule then decays to its end
     weight_decay: float = 0.1  # on matrices only (not norms or embeddings)
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
     eval_every: int = 250  # steps; 0 = only at the end
-    eval_tokens: int = 65536  # held-out tokens used by periodic evals (the final eval uses all)
+    eval_tokens: int = 16384  # held-out tokens used by periodic evals (the final eval uses all)
     ckpt_every: int = 500  # steps; 0 = only at the end
     log_every: int = 10
     compile: bool = False  # torch.compile the model (first compile costs ~15-60 s on CPU)
@@ -481,10 +481,7 @@ def prepare(cfg: TrainConfig, data: str, eval_data: str | None, out: Path, token
 
 
 def run_cli(args) -> int:
-    try:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
-    except ConfigError:
-        raise
+    cfg = load_config(TrainConfig, args.config, args.overrides)
     out = Path(args.out)
     ckpt = None
     if args.resume:
