@@ -208,13 +208,15 @@ class AudioClips:
         return float(self.lengths.sum()) / self.sample_rate
 
     def sample(self, batch: int, length: int, generator: torch.Generator | None = None,
-               min_rms: float = 1e-3, tries: int = 8) -> torch.Tensor:
-        """(batch, channels, length) random segments, files drawn in proportion to their length;
-        near-silent segments are redrawn up to `tries` times; short files are zero-padded."""
+               min_rms: float = 1e-3, tries: int = 8, weighting: str = "length") -> torch.Tensor:
+        """(batch, channels, length) random segments, files drawn in proportion to their length
+        (`weighting="length"`) or equally often (`"file"`); near-silent segments are redrawn up to
+        `tries` times; short files are zero-padded."""
         out = torch.zeros(batch, self.channels, length)
+        weights = self.lengths if weighting == "length" else torch.ones_like(self.lengths)
         for b in range(batch):
             for _ in range(tries):
-                i = int(torch.multinomial(self.lengths, 1, generator=generator))
+                i = int(torch.multinomial(weights, 1, generator=generator))
                 clip = self.clips[i]
                 start = int(torch.randint(0, max(1, clip.shape[-1] - length + 1), (1,), generator=generator))
                 seg = clip[:, start: start + length]

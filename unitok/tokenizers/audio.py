@@ -164,7 +164,7 @@ class AudioTokenizer(NeuralTokenizer):
         hf = _hf_config(config)
         self.encoder = EncodecEncoder(hf)
         self.decoder = EncodecDecoder(hf)
-        self.latent_norm = nn.BatchNorm1d(config.hidden_size, affine=False, momentum=0.01) if config.latent_norm else None
+        self.latent_norm = nn.BatchNorm1d(config.hidden_size, affine=False, momentum=0.1) if config.latent_norm else None
         self.quantizer = ResidualVQ(
             dim=config.hidden_size, num_quantizers=config.num_levels, codebook_size=config.codebook_size,
             decay=config.ema_decay, kmeans_init=config.kmeans_init, kmeans_iters=config.kmeans_iters,
@@ -229,6 +229,55 @@ class AudioTokenizer(NeuralTokenizer):
         if self.latent_norm is not None:
             z = self.latent_norm(z)
         return z
+
+    @torch.no_grad()
+    def calibrate_latent_norm(self, batches) -> None:
+        """Set the latent BatchNorm's running statistics to the plain average over `batches`
+        (an iterable of wav (B, C, N)) under the current encoder, so eval-mode codes match what
+        the codebooks were trained on. The trainer calls this before saving."""
+        if self.latent_norm is None:
+            return
+        bn = self.latent_norm
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+        was_training = self.training
+        self.eval()
+        bn.train()
+        for wav in batches:
+            wav = self._check_wav(wav.to(bn.running_mean.device))
+            scale = self._scale(wav)
+            self.encode_latent(wav / scale if scale is not None else wav)
+        bn.momentum = 0.1
+        self.train(was_training)
+
+    @torch.no_grad()
+    def refit_codebooks(self, batches, iters: int = 20) -> list[float]:
+        """Refit every RVQ codebook by residual k-means on the latents of `batches` (iterable
+        of wav (B, C, N)) under the current encoder; returns each level's usage (fraction of
+        codes with at least one vector). EMA state is reset to the fit."""
+        was_training = self.training
+        self.eval()
+        zs = []
+        for wav in batches:
+            wav = self._check_wav(wav.to(self.quantizer.codebooks.device))
+            scale = self._scale(wav)
+            z = self.encode_latent(wav / scale if scale is not None else wav)  # (B, D, T')
+            zs.append(z.transpose(1, 2).reshape(-1, z.shape[1]).float())
+        residual = torch.cat(zs)  # (M, D)
+        usage = []
+        for layer in self.quantizer.layers:
+            cb = layer._codebook
+            k = cb.embed.shape[-2]
+            embed, counts = _kmeans(residual, k, iters)
+            cb.embed.data.copy_(embed[None])
+            cb.embed_avg.data.copy_((embed * counts[:, None].clamp_min(1e-3))[None])
+            cb.cluster_size.data.copy_(counts.clamp_min(1e-3)[None])
+            cb.initted.data.fill_(True)
+            usage.append(float((counts > 0).float().mean()))
+            idx = torch.cdist(residual, embed).argmin(-1)
+            residual = residual - embed[idx]
+        self.train(was_training)
+        return usage
 
     def forward(self, wav: torch.Tensor):
         """Training pass: wav (B, C, N) -> (reconstruction (B, C, N), codes (B, L, T'), commitment loss)."""
@@ -430,6 +479,27 @@ class AudioTokenizer(NeuralTokenizer):
             if own[k].shape != v.shape:
                 raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
         self.load_state_dict({**own, **ours}, strict=True)
+
+
+def _kmeans(x: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means of x (M, D) with k-means++-style seeding; empty clusters are re-seeded
+    from the points farthest from their centre. Returns (centres (k, D), counts (k,))."""
+    g = torch.Generator(device=x.device).manual_seed(0)
+    c = x[torch.randperm(x.shape[0], generator=g, device=x.device)[:k]].clone()
+    if c.shape[0] < k:
+        c = torch.cat([c, c[torch.randint(0, c.shape[0], (k - c.shape[0],), generator=g, device=x.device)]])
+    for _ in range(iters):
+        d = torch.cdist(x, c)  # (M, k)
+        idx = d.argmin(-1)
+        counts = torch.bincount(idx, minlength=k).float()
+        sums = torch.zeros_like(c).index_add_(0, idx, x)
+        c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
+        empty = (counts == 0).nonzero().flatten()
+        if len(empty):
+            far = d.gather(1, idx[:, None]).squeeze(1).topk(min(len(empty), x.shape[0])).indices
+            c[empty[: len(far)]] = x[far]
+    idx = torch.cdist(x, c).argmin(-1)
+    return c, torch.bincount(idx, minlength=k).float()
 
 
 # --- state-dict conversion ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ class EncodecTrainConfig:
     minutes: float | None = None  # wall-clock budget; schedules follow it when set
     batch_size: int = 8  # per process
     segment_s: float = 1.0
+    file_weighting: Literal["length", "file"] = "length"  # draw files by duration or equally often
     lr: float = 3e-4
     betas: tuple[float, float] = (0.5, 0.9)
     warmup_steps: int = 50
@@ -59,6 +61,12 @@ class EncodecTrainConfig:
     disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 512, 256])
     disc_filters: int = 16
     disc_lr: float = 3e-4
+    # codebook refit: at this fraction of the run, fix the latent BatchNorm statistics, refit every
+    # RVQ codebook by residual k-means on `refit_batches` batches of latents, then train only the
+    # decoder on the frozen codes (high codebook usage; no codebook drift). null: never.
+    refit_at: float | None = 0.8
+    refit_batches: int = 48
+    calibration_batches: int = 32  # batches for the final latent BatchNorm statistics
     # misc
     bf16: bool = True  # autocast on CUDA only; CPU runs in fp32
     threads: int | None = None  # torch CPU threads (None: torch default)
@@ -73,6 +81,44 @@ class EncodecRecipe:
     name: str = "audio-encodec"
     model: AudioTokenizerConfig = field(default_factory=AudioTokenizerConfig)
     train: EncodecTrainConfig = field(default_factory=EncodecTrainConfig)
+
+
+def _freeze_codes(model, clips, cfg, seg, gen, main) -> bool:
+    """Calibrate the latent norm, refit the codebooks by k-means, freeze encoder and codebooks."""
+    model.calibrate_latent_norm(clips.sample(cfg.batch_size, seg, gen, weighting=cfg.file_weighting) for _ in range(cfg.calibration_batches))
+    usage = model.refit_codebooks(clips.sample(cfg.batch_size, seg, gen, weighting=cfg.file_weighting) for _ in range(cfg.refit_batches))
+    _broadcast_buffers(model)  # every rank uses rank 0's statistics and codebooks
+    _set_frozen(model)
+    if main:
+        print(f"\nrefit codebooks (usage on the fit data per level: {', '.join(f'{u:.0%}' for u in usage)}); "
+              f"training the decoder only from now on", flush=True)
+    return True
+
+
+def _set_frozen(model) -> None:
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    model.encoder.eval()
+    if model.latent_norm is not None:
+        model.latent_norm.eval()
+
+
+def _broadcast_buffers(model) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for b in model.buffers():
+            dist.broadcast(b.data, 0)
+
+
+def _all_reduce_grads(params) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
 
 
 def train_from_recipe(args, data: dict) -> int:
@@ -142,7 +188,7 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
     balancer = LossBalancer({"l1": cfg.l1, "mel": cfg.mel, "sisnr": cfg.sisnr, "corr": cfg.corr, "adv": cfg.adv, "feat": cfg.feat}) \
         if cfg.balancer else None
 
-    step, elapsed_before = 0, 0.0
+    step, elapsed_before, frozen = 0, 0.0, False
     if resume:
         state = torch.load(str(ckpt_path), map_location=device, weights_only=True)
         if _resume_key(state["recipe"]) != _resume_key(to_dict(recipe)):
@@ -154,6 +200,9 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
             disc.load_state_dict(state["disc"])
             opt_d.load_state_dict(state["opt_d"])
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
+        frozen = bool(state.get("frozen", False))
+        if frozen:
+            _set_frozen(model)
         gen.set_state(state["gen"])
         if main:
             print(f"resumed from step {step} ({elapsed_before / 60:.1f} min)", flush=True)
@@ -179,7 +228,7 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
         if not main:
             return
         state = {"recipe": to_dict(recipe), "model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                 "elapsed": elapsed_before + time.time() - t0, "gen": gen.get_state()}
+                 "elapsed": elapsed_before + time.time() - t0, "gen": gen.get_state(), "frozen": frozen}
         if disc is not None:
             d = disc.module if hasattr(disc, "module") else disc
             state["disc"], state["opt_d"] = d.state_dict(), opt_d.state_dict()
@@ -203,10 +252,17 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_f
         use_adv = disc is not None and p >= cfg.disc_start
-        x = clips.sample(cfg.batch_size, seg, gen).to(device)  # (B, C, seg)
+        if cfg.refit_at is not None and p >= cfg.refit_at and not frozen:
+            frozen = _freeze_codes(model, clips, cfg, seg, gen, main)
+        x = clips.sample(cfg.batch_size, seg, gen, weighting=cfg.file_weighting).to(device)  # (B, C, seg)
 
         with amp:
-            y, codes, commit = gmodel(x)
+            if frozen:  # decoder-only phase: codes from the frozen encoder and codebooks
+                codes = model.encode(x)
+                y = model.decoder(model.dequantize(codes))[..., : x.shape[-1]]
+                commit = torch.zeros((), device=device)
+            else:
+                y, codes, commit = gmodel(x)
         y = y.float()
         parts = rec_loss(y, x)
         if use_adv:
@@ -236,6 +292,8 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
         else:
             loss = sum(parts[k] * w for k, w in weights.items() if k in parts) + commit
             loss.backward()
+        if frozen and world > 1:  # the decoder-only phase bypasses DDP
+            _all_reduce_grads(model.decoder.parameters())
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -256,10 +314,13 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
                                  for i in range(codes.shape[1])]}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-                bar.set_postfix(step=step, mel=f"{float(parts['mel']):.3f}", sisnr=f"{-float(parts['sisnr']):.1f}dB")
+                bar.set_postfix(step=step, mel=f"{float(parts['mel'].detach()):.3f}", sisnr=f"{-float(parts['sisnr'].detach()):.1f}dB")
         if step % cfg.ckpt_every == 0:
             save_checkpoint()
     bar.close()
+    if not frozen:
+        # the encoder moved while BatchNorm's running statistics lagged behind: recompute them
+        model.calibrate_latent_norm(clips.sample(cfg.batch_size, seg, gen, weighting=cfg.file_weighting) for _ in range(cfg.calibration_batches))
     save_checkpoint()
     summary = {}
     if main:
