@@ -61,12 +61,13 @@ def _preset(**kw) -> ImageTokenizerConfig:
 
 IMAGE_PRESETS = {
     # ~0.2M parameters, f4: for tests only.
-    "debug": lambda: _preset(ch=32, ch_mult=[1, 1, 2], num_res_blocks=1, z_channels=32, embed_dim=16,
+    "debug": lambda: _preset(ch=32, ch_mult=[1, 1, 2], num_res_blocks=1, z_channels=32, embed_dim=16, norm_groups=8,
                              quantizer=dict(codebook_size=64, codebook_dim=4)),
     # f8 for 2 CPU cores (tokenizers/image-vqgan-f8): slim, one res block per level, GroupNorm(8)
     # (GroupNorm(32) on 32 channels is instance norm; it stalled learning, see docs/log/image.md).
     "f8-cpu": lambda: _preset(ch=32, ch_mult=[1, 2, 2, 4], num_res_blocks=1, z_channels=64, embed_dim=64,
-                              norm_groups=8, quantizer=dict(codebook_size=1024, codebook_dim=8, decay=0.8)),
+                              norm_groups=8, mid_attn=False,
+                              quantizer=dict(codebook_size=1024, codebook_dim=8, decay=0.8)),
     # taming f16 (ImageNet VQGAN 16384) and the Chameleon layout (f16, 8192 codes, 256-dim).
     "f16": lambda: _preset(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16],
                            quantizer=dict(codebook_size=16384, ema=False, kmeans_init=False)),

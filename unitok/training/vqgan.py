@@ -250,7 +250,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
     tokens = cfg.data.batch_size * (cfg.data.crop // f) ** 2
     if cfg.modality == "video":
         tokens = cfg.data.batch_size * model.latent_frames(cfg.data.frames) * (cfg.data.crop // f) ** 2
-    check_dead_code_threshold(model.config.quantizer, tokens * world, source=f"{cfg.name}: model.quantizer")
+    check_dead_code_threshold(getattr(model, "qcfg", None) or model.config.quantizer, tokens * world, source=f"{cfg.name}: model.quantizer")
     sampler_cls = ImageCropSampler if cfg.modality == "image" else VideoClipSampler
     sampler = sampler_cls(data_dir, cfg.data, seed=cfg.seed * 1000 + rank)
     if cfg.channels_last:
