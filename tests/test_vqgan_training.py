@@ -103,3 +103,26 @@ def test_bench_reports_codecs_and_skips_bad_files(tmp_path):
     assert abs(r["jpeg"]["bpp"] - 0.375) < 0.2 and r["webp"]["psnr"] > 15
     for f in ("table.md", "grid.png", "rd.png"):
         assert (tmp_path / f).is_file()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_keep_codebooks_in_sync(tmp_path):
+    """torchrun, gloo, 2 processes: training runs and both ranks end with the same EMA codebook."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    data = _photo_folder(tmp_path / "data")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("modality: image\nname: ddp\npreset: debug\ndata: {crop: 16, batch_size: 4}\nsteps: 4\n"
+                      "warmup_steps: 1\nlog_every: 1\nsample_every: 0\nthreads: 1\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+           "-m", "unitok.cli", "tokenizer", "train", str(recipe), "--data", str(data), "--out", str(tmp_path / "o")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    s = json.loads((tmp_path / "o" / "train_summary.json").read_text())
+    assert s["world_size"] == 2 and s["steps"] == 4
+    assert s["codebook_rank_maxdiff"] == 0.0

@@ -374,6 +374,16 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
     bar.close()
     summary = {"steps": step, "minutes": (time.time() - t_start) / 60, "skipped_files": sampler.skips.count,
                "skipped": sampler.skips.items[:20], "last": metrics}
+    if world > 1:  # EMA codebooks are buffers: check every rank holds rank 0's
+        diff = torch.zeros((), device=device)
+        for name, b in model.named_buffers():
+            if "embed" in name:
+                ref = b.detach().clone()
+                dist.broadcast(ref, 0)
+                diff = torch.maximum(diff, (b.detach() - ref).abs().max())
+        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+        summary["codebook_rank_maxdiff"] = diff.item()
+        summary["world_size"] = world
     if rank == 0:
         _save_ckpt(ckpt_path, cfg, model, opt, ema, disc, opt_d, step, time.time() - t_start)
         final = ema or model
