@@ -126,3 +126,22 @@ def test_ddp_two_cpu_processes_keep_codebooks_in_sync(tmp_path):
     s = json.loads((tmp_path / "o" / "train_summary.json").read_text())
     assert s["world_size"] == 2 and s["steps"] == 4
     assert s["codebook_rank_maxdiff"] == 0.0
+
+
+def test_perceptual_loss_from_local_file_only(tmp_path):
+    from safetensors.torch import save_file
+
+    from unitok.training.perceptual import Perceptual, load_perceptual
+
+    torch.manual_seed(0)
+    ref = Perceptual()
+    state = {f"features.{k}": v for k, v in ref.features.state_dict().items()}  # torchvision VGG16 layout
+    state["lin0.model.1.weight"] = torch.rand(1, 64, 1, 1)
+    save_file(state, str(tmp_path / "vgg.safetensors"))
+    m = load_perceptual(str(tmp_path / "vgg.safetensors"))
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    d = m(a, b)
+    assert d.shape == (2,) and torch.isfinite(d).all() and (d > 0).all()
+    assert m(a, a).abs().max() < 1e-6
+    with pytest.raises(ConfigError, match="never downloaded"):
+        load_perceptual(str(tmp_path / "missing.pth"))
