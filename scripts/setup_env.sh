@@ -36,5 +36,8 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 echo "setup: installing unitok and its dependencies into $VENV"
 pip install -q -e ".[dev]"
+# taming's modules are only used by the parity tests; --no-deps keeps its declared dependencies
+# (CUDA torch, torchvision, pytorch-lightning) out of the install.
+pip install -q --no-deps taming-transformers==0.0.1
 touch "$STAMP"
 echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -105,7 +105,7 @@ def read_video(path: str | Path, max_frames: int | None = None, stride: int = 1)
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(img)).float().div_(127.5).sub_(1.0)
+    t = torch.from_numpy(np.array(img, dtype=np.float32)).div_(127.5).sub_(1.0)
     return t.movedim(-1, -3)
 
 

@@ -41,11 +41,13 @@ class ImageTokenizerConfig:
     z_channels: int = 256
     embed_dim: int = 256  # quantizer input dim (after quant_conv)
     in_channels: int = 3
+    norm_groups: int = 32  # GroupNorm groups (taming: 32)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self):
-        if any(self.ch * m % 32 for m in self.ch_mult):
-            raise ValueError(f"ch * ch_mult must be multiples of 32 (GroupNorm(32)); got ch={self.ch}, ch_mult={self.ch_mult}")
+        if any(self.ch * m % self.norm_groups for m in self.ch_mult):
+            raise ValueError(f"ch * ch_mult must be multiples of norm_groups={self.norm_groups}; "
+                             f"got ch={self.ch}, ch_mult={self.ch_mult}")
 
     @property
     def downsample(self) -> int:
@@ -59,11 +61,13 @@ def _preset(**kw) -> ImageTokenizerConfig:
 
 IMAGE_PRESETS = {
     # ~0.2M parameters, f4: for tests only.
-    "debug": lambda: _preset(ch=32, ch_mult=[1, 1, 2], num_res_blocks=1, z_channels=32, embed_dim=16,
+    "debug": lambda: _preset(ch=32, ch_mult=[1, 1, 2], num_res_blocks=1, z_channels=32, embed_dim=16, norm_groups=8,
                              quantizer=dict(codebook_size=64, codebook_dim=4)),
-    # f8 for 2 CPU cores (tokenizers/image-vqgan-f8): slim, one res block per level.
+    # f8 for 2 CPU cores (tokenizers/image-vqgan-f8): slim, one res block per level, GroupNorm(8)
+    # (GroupNorm(32) on 32 channels is instance norm; it stalled learning, see docs/log/image.md).
     "f8-cpu": lambda: _preset(ch=32, ch_mult=[1, 2, 2, 4], num_res_blocks=1, z_channels=64, embed_dim=64,
-                              quantizer=dict(codebook_size=1024, codebook_dim=8)),
+                              norm_groups=8, mid_attn=False,
+                              quantizer=dict(codebook_size=1024, codebook_dim=8, decay=0.8)),
     # taming f16 (ImageNet VQGAN 16384) and the Chameleon layout (f16, 8192 codes, 256-dim).
     "f16": lambda: _preset(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16],
                            quantizer=dict(codebook_size=16384, ema=False, kmeans_init=False)),
@@ -83,16 +87,16 @@ def image_preset(name: str) -> ImageTokenizerConfig:
 # ---------------------------------------------------------------- taming-compatible building blocks
 
 
-def Normalize(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, c, eps=1e-6, affine=True)
+def Normalize(c: int, groups: int = 32) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, c, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, groups: int = 32):
         super().__init__()
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = Normalize(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = Normalize(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
@@ -107,9 +111,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H*W positions (1x1-conv projections, as in taming)."""
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, groups: int = 32):
         super().__init__()
-        self.norm = Normalize(c)
+        self.norm = Normalize(c, groups)
         self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
 
     def forward(self, x):
@@ -138,11 +142,11 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def _mid(c: int, dropout: float, attn: bool) -> nn.Module:
+def _mid(c: int, dropout: float, attn: bool, g: int) -> nn.Module:
     m = nn.Module()
-    m.block_1 = ResnetBlock(c, c, dropout)
-    m.attn_1 = AttnBlock(c) if attn else nn.Identity()
-    m.block_2 = ResnetBlock(c, c, dropout)
+    m.block_1 = ResnetBlock(c, c, dropout, g)
+    m.attn_1 = AttnBlock(c, g) if attn else nn.Identity()
+    m.block_2 = ResnetBlock(c, c, dropout, g)
     return m
 
 
@@ -151,7 +155,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ImageTokenizerConfig):
         super().__init__()
-        ch, mult = cfg.ch, cfg.ch_mult
+        ch, mult, g = cfg.ch, cfg.ch_mult, cfg.norm_groups
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
         res, block_in = cfg.resolution, ch
         self.down = nn.ModuleList()
@@ -159,16 +163,16 @@ class Encoder(nn.Module):
             level = nn.Module()
             level.block, level.attn = nn.ModuleList(), nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                level.block.append(ResnetBlock(block_in, ch * m, cfg.dropout))
+                level.block.append(ResnetBlock(block_in, ch * m, cfg.dropout, g))
                 block_in = ch * m
                 if res in cfg.attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(AttnBlock(block_in, g))
             if i != len(mult) - 1:
                 level.downsample = Downsample(block_in)
                 res //= 2
             self.down.append(level)
-        self.mid = _mid(block_in, cfg.dropout, cfg.mid_attn)
-        self.norm_out = Normalize(block_in)
+        self.mid = _mid(block_in, cfg.dropout, cfg.mid_attn, g)
+        self.norm_out = Normalize(block_in, g)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
     def forward(self, x):
@@ -189,26 +193,26 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: ImageTokenizerConfig):
         super().__init__()
-        ch, mult = cfg.ch, cfg.ch_mult
+        ch, mult, g = cfg.ch, cfg.ch_mult, cfg.norm_groups
         block_in = ch * mult[-1]
         res = cfg.resolution // 2 ** (len(mult) - 1)
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = _mid(block_in, cfg.dropout, cfg.mid_attn)
+        self.mid = _mid(block_in, cfg.dropout, cfg.mid_attn, g)
         up = []
         for i in reversed(range(len(mult))):
             level = nn.Module()
             level.block, level.attn = nn.ModuleList(), nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                level.block.append(ResnetBlock(block_in, ch * mult[i], cfg.dropout))
+                level.block.append(ResnetBlock(block_in, ch * mult[i], cfg.dropout, g))
                 block_in = ch * mult[i]
                 if res in cfg.attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(AttnBlock(block_in, g))
             if i != 0:
                 level.upsample = Upsample(block_in)
                 res *= 2
             up.insert(0, level)
         self.up = nn.ModuleList(up)
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, g)
         self.conv_out = nn.Conv2d(block_in, cfg.in_channels, 3, padding=1)
 
     def forward(self, z):

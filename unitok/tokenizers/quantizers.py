@@ -138,7 +138,21 @@ class Quantizer(nn.Module):
     def size(self) -> int:
         return self.cfg.size
 
+    @torch.no_grad()
+    def _init_for_eval(self) -> None:
+        """An untrained k-means codebook is all zeros and would be k-means-initialised on the first
+        batch even in eval mode (mutating the model during `encode`); fill it with seeded Gaussian codes."""
+        gen = torch.Generator().manual_seed(0)
+        for m in self.vq.modules():
+            if hasattr(m, "initted") and hasattr(m, "embed") and not bool(m.initted):
+                m.embed.copy_(torch.randn(m.embed.shape, generator=gen).to(m.embed))
+                if hasattr(m, "embed_avg"):
+                    m.embed_avg.copy_(m.embed)
+                m.initted.fill_(True)
+
     def forward(self, z: torch.Tensor) -> QuantOut:  # z (B, N, D)
+        if not self.training:
+            self._init_for_eval()
         z = z.float()  # codebook distances in fp32 (bf16 ties pick wrong codes)
         with torch.autocast(z.device.type, enabled=False):
             if self.cfg.kind == "fsq":

@@ -1,0 +1,115 @@
+"""Image tokenizer: shapes, save/load, taming-format checkpoints, parity with taming's modules."""
+
+import pytest
+import torch
+
+from unitok.errors import CheckpointError
+from unitok.tokenizers.base import load_tokenizer
+from unitok.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, image_preset, NLayerDiscriminator
+from unitok.tokenizers.quantizers import QuantizerConfig
+
+
+def _taming_like_cfg():
+    # taming VQModel layout: plain learned codebook (no EMA, no low-dim lookup), attention at 8x8.
+    return ImageTokenizerConfig(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[8], resolution=32,
+                                z_channels=32, embed_dim=16,
+                                quantizer=QuantizerConfig(codebook_size=64, ema=False, kmeans_init=False))
+
+
+def test_encode_decode_shapes_and_levels():
+    torch.manual_seed(0)
+    tok = ImageTokenizer(image_preset("debug")).eval()
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    codes = tok.encode(x)
+    assert codes.shape == (2, 8, 12) and codes.dtype == torch.long  # f4
+    assert tok.decode(codes).shape == x.shape
+    assert tok.codebook_sizes == [64]
+    rvq = ImageTokenizer(ImageTokenizerConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=32, embed_dim=8,
+                                              quantizer=QuantizerConfig(kind="rvq", levels=3, codebook_size=16))).eval()
+    c = rvq.encode(x)
+    assert c.shape == (2, 3, 16, 24) and rvq.codebook_sizes == [16, 16, 16]
+    assert rvq.decode(c).shape == x.shape
+    with pytest.raises(ValueError, match="multiple of the downsampling"):
+        tok.encode(torch.zeros(1, 3, 30, 32))
+
+
+def test_save_load_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    tok = ImageTokenizer(image_preset("debug"))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    tok.train()
+    tok(x)  # k-means init of the codebook
+    tok.eval()
+    tok.save_pretrained(tmp_path / "t")
+    back = load_tokenizer(tmp_path / "t")
+    assert isinstance(back, ImageTokenizer)
+    assert torch.equal(back.encode(x), tok.encode(x))
+    torch.testing.assert_close(back.decode(tok.encode(x)), tok.decode(tok.encode(x)))
+
+
+def _to_taming_state(tok: ImageTokenizer) -> dict:
+    sd = {k: v.clone() for k, v in tok.state_dict().items() if not k.startswith("quantize.")}
+    sd["quantize.embedding.weight"] = tok.quantize.vq._codebook.embed[0].clone()
+    sd["loss.discriminator.main.0.weight"] = torch.randn(4, 3, 4, 4)  # ignored on load
+    sd["loss.perceptual_loss.lin0.model.1.weight"] = torch.randn(1, 64, 1, 1)
+    return sd
+
+
+@pytest.mark.parametrize("fmt", ["ckpt", "safetensors"])
+def test_taming_checkpoint_loads_and_reproduces(tmp_path, fmt):
+    torch.manual_seed(0)
+    ref = ImageTokenizer(_taming_like_cfg()).eval()
+    with torch.no_grad():
+        ref.quantize.vq._codebook.embed.normal_()
+    sd = _to_taming_state(ref)
+    path = tmp_path / f"vqgan.{fmt}"
+    if fmt == "ckpt":
+        torch.save({"state_dict": sd, "global_step": 7}, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(sd, str(path))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    for cfg in (None, _taming_like_cfg()):  # inferred from the weights, or given
+        tok = ImageTokenizer.from_taming(path, cfg)
+        assert torch.equal(tok.encode(x), ref.encode(x))
+        torch.testing.assert_close(tok.decode(tok.encode(x)), ref.decode(ref.encode(x)))
+    # the same through a taming YAML
+    yaml_path = tmp_path / "vqgan.yaml"
+    yaml_path.write_text("model:\n  params:\n    embed_dim: 16\n    n_embed: 64\n    ddconfig: {double_z: false, "
+                         "z_channels: 32, resolution: 32, in_channels: 3, out_ch: 3, ch: 32, ch_mult: [1, 2, 2], "
+                         "num_res_blocks: 1, attn_resolutions: [8], dropout: 0.0}\n")
+    tok = ImageTokenizer.from_taming(path, yaml_path)
+    assert torch.equal(tok.encode(x), ref.encode(x))
+
+
+def test_taming_checkpoint_errors(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        ImageTokenizer.from_taming(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        ImageTokenizer.from_taming(tmp_path / "missing.ckpt")
+    torch.save({"state_dict": {"encoder.conv_in.weight": torch.zeros(32, 3, 3, 3)}}, tmp_path / "x.ckpt")
+    with pytest.raises(CheckpointError, match="quantize.embedding.weight"):
+        ImageTokenizer.from_taming(tmp_path / "x.ckpt")
+
+
+def test_parity_with_taming_modules():
+    tm = pytest.importorskip("taming.modules.diffusionmodules.model")
+    td = pytest.importorskip("taming.modules.discriminator.model")
+    torch.manual_seed(0)
+    dd = dict(ch=32, out_ch=3, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[8], in_channels=3,
+              resolution=32, z_channels=32, double_z=False, dropout=0.0)
+    te, tdec = tm.Encoder(**dd).eval(), tm.Decoder(**dd).eval()
+    ours = ImageTokenizer(_taming_like_cfg()).eval()
+    ours.encoder.load_state_dict(te.state_dict())  # strict: identical names and shapes
+    ours.decoder.load_state_dict(tdec.state_dict())
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = te(x)
+        torch.testing.assert_close(ours.encoder(x), z, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.decoder(z), tdec(z), atol=1e-5, rtol=1e-4)
+        d_ref, d_ours = td.NLayerDiscriminator(3, 64, 3).eval(), NLayerDiscriminator(3, 64, 3).eval()
+        d_ours.load_state_dict(d_ref.state_dict())
+        torch.testing.assert_close(d_ours(x), d_ref(x))

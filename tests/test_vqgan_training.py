@@ -1,0 +1,147 @@
+"""Tokenizer training loop and benchmark on tiny data the test writes itself."""
+
+import json
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unitok.config import from_dict
+from unitok.errors import ConfigError, DataError
+from unitok.tokenizers.base import load_tokenizer
+from unitok.training.vqgan import TrainConfig, train
+
+
+def _photo_folder(d, n=3, size=72):
+    """A few real photo crops (scikit-image's bundled astronaut/coffee/chelsea), a corrupt PNG and a text file."""
+    from skimage import data
+
+    d.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate([data.astronaut(), data.coffee(), data.chelsea()][:n]):
+        Image.fromarray(np.ascontiguousarray(img[100:100 + size, 120:120 + size + 8 * i])).save(d / f"img{i}.png")
+    Image.fromarray(data.camera()[:40, :50]).save(d / "gray.png")  # grayscale, smaller than the crop
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def _cfg(**kw):
+    base = dict(modality="image", name="t", preset="debug", data=dict(crop=16, batch_size=4, min_scale=0.5),
+                steps=6, warmup_steps=2, log_every=2, sample_every=3, lr=1e-3, ema_decay=0.9, threads=1)
+    base.update(kw)
+    return from_dict(TrainConfig, base)
+
+
+def test_train_skips_corrupt_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    data = _photo_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    s = train(_cfg(), data, out)
+    assert s["steps"] == 6
+    assert s["skipped_files"] == 1 and "corrupt.png" in s["skipped"][0][0]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in log) and len(log) == 3
+    assert (out / "samples" / "step0000003.png").is_file() and (out / "ckpt" / "last.pt").is_file()
+    tok = load_tokenizer(out / "final")
+    assert tok.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 8)  # f4
+    s2 = train(_cfg(steps=9), data, out, resume=True)  # continues from step 6
+    assert s2["steps"] == 9
+    assert len((out / "log.jsonl").read_text().splitlines()) == 4  # 3 lines + step 8
+
+
+def test_gan_and_loss_decreases(tmp_path):
+    torch.manual_seed(0)
+    data = _photo_folder(tmp_path / "data")
+    s = train(_cfg(steps=4, loss=dict(gan=0.5, gan_start=2, disc_ndf=16, disc_layers=2)), data, tmp_path / "g")
+    assert np.isfinite(s["last"]["d_loss"]) and np.isfinite(s["last"]["g_loss"])
+    s = train(_cfg(steps=30, warmup_steps=5, log_every=5, sample_every=0, ema_decay=0.0,
+                   data=dict(crop=16, batch_size=8, min_scale=1.0, flip=False)), data, tmp_path / "l")
+    log = [json.loads(line) for line in (tmp_path / "l" / "log.jsonl").read_text().splitlines()]
+    first, last = log[0]["rec"], np.mean([r["rec"] for r in log[-2:]])
+    assert last < 0.7 * first, f"reconstruction loss did not drop by 30%: {first:.3f} -> {last:.3f}"
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'lrr'"):
+        from_dict(TrainConfig, {"lrr": 1})
+    with pytest.raises(ConfigError, match="model: unknown config key 'chh'"):
+        train(_cfg(model={"chh": 3}), tmp_path, tmp_path / "o")
+    with pytest.raises(ConfigError, match="dead_code_threshold"):
+        train(_cfg(model={"quantizer": {"dead_code_threshold": 10.0}}), tmp_path, tmp_path / "o")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        train(_cfg(), tmp_path / "empty", tmp_path / "o")
+    with pytest.raises(ConfigError, match="perceptual_weights"):
+        train(_cfg(loss=dict(perceptual=1.0)), _photo_folder(tmp_path / "d"), tmp_path / "o")
+
+
+def test_bench_reports_codecs_and_skips_bad_files(tmp_path):
+    from unitok.bench.image import run
+    from unitok.tokenizers.image import ImageTokenizer, image_preset
+
+    d = tmp_path / "held"
+    d.mkdir()
+    from skimage import data
+
+    Image.fromarray(data.astronaut()[:256, :300]).save(d / "a.png")
+    Image.fromarray(data.camera()[:200, :260]).save(d / "small_gray.png")  # resized up to 256
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (d / "readme.md").write_text("x")
+    torch.manual_seed(0)
+    tok = ImageTokenizer(image_preset("debug")).eval()
+    js = tmp_path / "b.json"
+    assert run(Namespace(data=str(d), json=str(js), out=None, max_files=None), tok) == 0
+    r = json.loads(js.read_text())
+    for k in ("ours", "jpeg", "webp"):
+        assert {"psnr", "ssim", "bpp"} <= set(r[k])
+    assert {"codebook_usage", "perplexity", "tokens_per_image", "encode_images_per_s"} <= set(r["ours"])
+    assert r["images"] == 2 and r["ours"]["tokens_per_image"] == 64 * 64
+    assert r["ours"]["bpp"] == pytest.approx(4096 * 6 / 65536)
+    assert {s["file"].split("/")[-1] for s in r["skipped"]} == {"broken.jpg", "readme.md"}
+    assert abs(r["jpeg"]["bpp"] - 0.375) < 0.2 and r["webp"]["psnr"] > 15
+    for f in ("table.md", "grid.png", "rd.png"):
+        assert (tmp_path / f).is_file()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_keep_codebooks_in_sync(tmp_path):
+    """torchrun, gloo, 2 processes: training runs and both ranks end with the same EMA codebook."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    data = _photo_folder(tmp_path / "data")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("modality: image\nname: ddp\npreset: debug\ndata: {crop: 16, batch_size: 4}\nsteps: 4\n"
+                      "warmup_steps: 1\nlog_every: 1\nsample_every: 0\nthreads: 1\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+           "-m", "unitok.cli", "tokenizer", "train", str(recipe), "--data", str(data), "--out", str(tmp_path / "o")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    s = json.loads((tmp_path / "o" / "train_summary.json").read_text())
+    assert s["world_size"] == 2 and s["steps"] == 4
+    assert s["codebook_rank_maxdiff"] == 0.0
+
+
+def test_perceptual_loss_from_local_file_only(tmp_path):
+    from safetensors.torch import save_file
+
+    from unitok.training.perceptual import Perceptual, load_perceptual
+
+    torch.manual_seed(0)
+    ref = Perceptual()
+    state = {f"features.{k}": v for k, v in ref.features.state_dict().items()}  # torchvision VGG16 layout
+    state["lin0.model.1.weight"] = torch.rand(1, 64, 1, 1)
+    save_file(state, str(tmp_path / "vgg.safetensors"))
+    m = load_perceptual(str(tmp_path / "vgg.safetensors"))
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    d = m(a, b)
+    assert d.shape == (2,) and torch.isfinite(d).all() and (d > 0).all()
+    assert m(a, a).abs().max() < 1e-6
+    with pytest.raises(ConfigError, match="never downloaded"):
+        load_perceptual(str(tmp_path / "missing.pth"))
