@@ -28,6 +28,9 @@ def test_yaml_base_and_overrides(tmp_path):
     (tmp_path / "base.yaml").write_text("lr: 0.01\nmodel:\n  n_layer: 4\n  dim: 32\n")
     (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel:\n  dim: 48\ntags: [a]\n")
     cfg = load_config(Run, tmp_path / "child.yaml", ["model.dropout=0.1", "name=exp1", "betas=[0.8,0.9]", "lr=3"])
+    assert load_config(Run, None, ["lr=5e-4"]).lr == 5e-4  # YAML 1.1 reads this as a string
+    (tmp_path / "e.yaml").write_text("lr: 1e-3\n")
+    assert load_config(Run, tmp_path / "e.yaml").lr == 1e-3
     assert cfg.model == Model(n_layer=4, dim=48, dropout=0.1)
     assert cfg.lr == 3.0 and isinstance(cfg.lr, float)
     assert cfg.name == "exp1" and cfg.betas == (0.8, 0.9) and cfg.tags == ["a"]

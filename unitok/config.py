@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -32,6 +33,7 @@ import yaml
 from unitok.errors import ConfigError
 
 T = TypeVar("T")
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 __all__ = ["load_config", "read_yaml", "from_dict", "to_dict", "apply_overrides", "parse_overrides"]
 
@@ -194,6 +196,8 @@ def _check(tp, value, source, key, fill_missing):
             raise bad("an integer")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         return float(value)
