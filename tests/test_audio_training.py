@@ -125,3 +125,15 @@ def test_bench_writes_json_table_and_spectrograms(tmp_path, capsys):
     assert abs(opus["per_file"]["a.wav"]["lag_samples"]) <= 160
     assert (tmp_path / "r" / "bench.md").read_text().count("|") > 20
     assert (tmp_path / "r" / "spectrograms" / "a.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_shared_audio_folder_reads_and_round_trips(shared_data):
+    """Every file of ../shared/data/audio (16/22.05/44.1 kHz, mono/stereo, WAV/FLAC/OGG) is converted."""
+    from unitok.data.audio import AudioClips
+
+    clips = AudioClips(shared_data / "audio", 16000, 1, progress=False)
+    assert not clips.skipped and len(clips.clips) >= 10
+    tok = AudioTokenizer(AudioTokenizerConfig.tiny()).eval()
+    x = clips.sample(2, 16000, torch.Generator().manual_seed(0))
+    assert tok.decode(tok.encode(x), length=16000).shape == (2, 1, 16000)
