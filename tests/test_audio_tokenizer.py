@@ -38,6 +38,8 @@ def test_bandwidths_and_errors(tiny):
     assert tiny.codebook_sizes == [64] * 4
     assert tiny.bandwidths == [1.5, 3.0, 4.5, 6.0]
     assert tiny.levels_for_bandwidth(4.0) == 2
+    spec = tiny.codebook_spec()  # what the unified vocabulary needs: one range of 64 ids per level
+    assert (spec.modality, spec.size, spec.levels) == ("audio", 64, 4) and spec.tokenizer["type"] == "audio-encodec"
     with pytest.raises(ValueError, match=r"\(B, 1, N\)"):
         tiny.encode(torch.randn(1, 2, 100))
     with pytest.raises(Exception, match="below one level"):

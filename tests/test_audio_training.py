@@ -37,7 +37,7 @@ def _recipe(**train):
     return from_dict(EncodecRecipe, {"model": TINY_MODEL, "train": {
         "steps": 2, "batch_size": 2, "segment_s": 0.25, "warmup_steps": 1, "log_every": 1, "ckpt_every": 100,
         "disc_start": 0.0, "mel_n_ffts": [128, 256], "mel_bands": 32, "disc_n_ffts": [256, 128], "disc_filters": 4,
-        **train}})
+        "refit_at": None, "calibration_batches": 2, **train}})
 
 
 def test_one_step_train_skips_bad_files_and_resumes(tmp_path):
@@ -73,12 +73,26 @@ def test_resume_continues_from_checkpoint(tmp_path):
 def test_training_reduces_the_reconstruction_loss(tmp_path):
     data = _write_folder(tmp_path / "data", silent=False, corrupt=False)
     torch.manual_seed(0)
-    train(_recipe(steps=60, disc=False, lr=3e-3, log_every=1, batch_size=4), data, tmp_path / "out", progress_bar=False)
+    train(_recipe(steps=40, disc=False, lr=3e-3, log_every=1, batch_size=4), data, tmp_path / "out", progress_bar=False)
     log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     first = np.mean([r["mel"] for r in log[:5]])
     last = np.mean([r["mel"] for r in log[-5:]])
     assert last < 0.75 * first, (first, last)
     assert np.mean([r["sisnr"] for r in log[-5:]]) < np.mean([r["sisnr"] for r in log[:5]])  # -SI-SNR went down
+
+
+def test_codebook_refit_then_decoder_only_phase(tmp_path, capsys):
+    data = _write_folder(tmp_path / "data", silent=False, corrupt=False)
+    train(_recipe(steps=4, disc=False, refit_at=0.5, refit_batches=4), data, tmp_path / "out", progress_bar=False)
+    out = capsys.readouterr().out
+    assert "refit codebooks" in out and "training the decoder only" in out
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["commit"] == 0.0  # frozen codebooks: no commitment term
+    tok = load_tokenizer(tmp_path / "out" / "final")
+    # k-means refit on 4 batches x 2 x 63 frames: every level uses most of its 64 codes on the fit data
+    usage = [float(u) for u in out.split("usage on the fit data per level: ")[1].split(")")[0].replace("%", "").split(", ")]
+    assert len(usage) == 4 and min(usage) >= 80
+    assert tok.encode(torch.randn(1, 1, 640) * 0.1).shape == (1, 4, 10)
 
 
 def test_cli_train_unknown_key_is_one_line_error(tmp_path, capsys):
@@ -111,3 +125,15 @@ def test_bench_writes_json_table_and_spectrograms(tmp_path, capsys):
     assert abs(opus["per_file"]["a.wav"]["lag_samples"]) <= 160
     assert (tmp_path / "r" / "bench.md").read_text().count("|") > 20
     assert (tmp_path / "r" / "spectrograms" / "a.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_shared_audio_folder_reads_and_round_trips(shared_data):
+    """Every file of ../shared/data/audio (16/22.05/44.1 kHz, mono/stereo, WAV/FLAC/OGG) is converted."""
+    from unitok.data.audio import AudioClips
+
+    clips = AudioClips(shared_data / "audio", 16000, 1, progress=False)
+    assert not clips.skipped and len(clips.clips) >= 10
+    tok = AudioTokenizer(AudioTokenizerConfig.tiny()).eval()
+    x = clips.sample(2, 16000, torch.Generator().manual_seed(0))
+    assert tok.decode(tok.encode(x), length=16000).shape == (2, 1, 16000)

@@ -17,6 +17,9 @@ from unitok.kernels.triton_attention import (HEAD_DIMS, INTERPRET_BLOCKS, check_
 from unitok.kernels._triton import SMEM_LIMIT
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# On a GPU, fixed tiles (autotuning compiles ~20 configs per kernel for every head dim, dtype and
+# GQA group: many minutes over these cases); the dispatcher and tiny-model tests still autotune.
+GPU_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
 TOL = {torch.float32: 2e-4 if DEV == "cpu" else 2e-2, torch.float16: 2e-2, torch.bfloat16: 8e-2}  # GPU fp32 dots use tf32
 
 
@@ -45,6 +48,8 @@ def _run(B, Hq, Hkv, T, D, dtype, causal=True, n_docs=0, n_spans=0, blocks=None,
         span = s.to(DEV) if n_spans else None
     q, k, v = (torch.randn(B, h, T, D, generator=gen).to(DEV, dtype).requires_grad_() for h in (Hq, Hkv, Hkv))
     do = torch.randn(B, Hq, T, D, generator=gen).to(DEV, dtype)
+    if blocks is None and DEV == "cuda":
+        blocks = GPU_BLOCKS
     o = flash_attention(q, k, v, causal=causal, doc_ids=doc, span_ids=span, blocks=blocks)
     o.backward(do)
     got = [o] + [x.grad for x in (q, k, v)]

@@ -106,16 +106,18 @@ class AudioTokenizerConfig:
     # --- named presets -------------------------------------------------------------------
     @classmethod
     def tiny(cls, **kw) -> "AudioTokenizerConfig":
-        """Debug model for tests: ~60k parameters, 16 kHz, hop 64, 4 levels of 64 codes."""
+        """Debug model for tests: 37k parameters, 16 kHz, hop 64, 4 levels of 64 codes."""
         base = dict(num_filters=4, upsampling_ratios=[4, 4, 4], hidden_size=16, num_lstm_layers=1,
                     codebook_size=64, num_levels=4, kmeans_init=False)
         return cls(**{**base, **kw})
 
     @classmethod
     def small_16k(cls, **kw) -> "AudioTokenizerConfig":
-        """CPU-trainable 16 kHz codec: 50 Hz frames, 15 levels x 256 codes = 6.0 kbps."""
-        base = dict(num_filters=16, upsampling_ratios=[8, 5, 4, 2], hidden_size=64, num_lstm_layers=1,
-                    codebook_size=256, num_levels=15)
+        """CPU-trainable 16 kHz codec (tokenizers/audio-encodec-16k): 0.73M parameters, 50 Hz frames,
+        20 levels x 64 codes = 6.0 kbps."""
+        base = dict(num_filters=8, upsampling_ratios=[8, 5, 4, 2], hidden_size=64, num_lstm_layers=1,
+                    codebook_size=64, num_levels=20, ema_decay=0.95, threshold_ema_dead_code=0.25,
+                    quantize_dropout=False)
         return cls(**{**base, **kw})
 
     @classmethod
