@@ -145,3 +145,17 @@ def test_perceptual_loss_from_local_file_only(tmp_path):
     assert m(a, a).abs().max() < 1e-6
     with pytest.raises(ConfigError, match="never downloaded"):
         load_perceptual(str(tmp_path / "missing.pth"))
+
+
+def test_color_augmentation(tmp_path):
+    import random
+
+    from unitok.training.vqgan import _color
+
+    x = torch.rand(3, 8, 8) * 2 - 1
+    assert torch.equal(_color(x, 0.0, random.Random(0)), x)
+    outs = [_color(x, 1.0, random.Random(s)) for s in range(30)]
+    grey = [torch.equal(o[0], o[1]) and torch.equal(o[1], o[2]) for o in outs]
+    assert 0 < sum(grey) < 30
+    for o, g in zip(outs, grey):  # every output is grey or a channel permutation of x
+        assert g or sorted(o.sum((1, 2)).tolist()) == pytest.approx(sorted(x.sum((1, 2)).tolist()))

@@ -43,6 +43,7 @@ class DataConfig:
     batch_size: int = 16  # per process
     min_scale: float = 0.5  # random downscale in [min_scale, 1] before cropping (1 = none)
     flip: bool = True
+    color_aug: float = 0.0  # probability per crop of a random channel permutation or grey conversion
     frames: int = 9  # video: frames per clip (1 + 4k for temporal compression 4)
     frame_stride: int = 2  # video: take every n-th frame
     cache_mb: int = 2048  # decoded-file cache
@@ -147,6 +148,18 @@ def _random_crop(x: torch.Tensor, crop: int, min_scale: float, flip: bool, rng: 
     return patch
 
 
+def _color(x: torch.Tensor, p: float, rng: random.Random) -> torch.Tensor:
+    """With probability p: grey (1/3 of the time) or a random RGB channel permutation. x (..., 3, H, W)."""
+    if p <= 0 or rng.random() >= p:
+        return x
+    if rng.random() < 1 / 3:
+        g = (0.299 * x[..., 0:1, :, :] + 0.587 * x[..., 1:2, :, :] + 0.114 * x[..., 2:3, :, :])
+        return g.expand_as(x).contiguous()
+    perm = [0, 1, 2]
+    rng.shuffle(perm)
+    return x[..., perm, :, :]
+
+
 class ImageCropSampler:
     """Endless batches (B, 3, crop, crop) in [-1, 1] of random crops of random images in a folder."""
 
@@ -159,8 +172,8 @@ class ImageCropSampler:
 
     def batch(self) -> torch.Tensor:
         c = self.cfg
-        return torch.stack([_random_crop(to_tensor(self.cache.get(self.rng)), c.crop, c.min_scale, c.flip, self.rng)
-                            for _ in range(c.batch_size)])
+        return torch.stack([_color(_random_crop(to_tensor(self.cache.get(self.rng)), c.crop, c.min_scale, c.flip,
+                                                self.rng), c.color_aug, self.rng) for _ in range(c.batch_size)])
 
 
 class VideoClipSampler:
