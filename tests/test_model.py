@@ -116,3 +116,16 @@ def test_tiny_model_learns_a_copy_task():
     x, y = batch()
     final = float(m(x, y))
     assert first > 2.5 and final < first / 3, (first, final)
+
+
+def test_bf16_autocast_gives_attention_one_dtype():
+    # Under autocast the QK-norm and RoPE produce fp32 while v is bf16; SDPA (and the Triton
+    # kernel) reject mixed dtypes, so the model casts q and k to v's dtype.
+    torch.manual_seed(0)
+    model = UnifiedTransformer(debug(vocab_size=64))
+    ids = torch.randint(0, 64, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(ids, targets=ids)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

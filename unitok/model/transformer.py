@@ -93,6 +93,8 @@ class Attention(nn.Module):
         k, v = self.wkv(x).view(B, T, 2, cfg.kv_heads, cfg.head_dim).permute(2, 0, 3, 1, 4)  # 2 x (B, Hkv, T, D)
         q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Under autocast the norms and RoPE return fp32 while v stays bf16; the kernels want one dtype.
+        q, k = q.to(v.dtype), k.to(v.dtype)
         if cache is None:
             y = attention(q, k, v, causal=True, doc_ids=doc_ids, span_ids=span_ids, backend=cfg.attention)
         else:
