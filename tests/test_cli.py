@@ -19,6 +19,34 @@ def test_every_subcommand_has_help(cmd, capsys):
     assert "usage: unitok " + " ".join(cmd) in capsys.readouterr().out
 
 
+def test_every_handler_resolves():
+    parser = build_parser()
+    import argparse, importlib
+
+    def walk(p):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    yield from walk(sub)
+        if p.get_default("handler"):
+            yield p.get_default("handler")
+
+    handlers = set(walk(parser))
+    assert len(handlers) == len(SUBCOMMANDS)
+    from unitok.bench.tokenizer import BENCHES
+    from unitok.training.tokenizer import TRAINERS
+
+    handlers |= set(TRAINERS.values()) | set(BENCHES.values())  # per-modality dispatch
+    missing = []
+    for h in handlers:
+        module, func = h.split(":")
+        try:
+            getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError) as e:
+            missing.append(f"{h}: {e}")
+    assert not missing, missing
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "unitok.cli", *args], capture_output=True, text=True)
 
