@@ -1,8 +1,18 @@
+import pytest
 import torch
 
 from unitok.generation.sample import filter_logits, generate
 from unitok.model.config import debug
 from unitok.model.transformer import UnifiedTransformer
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is faster than waking a second one for every small op."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 
 def test_top_k_keeps_k_largest():
