@@ -17,15 +17,6 @@ from unitok.training.lm import TrainConfig, Trainer, load_checkpoint, lr_at, pre
 ROOT = Path(__file__).resolve().parents[1]
 DEBUG = ROOT / "configs" / "train" / "debug.yaml"
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster than waking a second one for every small op."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):

@@ -4,15 +4,6 @@ import torch
 from unitok.model.config import ModelConfig, PRESETS, debug
 from unitok.model.transformer import UnifiedTransformer, doc_positions
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster than waking a second one for every small op."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def model(**kw):
     torch.manual_seed(0)

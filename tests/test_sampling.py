@@ -5,15 +5,6 @@ from unitok.generation.sample import filter_logits, generate
 from unitok.model.config import debug
 from unitok.model.transformer import UnifiedTransformer
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster than waking a second one for every small op."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def test_top_k_keeps_k_largest():
     logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
