@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from unitok.generation.sample import filter_logits, generate

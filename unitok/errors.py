@@ -36,3 +36,17 @@ def require_file(path, what: str = "file"):
     if not p.is_file():
         raise DataError(f"{what} is not a file: {p}")
     return p
+
+
+def read_json(path, what: str = "file"):
+    """Parse a JSON file, raising a one-line `CheckpointError` if it is missing or invalid."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{what} not found: {p}")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p}: {what} is not valid JSON ({e})") from None

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from unitok.errors import CheckpointError, VocabMismatchError
+from unitok.errors import CheckpointError, VocabMismatchError, read_json
 
 __all__ = ["Modality", "CodebookSpec", "UnifiedVocab", "Packed", "Unpacked", "SPECIAL_TOKENS"]
 
@@ -444,12 +444,7 @@ class UnifiedVocab:
     @classmethod
     def load(cls, path: str | Path) -> "UnifiedVocab":
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"vocabulary manifest not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: vocabulary manifest is not valid JSON ({e})") from None
+        data = read_json(path, "vocabulary manifest")
         if not isinstance(data, dict):
             raise CheckpointError(f"{path}: vocabulary manifest must be a JSON object")
         return cls.from_manifest(data, source=str(path))

@@ -23,7 +23,6 @@ returns the scales that `decode(codes, scales=...)` needs.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unitok.config import from_dict
-from unitok.errors import CheckpointError, ConfigError
+from unitok.errors import CheckpointError, ConfigError, read_json
 from unitok.tokenizers.base import NeuralTokenizer
 
 __all__ = ["AudioTokenizerConfig", "AudioTokenizer", "hf_to_encodec_state_dict", "encodec_to_hf_state_dict"]
@@ -395,10 +394,7 @@ class AudioTokenizer(NeuralTokenizer):
         cpath = d / "config.json"
         if not cpath.is_file():
             raise CheckpointError(f"{d}: no config.json (expected a transformers EnCodec folder)")
-        try:
-            hf = json.loads(cpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{cpath}: not valid JSON ({e})") from None
+        hf = read_json(cpath, "EnCodec config")
         if hf.get("model_type") != "encodec":
             raise CheckpointError(f"{cpath}: model_type is {hf.get('model_type')!r}, not 'encodec'")
         state = _load_state_file(d)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from unitok.config import from_dict, to_dict
-from unitok.errors import CheckpointError
+from unitok.errors import CheckpointError, read_json
 
 __all__ = ["Tokenizer", "NeuralTokenizer", "load_tokenizer", "TOKENIZER_TYPES", "file_sha256"]
 
@@ -153,10 +153,7 @@ def _read_config(d: Path, expected_type: str | None = None) -> dict:
         raise CheckpointError(f"pretrained tokenizer directory not found: {d}")
     if not path.is_file():
         raise CheckpointError(f"{d}: no {CONFIG_NAME}; is this a directory written by save_pretrained?")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    cfg = read_json(path, "tokenizer config")
     if not isinstance(cfg, dict) or "type" not in cfg:
         raise CheckpointError(f"{path}: missing the 'type' key")
     t = cfg.pop("type")
