@@ -29,12 +29,17 @@ def plot_losses(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tr = [(r["tokens"], r["loss"]) for r in history if r.get("loss") is not None and r.get("lr") is not None]
-    ev = [(r["tokens"], r["eval_loss"]) for r in history if r.get("eval_loss") is not None]
+    ev = [(r["tokens"], r["eval_loss"]) for r in history if r.get("eval_loss") is not None and not r.get("final_eval")]
+    # The final score covers the whole held-out text (sliding windows); periodic evals use its first
+    # `eval_tokens` tokens, so the two are different measurements and are drawn apart.
+    fin = [(r["tokens"], r["eval_loss"]) for r in history if r.get("final_eval")]
     fig, ax = plt.subplots(figsize=(6.4, 4))
     if tr:
         ax.plot(*zip(*tr), lw=1, label="train (batch)")
     if ev:
-        ax.plot(*zip(*ev), "o-", ms=4, label="held-out")
+        ax.plot(*zip(*ev), "o-", ms=4, label="held-out (periodic, first tokens)")
+    if fin:
+        ax.plot(*zip(*fin), "*", ms=10, label="held-out (final, all tokens)")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
@@ -67,7 +72,7 @@ def run(args) -> int:
     res = t.fit()
     nll, n = score_tokens(t.model, held_ids, cfg.seq_len, batch_size=32)
     t.history.append({"step": t.step, "tokens": t.tokens, "time_s": round(t.elapsed, 2), "lr": None,
-                      "loss": res["train_loss"], "eval_loss": nll / n})
+                      "loss": res["train_loss"], "eval_loss": nll / n, "final_eval": True})
     t.save()
     plot_losses(t.history, out / "loss.png")
     prompt = "The for statement"
