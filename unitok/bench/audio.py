@@ -23,7 +23,6 @@ reconstructions in OUT/audio/.
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from unitok.data.audio import list_audio_files, log_mel, read_audio, resample, to_model_format, write_wav
 from unitok.errors import DataError
 from unitok.training.audio_losses import si_snr
+from unitok.bench.common import write_json
 
 __all__ = ["run", "mel_distance", "stft_distance", "opus_roundtrip", "align"]
 
@@ -236,8 +236,7 @@ def run(args, tokenizer) -> int:
                  if opus_missing is None else {"kbps": round(kbps, 4), "missing": opus_missing, "si_snr": None,
                                                "mel_distance": None, "per_file": {}}),
     }
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, json_path)
     md = _markdown(result)
     (out_dir / "bench.md").write_text(md)
     print(md)

@@ -19,11 +19,11 @@ Protocol (honest by construction):
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from unitok.config import load_config
+from unitok.bench.common import write_json
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train" / "text-lm.yaml"
 
@@ -90,8 +90,7 @@ def run(args) -> int:
         "seed": args.seed,
         "run_dir": str(out),
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.json)
     rows = [("nats/char (last 10%)", f"{result['nats_per_char']:.4f}"),
             ("nats/char (--eval-data)", "-" if eval_nll is None else f"{eval_nll:.4f}"),
             ("held-out token loss", f"{result['held_out_token_loss']:.4f}"),

@@ -19,22 +19,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unitok.data.media import AUDIO_EXTS, list_media
 from unitok.errors import DataError
 
 __all__ = ["AUDIO_EXTENSIONS", "list_audio_files", "read_audio", "to_model_format", "resample",
            "mel_filterbank", "mel_spectrogram", "log_mel", "write_wav"]
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aiff", ".aif")
+AUDIO_EXTENSIONS = tuple(sorted(AUDIO_EXTS))
 
 
 def list_audio_files(folder: str | Path) -> list[Path]:
-    """Audio files under `folder` (recursive), sorted. Raises DataError if none."""
-    d = Path(folder)
-    if not d.is_dir():
-        raise DataError(f"audio data folder not found: {d}")
-    files = sorted(p for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    """Audio files under `folder` (recursive, sorted; hidden files skipped). Raises DataError if none."""
+    files = list_media(folder, "audio")
     if not files:
-        raise DataError(f"{d}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+        raise DataError(f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
     return files
 
 

@@ -22,7 +22,7 @@ __all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "AUDIO_EXTS", "list_media", "SkipLog", "r
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".gif"}
-AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a"}
+AUDIO_EXTS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aiff", ".aif"}
 _KINDS = {"image": IMAGE_EXTS, "video": VIDEO_EXTS, "audio": AUDIO_EXTS}
 
 
