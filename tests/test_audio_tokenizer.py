@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from unitok.data.audio import resample, to_model_format
 from unitok.errors import CheckpointError
@@ -201,3 +202,23 @@ def test_to_model_format_converts_channels_and_rate():
     assert mono.shape == (1, 1600)
     assert torch.allclose(mono[:, 200:-200], torch.full((1, 1200), 0.25), atol=1e-3)
     assert to_model_format(torch.zeros(1, 800), 8000, 16000, channels=2).shape == (2, 1600)
+
+
+def test_latent_companding_inverts_and_keeps_gradients():
+    torch.manual_seed(0)
+    plain = AudioTokenizer(AudioTokenizerConfig.tiny(quantize_dropout=False)).eval()
+    comp = AudioTokenizer(AudioTokenizerConfig.tiny(quantize_dropout=False, latent_compand=0.25)).eval()
+    comp.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 1, 2048) * torch.tensor([1e-3, 1.0])[:, None, None]  # a quiet and a loud clip
+    z, zc = plain.encode_latent(x), comp.encode_latent(x)
+    # same direction, norms compressed (log-like above s), and the decoder-side inverse restores z
+    assert torch.allclose(F.normalize(z, dim=1), F.normalize(zc, dim=1), atol=1e-5)
+    assert zc.norm(dim=1).max() < z.norm(dim=1).max()
+    assert torch.allclose(comp.latent_to_decoder(zc), z, rtol=1e-4, atol=1e-5)
+    assert plain.latent_to_decoder(z) is z
+    y = comp.decode(comp.encode(x), length=2048)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    comp.train()
+    y, _, commit = comp(x)
+    ((y - x).abs().mean() + commit).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in comp.encoder.parameters())

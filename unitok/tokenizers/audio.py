@@ -68,6 +68,10 @@ class AudioTokenizerConfig:
     # latent normalisation: a non-affine BatchNorm after the encoder. transformers' SEANet output
     # barely varies at initialisation, which collapses the RVQ to a few codes; this fixes it.
     latent_norm: bool = True
+    # radial asinh companding of each latent frame before the RVQ: norm r -> s*asinh(r/s) (the
+    # decoder gets the inverse). Latent norms span ~40 dB between quiet and loud frames; without it
+    # the first levels spend their codes on loud frames and send every quiet one to the same code.
+    latent_compand: float | None = None
     # residual VQ
     codebook_size: int = 1024
     num_levels: int = 8
@@ -225,11 +229,24 @@ class AudioTokenizer(NeuralTokenizer):
         return wav.mean(1, keepdim=True).pow(2).mean(-1, keepdim=True).sqrt() + 1e-8  # (B, 1, 1)
 
     def encode_latent(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav (B, C, N) -> continuous latent (B, D, T'), normalised when latent_norm is on."""
+        """wav (B, C, N) -> continuous latent (B, D, T') in the quantizer's space (normalised when
+        latent_norm is on, companded when latent_compand is set)."""
         z = self.encoder(wav)
         if self.latent_norm is not None:
             z = self.latent_norm(z)
+        s = self.config.latent_compand
+        if s:
+            r = z.norm(dim=1, keepdim=True).clamp_min(1e-6)
+            z = z * (s * torch.asinh(r / s) / r)
         return z
+
+    def latent_to_decoder(self, q: torch.Tensor) -> torch.Tensor:
+        """Quantised latent (B, D, T') -> decoder input: undoes the companding (if any)."""
+        s = self.config.latent_compand
+        if not s:
+            return q
+        r = q.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        return q * (s * torch.sinh((r / s).clamp_max(12.0)) / r)
 
     @torch.no_grad()
     def calibrate_latent_norm(self, batches) -> None:
@@ -287,7 +304,7 @@ class AudioTokenizer(NeuralTokenizer):
         x = wav / scale if scale is not None else wav
         z = self.encode_latent(x)  # (B, D, T')
         q, idx, commit = self.quantizer(z.transpose(1, 2))  # (B, T', D), (B, T', L), (L,)
-        y = self.decoder(q.transpose(1, 2))[..., : wav.shape[-1]]
+        y = self.decoder(self.latent_to_decoder(q.transpose(1, 2)))[..., : wav.shape[-1]]
         if scale is not None:
             y = y * scale
         return y, idx.transpose(1, 2), commit.sum()
@@ -357,7 +374,7 @@ class AudioTokenizer(NeuralTokenizer):
         codes = codes.long()
         c = self.config
         if c.chunk_length_s is None:
-            y = self.decoder(self.dequantize(codes))
+            y = self.decoder(self.latent_to_decoder(self.dequantize(codes)))
             if scales is not None:
                 y = y * scales[:, :1, None]
         else:
@@ -369,7 +386,7 @@ class AudioTokenizer(NeuralTokenizer):
         per_chunk = self.num_frames(length)
         frames = []
         for i, off in enumerate(range(0, codes.shape[-1], per_chunk)):
-            y = self.decoder(self.dequantize(codes[..., off: off + per_chunk]))
+            y = self.decoder(self.latent_to_decoder(self.dequantize(codes[..., off: off + per_chunk])))
             if scales is not None:
                 y = y * scales[:, i, None, None]
             frames.append(y)

@@ -259,7 +259,7 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
         with amp:
             if frozen:  # decoder-only phase: codes from the frozen encoder and codebooks
                 codes = model.encode(x)
-                y = model.decoder(model.dequantize(codes))[..., : x.shape[-1]]
+                y = model.decoder(model.latent_to_decoder(model.dequantize(codes)))[..., : x.shape[-1]]
                 commit = torch.zeros((), device=device)
             else:
                 y, codes, commit = gmodel(x)
