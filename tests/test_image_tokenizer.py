@@ -113,3 +113,18 @@ def test_parity_with_taming_modules():
         d_ref, d_ours = td.NLayerDiscriminator(3, 64, 3).eval(), NLayerDiscriminator(3, 64, 3).eval()
         d_ours.load_state_dict(d_ref.state_dict())
         torch.testing.assert_close(d_ours(x), d_ref(x))
+
+
+def test_norm_groups_zero_keeps_taming_names_and_image_means():
+    """norm_groups 0: per-channel affine instead of GroupNorm, same state-dict keys and shapes, and
+    (unlike GroupNorm) a constant colour offset of the input reaches the latent."""
+    gn = ImageTokenizer(image_preset("debug")).eval()
+    cfg = image_preset("debug")
+    cfg.norm_groups = 0
+    aff = ImageTokenizer(cfg).eval()
+    assert {k: v.shape for k, v in gn.state_dict().items()} == {k: v.shape for k, v in aff.state_dict().items()}
+    x = torch.rand(1, 3, 32, 32) * 0.5
+    shifted = x + torch.tensor([0.3, -0.2, 0.1]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert not torch.allclose(aff.encoder(x), aff.encoder(shifted), atol=1e-4)
+    ImageTokenizerConfig(ch=24, ch_mult=[1, 2], norm_groups=0)  # no divisibility check without groups

@@ -41,11 +41,11 @@ class ImageTokenizerConfig:
     z_channels: int = 256
     embed_dim: int = 256  # quantizer input dim (after quant_conv)
     in_channels: int = 3
-    norm_groups: int = 32  # GroupNorm groups (taming: 32)
+    norm_groups: int = 32  # GroupNorm groups (taming: 32); 0 = per-channel affine, no statistics
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self):
-        if any(self.ch * m % self.norm_groups for m in self.ch_mult):
+        if self.norm_groups and any(self.ch * m % self.norm_groups for m in self.ch_mult):
             raise ValueError(f"ch * ch_mult must be multiples of norm_groups={self.norm_groups}; "
                              f"got ch={self.ch}, ch_mult={self.ch_mult}")
 
@@ -87,8 +87,23 @@ def image_preset(name: str) -> ImageTokenizerConfig:
 # ---------------------------------------------------------------- taming-compatible building blocks
 
 
-def Normalize(c: int, groups: int = 32) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, c, eps=1e-6, affine=True)
+class ChannelAffine(nn.Module):
+    """Per-channel scale and shift without statistics (`norm_groups: 0`). GroupNorm subtracts each
+    image's spatial mean per group, which a small model needs to carry colour and brightness.
+    Same parameter names as GroupNorm's, so state dicts keep taming's layout."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+def Normalize(c: int, groups: int = 32) -> nn.Module:
+    return ChannelAffine(c) if groups == 0 else nn.GroupNorm(groups, c, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
