@@ -159,3 +159,20 @@ def test_color_augmentation(tmp_path):
     assert 0 < sum(grey) < 30
     for o, g in zip(outs, grey):  # every output is grey or a channel permutation of x
         assert g or sorted(o.sum((1, 2)).tolist()) == pytest.approx(sorted(x.sum((1, 2)).tolist()))
+
+
+def test_quantizer_warmup_bypasses_then_initialises_codebook(tmp_path):
+    """quant_warmup: the first part of the run skips the quantizer (no usage logged, codebook
+    untouched); afterwards the k-means codebook initialises on trained latents and is used."""
+    torch.manual_seed(0)
+    data = _photo_folder(tmp_path / "data")
+    s = train(_cfg(steps=8, log_every=1, quant_warmup=0.5), data, tmp_path / "w")
+    log = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    assert [r["usage"] is None for r in log] == [True] * 4 + [False] * 4
+    assert all(r["aux"] == 0.0 for r in log[:4]) and log[-1]["usage"] > 0
+    tok = load_tokenizer(tmp_path / "w" / "final")
+    assert not tok.quantize.bypass
+    codes = tok.encode(torch.rand(1, 3, 32, 32) * 2 - 1)
+    assert codes.unique().numel() > 1  # a fitted codebook, not one code
+    with pytest.raises(ConfigError, match="quant_warmup"):
+        train(_cfg(quant_warmup=1.0), data, tmp_path / "bad")

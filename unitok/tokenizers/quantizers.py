@@ -112,6 +112,7 @@ class Quantizer(nn.Module):
         import vector_quantize_pytorch as vqp
 
         self.cfg, self.dim = cfg, dim
+        self.bypass = False  # trainer warm-up: pass z through unquantised (codebooks untouched)
         vq_kwargs = dict(
             codebook_size=cfg.codebook_size, codebook_dim=cfg.codebook_dim, decay=cfg.decay,
             kmeans_init=cfg.kmeans_init, use_cosine_sim=cfg.cosine,
@@ -151,6 +152,10 @@ class Quantizer(nn.Module):
                 m.initted.fill_(True)
 
     def forward(self, z: torch.Tensor) -> QuantOut:  # z (B, N, D)
+        if self.bypass:
+            nan = float("nan")
+            shape = z.shape[:2] + ((self.cfg.num_levels,) if self.cfg.kind == "rvq" else ())
+            return QuantOut(z, torch.zeros(shape, dtype=torch.long, device=z.device), z.new_zeros(()), nan, nan)
         if not self.training:
             self._init_for_eval()
         z = z.float()  # codebook distances in fp32 (bf16 ties pick wrong codes)

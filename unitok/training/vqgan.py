@@ -78,6 +78,10 @@ class TrainConfig:
     steps: int = 10000
     time_budget_min: float | None = None  # stop after this many minutes (schedules follow it)
     grad_clip: float = 1.0
+    # fraction of the run (steps or time budget) trained as a plain autoencoder with the quantizer
+    # bypassed; k-means codebooks then initialise on the trained latents. Colour and brightness are
+    # learned in a few hundred unquantised steps but slowly through a cold codebook.
+    quant_warmup: float = 0.0
     ema_decay: float = 0.999  # 0 = no EMA weights
     log_every: int = 20
     sample_every: int = 500
@@ -262,6 +266,8 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
     f = model.downsample
     if cfg.data.crop % f:
         raise ConfigError(f"{cfg.name}: data.crop {cfg.data.crop} must be a multiple of the downsampling factor {f}")
+    if not 0 <= cfg.quant_warmup < 1:
+        raise ConfigError(f"{cfg.name}: quant_warmup must be a fraction in [0, 1), got {cfg.quant_warmup}")
     tokens = cfg.data.batch_size * (cfg.data.crop // f) ** 2
     if cfg.modality == "video":
         tokens = cfg.data.batch_size * model.latent_frames(cfg.data.frames) * (cfg.data.crop // f) ** 2
@@ -310,7 +316,8 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                          broadcast_buffers=False)  # codebook buffers are synced by the quantizer itself
+                          broadcast_buffers=False,  # codebook buffers are synced by the quantizer itself
+                          find_unused_parameters=cfg.quant_warmup > 0)  # bypassed quantizer: no grads
     fwd = torch.compile(train_model) if cfg.compile else train_model
     amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
 
@@ -331,6 +338,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
             g["lr"] = cfg.lr * lr_f
         if not cfg.threads and device.type == "cpu" and step % 25 == 0:
             _adapt_threads()
+        _set_bypass([model, ema], progress < cfg.quant_warmup)
         x = sampler.batch().to(device)
         if cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -372,7 +380,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
             raise FloatingPointError(f"{cfg.name}: loss is {loss.item()} at step {step}")
         mse = F.mse_loss(rec.detach().clamp(-1, 1), x).item()
         metrics = {"step": step, "loss": loss.item(), "rec": rec_loss.item(), "aux": q.loss.item(),
-                   "psnr": 10 * math.log10(4.0 / max(mse, 1e-10)), "usage": q.usage, "ppl": q.perplexity,
+                   "psnr": 10 * math.log10(4.0 / max(mse, 1e-10)), "usage": _num(q.usage), "ppl": _num(q.perplexity),
                    "lr": cfg.lr * lr_f, "min": (time.time() - t_start) / 60}
         if gnorm is not None:
             metrics["gnorm"] = float(gnorm)
@@ -390,6 +398,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
             _save_ckpt(ckpt_path, cfg, model, opt, ema, disc, opt_d, step, time.time() - t_start)
             last_ckpt = time.time()
     bar.close()
+    _set_bypass([model, ema], False)
     summary = {"steps": step, "minutes": (time.time() - t_start) / 60, "skipped_files": sampler.skips.count,
                "skipped": sampler.skips.items[:20], "last": metrics}
     if world > 1:  # EMA codebooks are buffers: check every rank holds rank 0's
@@ -430,6 +439,19 @@ def _adapt_threads() -> int:
     if want != torch.get_num_threads():
         torch.set_num_threads(want)
     return want
+
+
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else v  # JSON has no NaN (a bypassed quantizer has no usage)
+
+
+def _set_bypass(models, on: bool) -> None:
+    from unitok.tokenizers.quantizers import Quantizer
+
+    for m in models:
+        for q in (m.modules() if m is not None else ()):
+            if isinstance(q, Quantizer):
+                q.bypass = on
 
 
 @torch.no_grad()
