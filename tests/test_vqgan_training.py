@@ -176,16 +176,3 @@ def test_quantizer_warmup_bypasses_then_initialises_codebook(tmp_path):
     assert codes.unique().numel() > 1  # a fitted codebook, not one code
     with pytest.raises(ConfigError, match="quant_warmup"):
         train(_cfg(quant_warmup=1.0), data, tmp_path / "bad")
-
-
-def test_chroma_mse_is_the_colour_part_of_the_mse():
-    from unitok.training.vqgan import chroma_mse
-
-    torch.manual_seed(0)
-    x, y = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
-    grey_shift = x + 0.3  # the same offset on R, G and B: a luma error only
-    assert chroma_mse(grey_shift, x).item() < 1e-12
-    luma = ((y - x).sum(1) / 3 ** 0.5).pow(2).mean() / 3  # error along (1,1,1)/sqrt(3), per channel
-    assert torch.allclose(luma + chroma_mse(y, x), torch.nn.functional.mse_loss(y, x), atol=1e-6)
-    video = torch.rand(1, 3, 2, 4, 4)
-    assert chroma_mse(video, video.flip(1)).item() > 0

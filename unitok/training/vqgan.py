@@ -53,9 +53,6 @@ class DataConfig:
 class LossConfig:
     l1: float = 1.0
     l2: float = 1.0
-    # extra L2 weight on the two colour-opponent (chroma) axes of the error, orthonormal with luma:
-    # a small model learns luma first and returns every colour as sepia without it
-    chroma: float = 0.0
     perceptual: float = 0.0  # weight of the LPIPS-style loss; needs perceptual_weights
     perceptual_weights: str | None = None  # local file (never downloaded)
     gan: float = 0.0  # discriminator weight (0 = no GAN)
@@ -350,8 +347,6 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
             rec, q = fwd(x)
         rec = rec.float()
         rec_loss = cfg.loss.l1 * (rec - x).abs().mean() + cfg.loss.l2 * F.mse_loss(rec, x)
-        if cfg.loss.chroma:
-            rec_loss = rec_loss + cfg.loss.chroma * chroma_mse(rec, x)
         if perc is not None:
             rec_loss = rec_loss + cfg.loss.perceptual * perc(_frames(rec), _frames(x)).mean()
         loss = rec_loss + q.loss
@@ -444,16 +439,6 @@ def _adapt_threads() -> int:
     if want != torch.get_num_threads():
         torch.set_num_threads(want)
     return want
-
-
-_OPPONENT = torch.tensor([[1.0, -1.0, 0.0], [1.0, 1.0, -2.0]]) / torch.tensor([[2.0 ** 0.5], [6.0 ** 0.5]])
-
-
-def chroma_mse(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean squared error along the two chroma axes (orthonormal, luma-free) of RGB images or
-    videos (B, 3, ...), per pixel and channel as F.mse_loss: grey errors contribute nothing."""
-    d = (y - x).movedim(1, -1) @ _OPPONENT.to(y).t()  # (..., 2)
-    return d.pow(2).sum(-1).mean() / 3
 
 
 def _num(v: float) -> float | None:
