@@ -117,10 +117,10 @@ class AudioTokenizerConfig:
     @classmethod
     def small_16k(cls, **kw) -> "AudioTokenizerConfig":
         """CPU-trainable 16 kHz codec (tokenizers/audio-encodec-16k): 0.73M parameters, 50 Hz frames,
-        20 levels x 64 codes = 6.0 kbps."""
+        24 levels x 32 codes = 6.0 kbps, companded latents."""
         base = dict(num_filters=8, upsampling_ratios=[8, 5, 4, 2], hidden_size=64, num_lstm_layers=1,
-                    codebook_size=64, num_levels=20, ema_decay=0.95, threshold_ema_dead_code=0.25,
-                    quantize_dropout=False)
+                    codebook_size=32, num_levels=24, latent_compand=0.25, ema_decay=0.95,
+                    threshold_ema_dead_code=0.25, quantize_dropout=False)
         return cls(**{**base, **kw})
 
     @classmethod
