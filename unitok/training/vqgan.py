@@ -389,7 +389,10 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
             metrics.update(d_loss=d_loss.item(), g_loss=g_loss.item(), gan_w=float(w))
         bar.update(1)
         if rank == 0 and step % cfg.log_every == 0:
-            bar.set_postfix(psnr=f"{metrics['psnr']:.2f}", usage=f"{q.usage:.2f}", ppl=f"{q.perplexity:.0f}")
+            if math.isnan(q.usage):  # quantizer warm-up
+                bar.set_postfix(psnr=f"{metrics['psnr']:.2f}", phase="autoencoder warm-up")
+            else:
+                bar.set_postfix(psnr=f"{metrics['psnr']:.2f}", usage=f"{q.usage:.2f}", ppl=f"{q.perplexity:.0f}")
             logf.write(json.dumps(metrics) + "\n")
             logf.flush()
         if rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
