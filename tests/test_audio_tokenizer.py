@@ -222,3 +222,17 @@ def test_latent_companding_inverts_and_keeps_gradients():
     y, _, commit = comp(x)
     ((y - x).abs().mean() + commit).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in comp.encoder.parameters())
+
+
+def test_decode_with_grad_matches_decode_and_restores_scale():
+    """The trainer's decoder-only phase decodes through decode_with_grad: same output as decode
+    (RMS scales of normalising models applied), with gradients for the decoder."""
+    torch.manual_seed(0)
+    tok = AudioTokenizer(AudioTokenizerConfig.tiny(normalize=True, quantize_dropout=False)).eval()
+    x = torch.randn(2, 1, 1024) * torch.tensor([0.01, 1.0])[:, None, None]
+    codes, scales = tok.encode(x, return_scales=True)
+    y = tok.decode_with_grad(codes, 1024, scales)
+    assert torch.allclose(y.detach(), tok.decode(codes, 1024, scales))
+    assert y[1].detach().std() > 10 * y[0].detach().std()  # each clip back at its own level
+    y.pow(2).mean().backward()
+    assert all(p.grad is not None for p in tok.decoder.parameters())

@@ -369,6 +369,11 @@ class AudioTokenizer(NeuralTokenizer):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, length: int | None = None, scales: torch.Tensor | None = None) -> torch.Tensor:
         """codes (B, L, T') -> wav (B, C, length or T' * hop)."""
+        return self.decode_with_grad(codes, length, scales)
+
+    def decode_with_grad(self, codes: torch.Tensor, length: int | None = None,
+                         scales: torch.Tensor | None = None) -> torch.Tensor:
+        """`decode` with autograd on (the trainer's decoder-only phase trains through it)."""
         if codes.dim() == 2:
             codes = codes[None]
         codes = codes.long()

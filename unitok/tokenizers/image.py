@@ -42,15 +42,9 @@ class ImageTokenizerConfig:
     embed_dim: int = 256  # quantizer input dim (after quant_conv)
     in_channels: int = 3
     norm_groups: int = 32  # GroupNorm groups (taming: 32); 0 = per-channel affine, no statistics
-    # chroma (each pixel's deviation from its channel mean) is multiplied by this on the way into the
-    # encoder and out of the decoder (1 = off, as taming). Chroma carries ~1/5 of a photo's variance,
-    # so a small model learns it last and returns colours as sepia; a gain of ~3 evens the pace.
-    chroma_gain: float = 1.0
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self):
-        if self.chroma_gain <= 0:
-            raise ValueError(f"chroma_gain must be positive, got {self.chroma_gain}")
         if self.norm_groups and any(self.ch * m % self.norm_groups for m in self.ch_mult):
             raise ValueError(f"ch * ch_mult must be multiples of norm_groups={self.norm_groups}; "
                              f"got ch={self.ch}, ch_mult={self.ch_mult}")
@@ -69,11 +63,11 @@ IMAGE_PRESETS = {
     # ~0.2M parameters, f4: for tests only.
     "debug": lambda: _preset(ch=32, ch_mult=[1, 1, 2], num_res_blocks=1, z_channels=32, embed_dim=16, norm_groups=8,
                              quantizer=dict(codebook_size=64, codebook_dim=4)),
-    # f8 for 2 CPU cores (tokenizers/image-vqgan-f8): slim, one res block per level, GroupNorm(8)
-    # (GroupNorm(32) on 32 channels is instance norm; it stalled learning, see docs/log/image.md).
+    # f8 for 2 CPU cores (tokenizers/image-vqgan-f8): slim, one res block per level, no GroupNorm
+    # statistics (they remove each crop's brightness and tint), 2 x 128 residual codes = 0.219 bpp.
     "f8-cpu": lambda: _preset(ch=32, ch_mult=[1, 2, 2, 4], num_res_blocks=1, z_channels=64, embed_dim=64,
-                              norm_groups=8, mid_attn=False,
-                              quantizer=dict(codebook_size=1024, codebook_dim=8, decay=0.8)),
+                              norm_groups=0, mid_attn=False,
+                              quantizer=dict(kind="rvq", levels=2, codebook_size=128, codebook_dim=8, decay=0.8)),
     # taming f16 (ImageNet VQGAN 16384) and the Chameleon layout (f16, 8192 codes, 256-dim).
     "f16": lambda: _preset(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16],
                            quantizer=dict(codebook_size=16384, ema=False, kmeans_init=False)),
@@ -305,27 +299,20 @@ class ImageTokenizer(NeuralTokenizer):
         if x.shape[-1] % f or x.shape[-2] % f:
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be a multiple of the downsampling factor {f}")
 
-    def _gain(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.config.chroma_gain
-        if g == 1:
-            return x
-        mean = x.mean(1, keepdim=True)
-        return mean + g * (x - mean)
-
     def forward(self, x: torch.Tensor):
         """x (B, 3, H, W) in [-1, 1] -> (reconstruction (B, 3, H, W), QuantOut)."""
         self._check(x)
-        z = self.quant_conv(self.encoder(self._gain(x)))  # (B, E, h, w)
+        z = self.quant_conv(self.encoder(x))  # (B, E, h, w)
         B, E, h, w = z.shape
         out = self.quantize(z.flatten(2).transpose(1, 2))  # (B, h*w, E)
         zq = out.quantized.to(z.dtype).transpose(1, 2).reshape(B, E, h, w)
-        return self._gain(self.decoder(self.post_quant_conv(zq))), out
+        return self.decoder(self.post_quant_conv(zq)), out
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> codes (B, H/f, W/f), or (B, L, H/f, W/f) for residual VQ."""
         self._check(x)
-        z = self.quant_conv(self.encoder(self._gain(x)))
+        z = self.quant_conv(self.encoder(x))
         B, E, h, w = z.shape
         idx = self.quantize(z.flatten(2).transpose(1, 2)).indices  # (B, h*w) or (B, h*w, L)
         if idx.dim() == 3:
@@ -344,7 +331,7 @@ class ImageTokenizer(NeuralTokenizer):
             flat = codes.reshape(B, h * w)
         zq = self.quantize.indices_to_codes(flat)  # (B, hw, E)
         zq = zq.to(self.post_quant_conv.weight.dtype).transpose(1, 2).reshape(B, -1, h, w)
-        return self._gain(self.decoder(self.post_quant_conv(zq)))
+        return self.decoder(self.post_quant_conv(zq))
 
     def last_layer(self) -> torch.Tensor:
         """The weight the GAN's adaptive weight is computed on."""

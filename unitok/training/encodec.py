@@ -258,8 +258,8 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
 
         with amp:
             if frozen:  # decoder-only phase: codes from the frozen encoder and codebooks
-                codes = model.encode(x)
-                y = model.decoder(model.latent_to_decoder(model.dequantize(codes)))[..., : x.shape[-1]]
+                codes, scales = model.encode(x, return_scales=True)
+                y = model.decode_with_grad(codes, x.shape[-1], scales if model.config.normalize else None)
                 commit = torch.zeros((), device=device)
             else:
                 y, codes, commit = gmodel(x)
