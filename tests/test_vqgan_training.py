@@ -93,6 +93,7 @@ def test_bench_reports_codecs_and_skips_bad_files(tmp_path):
     tok = ImageTokenizer(image_preset("debug")).eval()
     js = tmp_path / "b.json"
     assert run(Namespace(data=str(d), json=str(js), out=None, max_files=None), tok) == 0
+    assert torch.is_grad_enabled()  # no gradients inside the benchmark, none switched off for its caller
     r = json.loads(js.read_text())
     for k in ("ours", "jpeg", "webp"):
         assert {"psnr", "ssim", "bpp"} <= set(r[k])
@@ -176,3 +177,4 @@ def test_quantizer_warmup_bypasses_then_initialises_codebook(tmp_path):
     assert codes.unique().numel() > 1  # a fitted codebook, not one code
     with pytest.raises(ConfigError, match="quant_warmup"):
         train(_cfg(quant_warmup=1.0), data, tmp_path / "bad")
+

@@ -152,10 +152,10 @@ def _run_tokenizer(tok, tiles: list[np.ndarray], batch: int = 8):
     return recs, codes, t_enc, t_dec
 
 
+@torch.no_grad()  # not set_grad_enabled(False): that would leak into the caller's process
 def run(args, tokenizer) -> int:
     from tqdm import tqdm
 
-    torch.set_grad_enabled(False)
     tok = tokenizer.eval()
     video = tok.modality == "video"
     skips = SkipLog()
