@@ -167,7 +167,7 @@ def test_quantizer_warmup_bypasses_then_initialises_codebook(tmp_path):
     untouched); afterwards the k-means codebook initialises on trained latents and is used."""
     torch.manual_seed(0)
     data = _photo_folder(tmp_path / "data")
-    s = train(_cfg(steps=8, log_every=1, quant_warmup=0.5), data, tmp_path / "w")
+    train(_cfg(steps=8, log_every=1, quant_warmup=0.5), data, tmp_path / "w")
     log = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
     assert [r["usage"] is None for r in log] == [True] * 4 + [False] * 4
     assert all(r["aux"] == 0.0 for r in log[:4]) and log[-1]["usage"] > 0
@@ -177,4 +177,3 @@ def test_quantizer_warmup_bypasses_then_initialises_codebook(tmp_path):
     assert codes.unique().numel() > 1  # a fitted codebook, not one code
     with pytest.raises(ConfigError, match="quant_warmup"):
         train(_cfg(quant_warmup=1.0), data, tmp_path / "bad")
-
