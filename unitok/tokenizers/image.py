@@ -45,6 +45,8 @@ class ImageTokenizerConfig:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self):
+        if self.norm_groups < 0:
+            raise ValueError(f"norm_groups must be >= 0 (0 = per-channel affine), got {self.norm_groups}")
         if self.norm_groups and any(self.ch * m % self.norm_groups for m in self.ch_mult):
             raise ValueError(f"ch * ch_mult must be multiples of norm_groups={self.norm_groups}; "
                              f"got ch={self.ch}, ch_mult={self.ch_mult}")
@@ -192,15 +194,22 @@ class Encoder(nn.Module):
 
     def forward(self, x):
         h = self.conv_in(x)
-        for i, level in enumerate(self.down):
-            for j, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[j](h)
+        for level in self.down:
+            h = _level_blocks(level, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def _level_blocks(level: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """One resolution level of the encoder or decoder: its res blocks, each followed by its
+    attention block where the level has them (taming's order)."""
+    for j, block in enumerate(level.block):
+        h = block(h)
+        if len(level.attn):
+            h = level.attn[j](h)
+    return h
 
 
 class Decoder(nn.Module):
@@ -234,10 +243,7 @@ class Decoder(nn.Module):
         h = self.conv_in(z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for level in reversed(self.up):
-            for j, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[j](h)
+            h = _level_blocks(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
