@@ -216,6 +216,8 @@ def test_latent_companding_inverts_and_keeps_gradients():
     assert zc.norm(dim=1).max() < z.norm(dim=1).max()
     assert torch.allclose(comp.latent_to_decoder(zc), z, rtol=1e-4, atol=1e-5)
     assert plain.latent_to_decoder(z) is z
+    with pytest.raises(ValueError, match="latent_compand must be positive"):
+        AudioTokenizerConfig.tiny(latent_compand=-0.5)
     y = comp.decode(comp.encode(x), length=2048)
     assert y.shape == x.shape and torch.isfinite(y).all()
     comp.train()

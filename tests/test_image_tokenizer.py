@@ -128,3 +128,5 @@ def test_norm_groups_zero_keeps_taming_names_and_image_means():
     with torch.no_grad():
         assert not torch.allclose(aff.encoder(x), aff.encoder(shifted), atol=1e-4)
     ImageTokenizerConfig(ch=24, ch_mult=[1, 2], norm_groups=0)  # no divisibility check without groups
+    with pytest.raises(ValueError, match="norm_groups must be >= 0"):
+        ImageTokenizerConfig(norm_groups=-1)

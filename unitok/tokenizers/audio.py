@@ -89,6 +89,8 @@ class AudioTokenizerConfig:
             raise ValueError(f"codebook_size must be a power of two, got {self.codebook_size}")
         if self.num_levels < 1:
             raise ValueError("num_levels must be >= 1")
+        if self.latent_compand is not None and self.latent_compand <= 0:
+            raise ValueError(f"latent_compand must be positive (or null for off), got {self.latent_compand}")
 
     @property
     def hop_length(self) -> int:
