@@ -85,6 +85,27 @@ def test_presets_build_and_validate():
     assert m.lm_head is not None and m.output_weight is m.lm_head.weight
 
 
+@pytest.mark.parametrize("key", ["attention", "ce_backend", "norm_backend"])
+def test_unknown_kernel_backend_is_a_config_error(key):
+    from unitok.config import from_dict
+    from unitok.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"unknown {key} 'flash'; available: "):
+        from_dict(ModelConfig, {key: "flash"}, source="run.yaml")
+
+
+def test_norms_keep_nn_rmsnorm_parameter_names_and_values():
+    """Checkpoints written with torch.nn.RMSNorm load into the kernel-backed RMSNorm unchanged."""
+    m = model()
+    names = [n for n in m.state_dict() if "norm" in n]
+    assert "blocks.0.attn_norm.weight" in names and "blocks.1.attn.q_norm.weight" in names and "norm.weight" in names
+    ref = torch.nn.RMSNorm(32, eps=1e-5)
+    torch.nn.init.normal_(ref.weight)
+    m.norm.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 5, 32)
+    assert torch.allclose(m.norm(x), ref(x), atol=1e-6)
+
+
 def test_too_long_sequence_is_an_error():
     m = model()
     with pytest.raises(ValueError, match="max_seq_len"):
@@ -109,7 +130,7 @@ def test_tiny_model_learns_a_copy_task():
     for step in range(150):
         x, y = batch()
         loss = m(x, y)
-        first = first or float(loss)
+        first = first or loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from unitok.kernels import BACKENDS, CE_BACKENDS, NORM_BACKENDS
+
 __all__ = ["ModelConfig", "debug", "text", "small", "base", "PRESETS", "preset"]
 
 
@@ -33,6 +35,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     attention: str = "sdpa"  # backend name for unitok.kernels.attention
     ce_backend: str = "torch"  # backend name for unitok.kernels.linear_cross_entropy
+    norm_backend: str = "torch"  # backend name for unitok.kernels.rms_norm
 
     def __post_init__(self):
         if self.dim % self.n_head:
@@ -43,6 +46,11 @@ class ModelConfig:
             raise ValueError(f"head dim {self.dim // self.n_head} must be even for RoPE")
         if min(self.vocab_size, self.n_layer, self.max_seq_len) < 1:
             raise ValueError("vocab_size, n_layer and max_seq_len must be >= 1")
+        for name, value, known in (("attention", self.attention, BACKENDS),
+                                   ("ce_backend", self.ce_backend, CE_BACKENDS),
+                                   ("norm_backend", self.norm_backend, NORM_BACKENDS)):
+            if value not in known:
+                raise ValueError(f"unknown {name} {value!r}; available: {', '.join(known)}")
 
     @property
     def kv_heads(self) -> int:

@@ -1,8 +1,9 @@
 """Llama-style decoder-only transformer over the unified vocabulary.
 
 RMSNorm (pre-norm), RoPE, SwiGLU, optional QK-norm, grouped-query attention.
-Attention goes through `unitok.kernels.attention` and the loss through
-`unitok.kernels.linear_cross_entropy`, so fused kernels plug in by backend name.
+Attention goes through `unitok.kernels.attention`, the norms through
+`unitok.kernels.rms_norm` and the loss through `unitok.kernels.linear_cross_entropy`,
+so fused kernels plug in by backend name (`attention`, `norm_backend`, `ce_backend`).
 Single-device code: parallelism is applied from outside.
 
     model = UnifiedTransformer(cfg)
@@ -21,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unitok.kernels import attention, linear_cross_entropy
+from unitok.kernels import attention, linear_cross_entropy, rms_norm
 from unitok.model.config import ModelConfig
 
-__all__ = ["UnifiedTransformer", "KVCache", "doc_positions"]
+__all__ = ["UnifiedTransformer", "KVCache", "RMSNorm", "doc_positions"]
 
 
 def doc_positions(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -75,6 +76,21 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm with `nn.RMSNorm`'s parameter (`weight`), computed by `unitok.kernels.rms_norm`."""
+
+    def __init__(self, dim: int, eps: float, backend: str = "torch"):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.backend = eps, backend
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, backend={self.backend!r}"
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -83,8 +99,8 @@ class Attention(nn.Module):
         self.wq = nn.Linear(cfg.dim, cfg.n_head * hd, bias=False)
         self.wkv = nn.Linear(cfg.dim, 2 * cfg.kv_heads * hd, bias=False)
         self.wo = nn.Linear(cfg.n_head * hd, cfg.dim, bias=False)
-        self.q_norm = nn.RMSNorm(hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(hd, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_backend) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_backend) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x, cos, sin, doc_ids=None, span_ids=None, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
@@ -127,9 +143,9 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_backend)
         self.attn = Attention(cfg)
-        self.ffn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_backend)
         self.ffn = FeedForward(cfg)
         self.dropout = cfg.dropout
 
@@ -146,7 +162,7 @@ class UnifiedTransformer(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_backend)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
