@@ -252,6 +252,10 @@ def test_model_trains_the_same_with_fused_kernels_cpu():
     assert a[-1] < a[0]
     print("reference", a, "fused", b)
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+    # bf16 autocast (fp32 weights, bf16 matmuls; the kernels see fp32 residuals and bf16 q, k, v, logits)
+    a, b = _train_losses(REFERENCE, 3, torch.bfloat16, "cpu"), _train_losses(FUSED, 3, torch.bfloat16, "cpu")
+    print("bf16 autocast: reference", a, "fused", b)
+    assert max(abs(x - y) for x, y in zip(a, b)) < 5e-3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
