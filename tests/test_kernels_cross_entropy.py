@@ -73,10 +73,20 @@ def test_all_ignored_gives_zero_loss_and_grads():
         assert loss.item() == 0.0 and h.grad.abs().max() == 0 and w.grad.abs().max() == 0, backend
 
 
-def test_no_grad_and_dispatcher():
+def test_no_grad_and_dispatcher(monkeypatch):
+    import unitok.kernels.cross_entropy as ce
+
     h, w, t = _inputs()
-    with torch.no_grad():
+    passes = []
+    real = ce._chunked_pass
+
+    def spy(*a, **kw):
+        passes.append((kw["need_h"], kw["need_w"]))
+        return real(*a, **kw)
+    monkeypatch.setattr(ce, "_chunked_pass", spy)
+    with torch.no_grad():  # evaluation: the loss only, no gradient GEMMs (needs_input_grad is True here too)
         a = linear_cross_entropy(h, w, t, backend="chunked")
+    assert passes == [(False, False)] and a.grad_fn is None
     b = linear_cross_entropy(h, w, t, backend="torch")
     assert abs(a.item() - b.item()) < 1e-5
     if DEV == "cpu":

@@ -167,10 +167,12 @@ def _chunked_pass(hidden, weight, targets, weight_tok, *, ignore_index, eps, z, 
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """apply(hidden, weight, targets, ignore_index, label_smoothing, z_loss, reduction, impl, chunk)."""
+    """apply(hidden, weight, targets, ignore_index, label_smoothing, z_loss, reduction, impl, chunk, grad_on).
+
+    grad_on: torch.is_grad_enabled() of the caller; without it the forward computes no gradients."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, eps, z, reduction, impl, chunk):
+    def forward(ctx, hidden, weight, targets, ignore_index, eps, z, reduction, impl, chunk, grad_on):
         valid = targets != ignore_index
         kw = dict(ignore_index=ignore_index, eps=eps, z=z, impl=impl, chunk=chunk)
         ctx.reduction, ctx.kw, ctx.used = reduction, kw, False
@@ -181,8 +183,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         wt = valid.float()
         if reduction == "mean":
             wt = wt / valid.sum().clamp(min=1)
-        loss, dh, dw = _chunked_pass(hidden, weight, targets, wt, need_h=ctx.needs_input_grad[0],
-                                     need_w=ctx.needs_input_grad[1], **kw)
+        # needs_input_grad is True under no_grad too: check grad mode here (it is off inside forward)
+        loss, dh, dw = _chunked_pass(hidden, weight, targets, wt, need_h=grad_on and ctx.needs_input_grad[0],
+                                     need_w=grad_on and ctx.needs_input_grad[1], **kw)
         ctx.save_for_backward(dh, dw)
         return (loss * wt).sum() if reduction == "mean" else loss.sum()
 
@@ -201,7 +204,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 dh.mul_(g.to(dh.dtype))
             if dw is not None:
                 dw.mul_(g.to(dw.dtype))
-        return dh, dw, None, None, None, None, None, None, None
+        return dh, dw, None, None, None, None, None, None, None, None
 
 
 linear_cross_entropy_apply = LinearCrossEntropy.apply
@@ -215,7 +218,8 @@ def _run(hidden, weight, targets, ignore_index, label_smoothing, z_loss, reducti
         raise ValueError(f"expected hidden (N, D), weight (V, D), targets (N,); got {tuple(hidden.shape)}, "
                          f"{tuple(weight.shape)}, {tuple(targets.shape)}")
     return linear_cross_entropy_apply(hidden.contiguous(), weight.contiguous(), targets.contiguous(), ignore_index,
-                                      float(label_smoothing), float(z_loss), reduction, impl, chunk)
+                                      float(label_smoothing), float(z_loss), reduction, impl, chunk,
+                                      torch.is_grad_enabled())
 
 
 def linear_cross_entropy_chunked(hidden, weight, targets, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
