@@ -135,7 +135,7 @@ def test_tiny_model_learns_a_copy_task():
         loss.backward()
         opt.step()
     x, y = batch()
-    final = float(m(x, y))
+    final = m(x, y).item()
     assert first > 2.5 and final < first / 3, (first, final)
 
 
