@@ -307,6 +307,25 @@ def test_triton_imported_too_early_is_a_clear_error():
     assert p.returncode != 0 and "imported before TRITON_INTERPRET=1" in p.stderr
 
 
+@pytest.mark.skipif(DEV != "cpu", reason="interpreter set-up")
+def test_kernels_run_after_torch_has_imported_triton():
+    """Building a torch optimizer imports triton (via torch._dynamo); a training script does that before
+    its first kernel call. Importing unitok.kernels (the model does) must have switched on the interpreter."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import torch, sys; import unitok.kernels as K; torch.optim.AdamW([torch.nn.Parameter(torch.ones(1))]); "
+            "assert 'triton' in sys.modules; q = torch.randn(1, 1, 20, 16); "
+            "print(float((K.attention(q, q, q, backend='triton') - K.attention(q, q, q)).abs().max()))")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={**env, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert float(p.stdout.strip().splitlines()[-1]) < 1e-5
+
+
 def test_kernel_modules_do_not_shadow_dispatchers():
     import importlib
 

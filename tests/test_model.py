@@ -94,6 +94,12 @@ def test_unknown_kernel_backend_is_a_config_error(key):
         from_dict(ModelConfig, {key: "flash"}, source="run.yaml")
 
 
+def test_triton_attention_needs_a_supported_head_dim():
+    with pytest.raises(ValueError, match=r"head dim in \(16, 32, 64, 128\) \(dim / n_head = 8\)"):
+        debug(attention="triton")  # dim 32, 4 heads
+    assert debug(attention="auto").head_dim == 8 and debug(attention="triton", n_head=2).head_dim == 16
+
+
 def test_norms_keep_nn_rmsnorm_parameter_names_and_values():
     """Checkpoints written with torch.nn.RMSNorm load into the kernel-backed RMSNorm unchanged."""
     m = model()

@@ -15,11 +15,16 @@ import sys
 
 from unitok.errors import UnitokError
 
-EPILOG = "Configs take key=value overrides after the config path, e.g. `train.lr=3e-4 model.n_layer=4`."
+LM_EPILOG = ("Configs take key=value overrides after the config path, e.g. `lr=3e-4 model.n_layer=4`; "
+             "`model.attention=triton model.norm_backend=triton model.ce_backend=triton` runs the fused "
+             "kernels (on a GPU; on CPU they run in Triton's slow interpreter).")
+TOKENIZER_EPILOG = ("Recipes take key=value overrides after the config path, e.g. `lr=3e-4 time_budget_min=5 "
+                    "data.batch_size=4`.")
 
 
-def _add(sub, name: str, handler: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=description or help, epilog=EPILOG,
+def _add(sub, name: str, handler: str, help: str, description: str | None = None,
+         epilog: str | None = None) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description or help, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(handler=handler)
     return p
@@ -56,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     # --- lm
     lm = sub.add_parser("lm", help="unified language model").add_subparsers(dest="lm_command", metavar="COMMAND")
     lm.required = True
-    p = _add(lm, "train", "unitok.training.lm:run_cli", "train the transformer on a text file (single process)")
-    p.add_argument("config", help="run config YAML, e.g. configs/train/text-small.yaml")
+    p = _add(lm, "train", "unitok.training.lm:run_cli", "train the transformer on a text file (single process)",
+             epilog=LM_EPILOG)
+    p.add_argument("config", help="run config YAML, e.g. configs/train/text-lm.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--data", required=True, help="training text file")
     p.add_argument("--eval-data", default=None, help="evaluation text file (default: last 10%% of --data)")
@@ -77,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     tk.required = True
     p = _add(tk, "train", "unitok.training.tokenizer:run", "train a tokenizer from a recipe",
              "Train an image, video or audio tokenizer from a recipe (tokenizers/<name>/config.yaml).\n"
-             "The recipe's `modality` picks the trainer. Unreadable files are skipped and counted.")
+             "The recipe's `modality` picks the trainer. Unreadable files are skipped and counted.",
+             epilog=TOKENIZER_EPILOG)
     p.add_argument("config", help="recipe YAML, e.g. tokenizers/image-vqgan-f8/config.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--data", required=True, help="folder of images, videos or audio files")

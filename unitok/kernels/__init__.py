@@ -14,7 +14,16 @@ only when a Triton backend is used, so importing unitok.kernels never imports tr
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is decorated, and triton decorates its own helpers when it is
+# first imported, which torch does behind the scenes (building an optimizer imports torch._dynamo, which
+# imports triton). So the switch to the interpreter on a machine without CUDA happens here, on the first
+# import of unitok.kernels (the model imports it), not when a kernel module is loaded. A user's value wins.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from unitok.kernels.reference import (attention_mask, attention_reference, linear_cross_entropy_reference,
                                       rms_norm_reference)
@@ -22,6 +31,7 @@ from unitok.kernels.reference import (attention_mask, attention_reference, linea
 BACKENDS = ("sdpa", "triton", "auto")
 CE_BACKENDS = ("torch", "chunked", "triton", "auto")
 NORM_BACKENDS = ("torch", "triton", "auto")
+TRITON_HEAD_DIMS = (16, 32, 64, 128)  # head dims the fused attention kernels are built for
 
 
 def _triton_ok(*tensors) -> bool:
@@ -44,7 +54,7 @@ def attention(q, k, v, *, causal: bool = True, doc_ids=None, span_ids=None, scal
     """
     if backend == "auto":
         half = q.dtype in (torch.float16, torch.bfloat16)
-        backend = "triton" if _triton_ok(q) and half and q.shape[-1] in (16, 32, 64, 128) else "sdpa"
+        backend = "triton" if _triton_ok(q) and half and q.shape[-1] in TRITON_HEAD_DIMS else "sdpa"
     if backend == "sdpa":
         return attention_reference(q, k, v, causal=causal, doc_ids=doc_ids, span_ids=span_ids, scale=scale)
     if backend == "triton":
@@ -96,4 +106,4 @@ def rms_norm(x, weight, eps: float = 1e-6, *, backend: str = "torch"):
 
 __all__ = ["attention", "attention_mask", "attention_reference", "linear_cross_entropy",
            "linear_cross_entropy_reference", "rms_norm", "rms_norm_reference", "BACKENDS", "CE_BACKENDS",
-           "NORM_BACKENDS"]
+           "NORM_BACKENDS", "TRITON_HEAD_DIMS"]

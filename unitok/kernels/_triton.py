@@ -2,9 +2,9 @@
 
 Without CUDA the Triton kernels can still run, slowly, in Triton's interpreter
 (`TRITON_INTERPRET=1`, kernels execute on CPU tensors with numpy). Triton reads
-that variable when a kernel is *decorated*, so it must be set before the kernel
-modules are imported; this module does it when no GPU is present (a value the
-user set is kept). The interpreter computes bf16 arithmetic wrongly, so kernels
+that variable when a kernel is *decorated*, so it must be set before triton is
+imported; `unitok.kernels` does it on import when no GPU is present (a value the
+user set is kept), and this module checks that it took effect. The interpreter computes bf16 arithmetic wrongly, so kernels
 upcast bf16 tiles to fp32 when `INTERPRET` is true.
 """
 
@@ -14,11 +14,9 @@ import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
+import unitok.kernels  # noqa: F401 - sets TRITON_INTERPRET=1 without CUDA, before triton is imported
+import triton
+import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

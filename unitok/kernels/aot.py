@@ -82,7 +82,11 @@ def compile_kernel(kernel: str, *, head_dim: int = 128, dtype: str = "bf16", blo
     k = triton.compile(src, target=GPUTarget("cuda", SM, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
     out = {"kernel": kernel, "head_dim": head_dim, "dtype": dtype, "BLOCK_M": block_m, "BLOCK_N": block_n,
            "num_warps": num_warps, "num_stages": num_stages, "shared": k.metadata.shared}
-    out.update(_ptxas_report(k.asm["ptx"]))
+    ptx = k.asm["ptx"]
+    out.update(_ptxas_report(ptx))
+    # Hopper tensor-core instructions (wgmma) vs the Ampere-style fallback (mma.sync): a dot on sm_90
+    # falls back when its tile is too small for a warpgroup; the fallback runs at about half the rate.
+    out.update(wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"))
     return out
 
 

@@ -30,11 +30,11 @@ import math
 
 import torch
 
+from unitok.kernels import TRITON_HEAD_DIMS as HEAD_DIMS
 from unitok.kernels._triton import INTERPRET, SMEM_LIMIT, check_device, is_pow2, tl, triton
 
 LOG2E = 1.4426950408889634
 MASKED = tl.constexpr(-1.0e30)  # finite "minus infinity": a fully masked tile never produces inf - inf = NaN
-HEAD_DIMS = (16, 32, 64, 128)
 
 
 # --------------------------------------------------------------------------- masks -> intervals

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from unitok.kernels import BACKENDS, CE_BACKENDS, NORM_BACKENDS
+from unitok.kernels import BACKENDS, CE_BACKENDS, NORM_BACKENDS, TRITON_HEAD_DIMS
 
 __all__ = ["ModelConfig", "debug", "text", "small", "base", "PRESETS", "preset"]
 
@@ -51,6 +51,9 @@ class ModelConfig:
                                    ("norm_backend", self.norm_backend, NORM_BACKENDS)):
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; available: {', '.join(known)}")
+        if self.attention == "triton" and self.head_dim not in TRITON_HEAD_DIMS:
+            raise ValueError(f"attention 'triton' needs a head dim in {TRITON_HEAD_DIMS} (dim / n_head = "
+                             f"{self.head_dim}); use 'auto' to fall back to sdpa")
 
     @property
     def kv_heads(self) -> int:
