@@ -106,6 +106,21 @@ def test_load_checkpoint_errors(text_file, tmp_path):
         load_checkpoint(tmp_path / "run")
 
 
+def test_checkpoint_trained_with_triton_kernels_loads_with_auto_backends(text_file, tmp_path):
+    cfg = load_config(TrainConfig, DEBUG, ["max_steps=1", "ckpt_every=0", "eval_every=0", "model.n_head=2"])
+    t = _trainer(cfg, prepare(cfg, text_file, None, tmp_path), tmp_path / "run")
+    t.fit()
+    t.save()
+    state = tmp_path / "run" / "checkpoint" / "state.json"  # as if trained on a GPU with the fused kernels
+    st = json.loads(state.read_text())
+    st["config"]["model"].update(attention="triton", norm_backend="triton", ce_backend="triton")
+    state.write_text(json.dumps(st))
+    m = load_checkpoint(tmp_path / "run")["model"]
+    assert (m.cfg.attention, m.cfg.norm_backend, m.cfg.ce_backend) == ("auto", "auto", "auto")
+    assert m.blocks[0].attn_norm.backend == "auto"
+    assert load_checkpoint(tmp_path / "run", optimizer=True)["model"].cfg.attention == "triton"  # resume: as saved
+
+
 def test_cli_train_sample_resume_and_errors(text_file, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     r = cli("lm", "train", DEBUG, "max_steps=30", "--data", text_file, "--out", a)

@@ -249,6 +249,10 @@ def load_checkpoint(path, *, vocab=None, optimizer: bool = False, map_location="
     Returns dict(model, tokenizer, vocab, state, config, path[, optimizer_state]).
     `vocab`: the vocabulary the caller expects; a different manifest raises
     VocabMismatchError. Missing or corrupt files raise CheckpointError.
+    Kernel backends are a property of the machine, not of the weights: unless the
+    optimizer is loaded too (a resumed run keeps its config), "triton" becomes
+    "auto", so a model trained with the fused kernels on a GPU samples on a CPU
+    with the torch ops instead of Triton's interpreter.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -276,7 +280,11 @@ def load_checkpoint(path, *, vocab=None, optimizer: bool = False, map_location="
         weights = load_file(str(p / WEIGHTS), device=str(map_location))
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{p / WEIGHTS}: corrupt weights ({str(e).splitlines()[0]})") from None
-    model = UnifiedTransformer(cfg.model)
+    model_cfg = cfg.model
+    if not optimizer:
+        model_cfg = dataclasses.replace(model_cfg, **{k: "auto" for k in ("attention", "norm_backend", "ce_backend")
+                                                      if getattr(model_cfg, k) == "triton"})
+    model = UnifiedTransformer(model_cfg)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
