@@ -115,17 +115,18 @@ def _tile_range(lo_ptr, hi_ptr, offs, T, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, lo, hi, start, end, T,
-              qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr, UPCAST: tl.constexpr):
+def _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_kvt, offs_m, offs_d, lo, hi, start, end, T, qk_scale,
+              BLOCK_N: tl.constexpr, MASK: tl.constexpr, UPCAST: tl.constexpr):
     for start_n in range(start, end, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_off = offs_n[:, None] * stride_kt + offs_d[None, :]
-        v_off = offs_n[:, None] * stride_vt + offs_d[None, :]  # k and v may have different layouts
+        # One offset tile for k and v (the launcher gives them the same time stride): a second one costs
+        # BLOCK_N * HEAD_DIM / threads registers and made 128x32 and 64x64 tiles at D = 128 spill on sm_90.
+        kv_off = offs_n[:, None] * stride_kvt + offs_d[None, :]
         if MASK:  # rows beyond T are excluded by `allowed` (hi <= T - 1)
-            k = tl.load(k_base + k_off, mask=(offs_n < T)[:, None], other=0.0)
+            k = tl.load(k_base + kv_off, mask=(offs_n < T)[:, None], other=0.0)
         else:
-            k = tl.load(k_base + k_off)
+            k = tl.load(k_base + kv_off)
         if UPCAST:
             k = k.to(tl.float32)
         qk = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
@@ -137,9 +138,9 @@ def _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, of
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASK:
-            v = tl.load(v_base + v_off, mask=(offs_n < T)[:, None], other=0.0)
+            v = tl.load(v_base + kv_off, mask=(offs_n < T)[:, None], other=0.0)
         else:
-            v = tl.load(v_base + v_off)
+            v = tl.load(v_base + kv_off)
         if UPCAST:
             v = v.to(tl.float32)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
@@ -171,12 +172,12 @@ def _attn_fwd(Q, K, V, O, LSE, LO, HI,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, skt, svt, offs_m, offs_d, lo, hi, start, fs, T,
-                              qk_scale, BLOCK_N, True, UPCAST)
-    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, skt, svt, offs_m, offs_d, lo, hi, fs, fe, T,
-                              qk_scale, BLOCK_N, False, UPCAST)
-    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, skt, svt, offs_m, offs_d, lo, hi, fe, end, T,
-                              qk_scale, BLOCK_N, True, UPCAST)
+    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, skt, offs_m, offs_d, lo, hi, start, fs, T, qk_scale,
+                              BLOCK_N, True, UPCAST)
+    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, skt, offs_m, offs_d, lo, hi, fs, fe, T, qk_scale,
+                              BLOCK_N, False, UPCAST)
+    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, skt, offs_m, offs_d, lo, hi, fe, end, T, qk_scale,
+                              BLOCK_N, True, UPCAST)
     acc = acc / l_i[:, None]
     tl.store(LSE + pid_bh * T + offs_m, m_i + tl.math.log2(l_i), mask=row_ok)
     tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], acc.to(O.dtype.element_ty),
@@ -275,20 +276,19 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, QLO, QHI,
 
 
 @triton.jit
-def _bwd_dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, lo, hi, start, end, T,
-                 qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr, UPCAST: tl.constexpr):
+def _bwd_dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_kvt, offs_m, offs_d, lo, hi, start, end, T, qk_scale,
+                 BLOCK_N: tl.constexpr, MASK: tl.constexpr, UPCAST: tl.constexpr):
     for start_n in range(start, end, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_off = offs_n[:, None] * stride_kt + offs_d[None, :]
-        v_off = offs_n[:, None] * stride_vt + offs_d[None, :]
+        kv_off = offs_n[:, None] * stride_kvt + offs_d[None, :]  # k, v: same time stride (see _fwd_loop)
         if MASK:
             ok = (offs_n < T)[:, None]
-            k = tl.load(k_base + k_off, mask=ok, other=0.0)
-            v = tl.load(v_base + v_off, mask=ok, other=0.0)
+            k = tl.load(k_base + kv_off, mask=ok, other=0.0)
+            v = tl.load(v_base + kv_off, mask=ok, other=0.0)
         else:
-            k = tl.load(k_base + k_off)
-            v = tl.load(v_base + v_off)
+            k = tl.load(k_base + kv_off)
+            v = tl.load(v_base + kv_off)
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -329,11 +329,11 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, LO, HI,
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    dq = _bwd_dq_loop(dq, q, do, lse, delta, k_base, v_base, skt, svt, offs_m, offs_d, lo, hi, start, fs, T, qk_scale,
+    dq = _bwd_dq_loop(dq, q, do, lse, delta, k_base, v_base, skt, offs_m, offs_d, lo, hi, start, fs, T, qk_scale,
                       BLOCK_N, True, UPCAST)
-    dq = _bwd_dq_loop(dq, q, do, lse, delta, k_base, v_base, skt, svt, offs_m, offs_d, lo, hi, fs, fe, T, qk_scale,
+    dq = _bwd_dq_loop(dq, q, do, lse, delta, k_base, v_base, skt, offs_m, offs_d, lo, hi, fs, fe, T, qk_scale,
                       BLOCK_N, False, UPCAST)
-    dq = _bwd_dq_loop(dq, q, do, lse, delta, k_base, v_base, skt, svt, offs_m, offs_d, lo, hi, fe, end, T, qk_scale,
+    dq = _bwd_dq_loop(dq, q, do, lse, delta, k_base, v_base, skt, offs_m, offs_d, lo, hi, fe, end, T, qk_scale,
                       BLOCK_N, True, UPCAST)
     # DQ is contiguous (B, H, T, D)
     tl.store(DQ + (pid_bh * T + offs_m)[:, None] * HEAD_DIM + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
@@ -446,10 +446,19 @@ def _last_contig(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _kv_layout(k, v):
+    """k, v with unit last stride and one time stride (the forward and dQ kernels step both with it)."""
+    k, v = _last_contig(k), _last_contig(v)
+    if k.stride(2) != v.stride(2):
+        k, v = k.contiguous(), v.contiguous()
+    return k, v
+
+
 def attention_forward(q, k, v, bounds, scale: float, blocks: dict | None = None):
     """-> o (B, H, T, D) in q's dtype, lse (B, H, T) fp32 in log2 units."""
     B, H, T, D = q.shape
     HKV = k.shape[1]
+    k, v = _kv_layout(k, v)
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     lo, hi = bounds[0], bounds[1]
@@ -464,6 +473,7 @@ def attention_backward(do, q, k, v, o, lse, bounds, scale: float, blocks: dict |
     """-> dq, dk, dv in the dtypes of q, k, v (dk, dv summed over each GQA group)."""
     B, H, T, D = q.shape
     HKV = k.shape[1]
+    k, v = _kv_layout(k, v)
     do = _last_contig(do)
     delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)  # rowsum(dO * O)
     bm = 16 if INTERPRET else DELTA_BLOCK
@@ -488,7 +498,7 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, lo, hi, qlo, qhi, scale, blocks):
-        q, k, v = _last_contig(q), _last_contig(k), _last_contig(v)
+        q, k, v = _last_contig(q), *_kv_layout(k, v)
         o, lse = attention_forward(q, k, v, (lo, hi), scale, blocks)
         ctx.save_for_backward(q, k, v, o, lse, lo, hi, qlo, qhi)
         ctx.scale, ctx.blocks = scale, blocks
