@@ -42,7 +42,7 @@ def packed_ids(B, T, n_docs, n_spans, gen, span_id_base=1):
 def _strided(x, kind):
     """The same values as x (B, H, T, D) in another memory layout, as a leaf tensor:
     "bthd": a (B, T, H, D) buffer seen transposed; "packed": every other (H, D) slab of a (B, T, 2, H, D)
-    buffer, like v taken from a fused kv projection. The kernels must read each tensor by its own strides."""
+    buffer, like v taken from a fused kv projection. Attention must honour each tensor's own strides."""
     B, H, T, D = x.shape
     if kind == "bthd":
         y = x.transpose(1, 2).contiguous().transpose(1, 2)

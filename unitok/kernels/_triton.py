@@ -4,8 +4,9 @@ Without CUDA the Triton kernels can still run, slowly, in Triton's interpreter
 (`TRITON_INTERPRET=1`, kernels execute on CPU tensors with numpy). Triton reads
 that variable when a kernel is *decorated*, so it must be set before triton is
 imported; `unitok.kernels` does it on import when no GPU is present (a value the
-user set is kept), and this module checks that it took effect. The interpreter computes bf16 arithmetic wrongly, so kernels
-upcast bf16 tiles to fp32 when `INTERPRET` is true.
+user set is kept), and this module checks that it took effect. The interpreter
+computes bf16 arithmetic wrongly, so kernels upcast bf16 tiles to fp32 when
+`INTERPRET` is true.
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ def _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_kvt, offs_m, offs_d, lo, 
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         # One offset tile for k and v (the launcher gives them the same time stride): a second one costs
-        # BLOCK_N * HEAD_DIM / threads registers and made 128x32 and 64x64 tiles at D = 128 spill on sm_90.
+        # BLOCK_N * HEAD_DIM / threads registers and made six configs spill on sm_90 (fwd 128x32 and
+        # dq 64x64 at D = 128).
         kv_off = offs_n[:, None] * stride_kvt + offs_d[None, :]
         if MASK:  # rows beyond T are excluded by `allowed` (hi <= T - 1)
             k = tl.load(k_base + kv_off, mask=(offs_n < T)[:, None], other=0.0)
