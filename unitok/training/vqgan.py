@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from unitok.config import from_dict, to_dict, _merge
 from unitok.data.media import SkipLog, list_media, read_image, read_video, to_tensor, to_uint8
 from unitok.errors import CheckpointError, ConfigError, DataError
-from unitok.tokenizers.quantizers import check_dead_code_threshold
+from unitok.tokenizers.quantizers import Quantizer, check_dead_code_threshold
 
 __all__ = ["TrainConfig", "DataConfig", "LossConfig", "train_from_recipe", "train", "ImageCropSampler",
            "VideoClipSampler"]
@@ -292,6 +292,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
     opt_d = (torch.optim.AdamW(disc.parameters(), lr=cfg.lr * cfg.loss.disc_lr_mult, betas=cfg.betas)
              if disc is not None else None)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+    quantizers = [q for m in (model, ema) if m is not None for q in m.modules() if isinstance(q, Quantizer)]
 
     step, elapsed0 = 0, 0.0
     ckpt_path = out / "ckpt" / "last.pt"
@@ -338,7 +339,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
             g["lr"] = cfg.lr * lr_f
         if not cfg.threads and device.type == "cpu" and step % 25 == 0:
             _adapt_threads()
-        _set_bypass([model, ema], progress < cfg.quant_warmup)
+        _set_bypass(quantizers, progress < cfg.quant_warmup)
         x = sampler.batch().to(device)
         if cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -401,7 +402,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False) -> dict:
             _save_ckpt(ckpt_path, cfg, model, opt, ema, disc, opt_d, step, time.time() - t_start)
             last_ckpt = time.time()
     bar.close()
-    _set_bypass([model, ema], False)
+    _set_bypass(quantizers, False)
     summary = {"steps": step, "minutes": (time.time() - t_start) / 60, "skipped_files": sampler.skips.count,
                "skipped": sampler.skips.items[:20], "last": metrics}
     if world > 1:  # EMA codebooks are buffers: check every rank holds rank 0's
@@ -448,13 +449,9 @@ def _num(v: float) -> float | None:
     return None if math.isnan(v) else v  # JSON has no NaN (a bypassed quantizer has no usage)
 
 
-def _set_bypass(models, on: bool) -> None:
-    from unitok.tokenizers.quantizers import Quantizer
-
-    for m in models:
-        for q in (m.modules() if m is not None else ()):
-            if isinstance(q, Quantizer):
-                q.bypass = on
+def _set_bypass(quantizers, on: bool) -> None:
+    for q in quantizers:
+        q.bypass = on
 
 
 @torch.no_grad()
