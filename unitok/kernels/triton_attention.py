@@ -456,10 +456,10 @@ def _kv_layout(k, v):
 
 
 def attention_forward(q, k, v, bounds, scale: float, blocks: dict | None = None):
-    """-> o (B, H, T, D) in q's dtype, lse (B, H, T) fp32 in log2 units."""
+    """-> o (B, H, T, D) in q's dtype, lse (B, H, T) fp32 in log2 units.
+    k, v as `_kv_layout` returns them (FlashAttention.forward arranges that, once for both passes)."""
     B, H, T, D = q.shape
     HKV = k.shape[1]
-    k, v = _kv_layout(k, v)
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     lo, hi = bounds[0], bounds[1]
@@ -471,10 +471,9 @@ def attention_forward(q, k, v, bounds, scale: float, blocks: dict | None = None)
 
 
 def attention_backward(do, q, k, v, o, lse, bounds, scale: float, blocks: dict | None = None):
-    """-> dq, dk, dv in the dtypes of q, k, v (dk, dv summed over each GQA group)."""
+    """-> dq, dk, dv in the dtypes of q, k, v (dk, dv summed over each GQA group); k, v as in forward."""
     B, H, T, D = q.shape
     HKV = k.shape[1]
-    k, v = _kv_layout(k, v)
     do = _last_contig(do)
     delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)  # rowsum(dO * O)
     bm = 16 if INTERPRET else DELTA_BLOCK
