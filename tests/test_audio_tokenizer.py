@@ -10,6 +10,7 @@ from unitok.data.audio import resample, to_model_format
 from unitok.errors import CheckpointError
 from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig, hf_to_encodec_state_dict
 from unitok.tokenizers.base import load_tokenizer
+from upstream_layouts import landed, random_state, read_layout
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +56,31 @@ def test_stereo_any_rate():
 
 
 def test_gradients_reach_encoder_and_codebooks_learn():
+    """One training pass: every encoder and decoder tensor gets a non-zero gradient; the EMA codebooks
+    move in train mode (repeated passes over one batch shrink the commitment loss), never in eval mode."""
     torch.manual_seed(0)
-    tok = AudioTokenizer(AudioTokenizerConfig.tiny(quantize_dropout=False)).train()
+    tok = AudioTokenizer(AudioTokenizerConfig.tiny(quantize_dropout=False, dead_code_threshold=0.0)).train()
     x = torch.randn(4, 1, 2048) * 0.1
+    books = tok.quantizer.codebooks.clone()  # (levels, codes, dim)
     y, codes, commit = tok(x)
     assert y.shape == x.shape and codes.shape == (4, 4, 32)
     ((y - x).abs().mean() + commit).backward()
-    enc = [p for p in tok.encoder.parameters()]
-    with_grad = [p for p in enc if p.grad is not None and p.grad.abs().sum() > 0]
-    assert len(with_grad) == len(enc), f"{len(enc) - len(with_grad)} encoder tensors got no gradient"
-    assert all(p.grad is not None for p in tok.decoder.parameters())
+    for name, module in (("encoder", tok.encoder), ("decoder", tok.decoder)):
+        params = dict(module.named_parameters())
+        dead = [n for n, p in params.items() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not dead, f"{len(dead)} of {len(params)} {name} tensors got no gradient: {dead[:4]}"
+        assert all(torch.isfinite(p.grad).all() for p in params.values())
+    # EMA: every level's codebook moved after one pass (no optimizer step was taken)
+    moved = (tok.quantizer.codebooks - books).flatten(1).abs().amax(1)
+    assert (moved > 0).all(), f"codebooks of levels {(moved == 0).nonzero().flatten().tolist()} did not move"
+    with torch.no_grad():
+        losses = [float(tok(x)[2]) for _ in range(10)]
+    assert losses[-1] < 0.5 * losses[0], f"EMA codebooks did not fit the batch: commitment {losses}"
+    tok.eval()
+    books = tok.quantizer.codebooks.clone()
+    with torch.no_grad():
+        tok(x)
+    assert torch.equal(tok.quantizer.codebooks, books), "eval-mode forward changed the codebooks"
 
 
 def test_save_load_roundtrip(tmp_path, tiny):
@@ -114,7 +130,7 @@ def test_hf_format_matches_transformers(tmp_path):
     model.save_pretrained(tmp_path / "hf")
     tok = AudioTokenizer.from_hf(tmp_path / "hf")
     # frame rate 100 Hz, 5 bits/level -> 0.5 kbps per level; bandwidth 2.0 -> 4 levels
-    assert tok.config.num_levels == model.quantizer.num_quantizers and tok.frame_rate == 100
+    assert tok.config.levels == model.quantizer.num_quantizers and tok.frame_rate == 100
     x = torch.randn(2, 1, 1003) * 0.2
     for bw, levels in [(0.5, 1), (2.0, 4)]:
         ref_codes, ref_wav = _hf_reference(model, x, bw)
@@ -166,6 +182,66 @@ def test_original_th_checkpoint_matches_transformers(tmp_path, stereo48):
     wav = tok.decode(codes, scales=scales if c.normalize else None)
     n = min(wav.shape[-1], ref_wav.shape[-1])
     assert torch.allclose(wav[..., :n], ref_wav[..., :n], atol=1e-5)
+
+
+# where the encodec package's names land in ours, by kind of layer (checked for both models)
+_ENCODEC_PLACES = {
+    "weight_norm": {
+        "encoder.model.0.conv.conv.weight_v": "encoder.layers.0.conv.parametrizations.weight.original1",
+        "encoder.model.0.conv.conv.weight_g": "encoder.layers.0.conv.parametrizations.weight.original0",
+        "encoder.model.1.block.1.conv.conv.weight_v": "encoder.layers.1.block.1.conv.parametrizations.weight.original1",
+        "encoder.model.1.shortcut.conv.conv.weight_g": "encoder.layers.1.shortcut.conv.parametrizations.weight.original0",
+        "decoder.model.3.convtr.convtr.weight_v": "decoder.layers.3.conv.parametrizations.weight.original1",
+        "decoder.model.15.conv.conv.bias": "decoder.layers.15.conv.bias",
+    },
+    "time_group_norm": {
+        "encoder.model.0.conv.conv.weight": "encoder.layers.0.conv.weight",
+        "encoder.model.0.conv.norm.weight": "encoder.layers.0.norm.weight",
+        "encoder.model.1.shortcut.conv.norm.bias": "encoder.layers.1.shortcut.norm.bias",
+        "decoder.model.3.convtr.convtr.weight": "decoder.layers.3.conv.weight",
+        "decoder.model.3.convtr.norm.weight": "decoder.layers.3.norm.weight",
+    },
+    "any": {
+        "encoder.model.13.lstm.weight_ih_l1": "encoder.layers.13.lstm.weight_ih_l1",
+        "decoder.model.1.lstm.bias_hh_l0": "decoder.layers.1.lstm.bias_hh_l0",
+        "quantizer.vq.layers.0._codebook.embed": "quantizer.layers.0._codebook.embed",
+        "quantizer.vq.layers.0._codebook.embed_avg": "quantizer.layers.0._codebook.embed_avg",
+    },
+}
+
+
+@pytest.mark.parametrize("name", ["encodec_24khz", "encodec_48khz"])
+def test_encodec_th_in_the_real_package_layout(tmp_path, name):
+    """A `.th` file with the keys, shapes and container of Meta's encodec package (recorded from
+    `EncodecModel.encodec_model_24khz/48khz` by scripts/record_layouts.py; the published files are
+    plain `torch.save(model.state_dict())`), every tensor distinct: the architecture is inferred,
+    and every tensor lands where it belongs."""
+    layout = read_layout(f"{name}.json")
+    p = layout["params"]
+    state = random_state(layout, seed=5)
+    path = tmp_path / p["checkpoint"]
+    torch.save(state, path)
+    tok = AudioTokenizer.from_encodec_checkpoint(path)
+    c = tok.config
+    levels = len({k.split(".")[3] for k in state if k.startswith("quantizer.vq.layers.")})
+    assert levels == {24000: 32, 48000: 16}[p["sample_rate"]]  # 24 kbps at 75 / 150 Hz frames, 10 bits
+    assert (c.sample_rate, c.channels, c.causal, c.norm_type, c.normalize) == (
+        p["sample_rate"], p["channels"], p["causal"], p["norm"], p.get("normalize", False))
+    assert (c.levels, c.codebook_size, c.hidden_size, c.upsampling_ratios, c.num_lstm_layers) == (
+        levels, 1024, 128, [8, 5, 4, 2], 2)
+    ours = tok.state_dict()
+    places = {**_ENCODEC_PLACES[p["norm"]], **_ENCODEC_PLACES["any"]}
+    places[f"quantizer.vq.layers.{levels - 1}._codebook.embed"] = f"quantizer.layers.{levels - 1}._codebook.embed"
+    for theirs, mine in places.items():
+        assert torch.equal(ours[mine].reshape(state[theirs].shape), state[theirs]), (theirs, mine)
+    # every tensor of the file (all but the 1-element `inited` flags) is somewhere in ours
+    where = landed(state, ours)
+    lost = [k for k, v in state.items() if v.numel() > 1 and k not in where]
+    assert not lost, f"{len(lost)} tensors of the checkpoint are nowhere in the model: {lost[:4]}"
+    assert all(bool(ours[f"quantizer.layers.{i}._codebook.initted"]) for i in range(levels))
+    x = torch.randn(1, c.channels, 1000) * 0.1
+    codes = tok.encode(x)
+    assert codes.shape[1] == levels and tok.decode(codes, length=1000).shape == x.shape
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path):

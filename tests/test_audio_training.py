@@ -15,7 +15,7 @@ from unitok.tokenizers.base import load_tokenizer
 from unitok.training.encodec import EncodecRecipe, train
 
 TINY_MODEL = {"num_filters": 4, "upsampling_ratios": [4, 4, 4], "hidden_size": 16, "num_lstm_layers": 1,
-              "codebook_size": 64, "num_levels": 4, "kmeans_init": False}
+              "codebook_size": 64, "levels": 4, "kmeans_init": False}
 
 
 def _write_folder(d, silent=True, corrupt=True):
@@ -33,11 +33,17 @@ def _write_folder(d, silent=True, corrupt=True):
     return d
 
 
-def _recipe(**train):
-    return from_dict(EncodecRecipe, {"model": TINY_MODEL, "train": {
-        "steps": 2, "batch_size": 2, "segment_s": 0.25, "warmup_steps": 1, "log_every": 1, "ckpt_every": 100,
-        "disc_start": 0.0, "mel_n_ffts": [128, 256], "mel_bands": 32, "disc_n_ffts": [256, 128], "disc_filters": 4,
-        "refit_at": None, "calibration_batches": 2, **train}})
+def _recipe(steps=2, disc=True, lr=3e-4, log_every=1, batch_size=2, refit_at=None, refit_batches=48):
+    return from_dict(EncodecRecipe, {
+        "model": TINY_MODEL, "data": {"batch_size": batch_size, "segment_s": 0.25},
+        "loss": {"disc": disc, "disc_start": 0.0, "mel_n_ffts": [128, 256], "mel_bands": 32, "disc_n_ffts": [256, 128],
+                 "disc_filters": 4},
+        "refit_at": refit_at, "refit_batches": refit_batches, "calibration_batches": 2,
+        "optim": {"lr": lr, "warmup_steps": 1}, "run": {"max_steps": steps, "log_every": log_every, "ckpt_every": 100}})
+
+
+def _log(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_one_step_train_skips_bad_files_and_resumes(tmp_path):
@@ -49,7 +55,7 @@ def test_one_step_train_skips_bad_files_and_resumes(tmp_path):
     tok = load_tokenizer(tmp_path / "out" / "final")
     assert isinstance(tok, AudioTokenizer)
     assert tok.encode(torch.randn(1, 1, 640) * 0.1).shape == (1, 4, 10)
-    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    log = _log(tmp_path / "out")
     assert {"mel", "sisnr", "l1", "adv", "feat", "d"} <= set(log[-1])  # discriminator active from the start
     # a second run into the same folder needs --resume; with it, it continues from step 2
     from unitok.errors import CheckpointError
@@ -59,22 +65,23 @@ def test_one_step_train_skips_bad_files_and_resumes(tmp_path):
     assert train(_recipe(steps=3), data, tmp_path / "out", resume=True, progress_bar=False)["steps"] == 3
 
 
-def test_resume_continues_from_checkpoint(tmp_path):
+def test_resume_refuses_a_different_recipe(tmp_path):
+    """(Resume is tested against an uninterrupted run in tests/test_engine.py.)"""
     data = _write_folder(tmp_path / "data", silent=False, corrupt=False)
     train(_recipe(disc=False), data, tmp_path / "out", progress_bar=False)
-    s = train(_recipe(disc=False, steps=4), data, tmp_path / "out", resume=True, progress_bar=False)
-    assert s["steps"] == 4
     from unitok.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="different recipe"):
+    with pytest.raises(CheckpointError, match="different recipe.*loss.disc: False -> True"):
         train(_recipe(disc=True, steps=5), data, tmp_path / "out", resume=True, progress_bar=False)
+    assert train(_recipe(disc=True, steps=3), data, tmp_path / "out", resume=True, allow_recipe_change=True,
+                 progress_bar=False)["steps"] == 3
 
 
 def test_training_reduces_the_reconstruction_loss(tmp_path):
     data = _write_folder(tmp_path / "data", silent=False, corrupt=False)
     torch.manual_seed(0)
     train(_recipe(steps=40, disc=False, lr=3e-3, log_every=1, batch_size=4), data, tmp_path / "out", progress_bar=False)
-    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    log = _log(tmp_path / "out")
     first = np.mean([r["mel"] for r in log[:5]])
     last = np.mean([r["mel"] for r in log[-5:]])
     assert last < 0.75 * first, (first, last)
@@ -86,7 +93,7 @@ def test_codebook_refit_then_decoder_only_phase(tmp_path, capsys):
     train(_recipe(steps=4, disc=False, refit_at=0.5, refit_batches=4), data, tmp_path / "out", progress_bar=False)
     out = capsys.readouterr().out
     assert "refit codebooks" in out and "training the decoder only" in out
-    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    log = _log(tmp_path / "out")
     assert log[-1]["commit"] == 0.0  # frozen codebooks: no commitment term
     tok = load_tokenizer(tmp_path / "out" / "final")
     # k-means refit on 4 batches x 2 x 63 frames: every level uses most of its 64 codes on the fit data

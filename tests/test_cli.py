@@ -8,6 +8,7 @@ from unitok.cli import build_parser, main
 SUBCOMMANDS = [
     ["demo"], ["text", "train-tokenizer"], ["text", "encode"], ["lm", "train"], ["lm", "sample"],
     ["tokenizer", "train"], ["tokenizer", "bench"], ["bench", "text-lm"], ["bench", "kernels"], ["vocab"],
+    ["checkpoint", "export"], ["checkpoint", "convert"],
 ]
 
 
@@ -51,12 +52,26 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "unitok.cli", *args], capture_output=True, text=True)
 
 
+def assert_user_error(r, *needles):
+    """The README's promise for user errors: exit status 2 and one line on stderr,
+    `unitok: error: <message>`, never a traceback."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and r.stderr.endswith("\n"), r.stderr
+    assert lines[0].startswith("unitok: error: "), lines[0]
+    message = lines[0][len("unitok: error: "):]
+    assert message.strip() and message == message.strip(), lines[0]
+    for n in needles:
+        assert n in message, (n, message)
+
+
 def test_user_errors_are_one_line(tmp_path):
-    r = run_cli("text", "train-tokenizer", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert "not found" in r.stderr and "Traceback" not in r.stderr
+    missing = tmp_path / "missing.txt"
+    r = run_cli("text", "train-tokenizer", str(missing), "--out", str(tmp_path / "o"))
+    assert_user_error(r, "not found", str(missing))
     r = run_cli("vocab", str(tmp_path / "nope.json"))
-    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+    assert_user_error(r, "not found", "nope.json")
     (tmp_path / "r.yaml").write_text("modality: smell\n")
     r = run_cli("tokenizer", "train", str(tmp_path / "r.yaml"), "--data", ".", "--out", str(tmp_path / "o"), "x=1")
-    assert r.returncode == 2 and "modality" in r.stderr and r.stderr.strip().count("\n") == 0
+    assert_user_error(r, "modality")

@@ -12,7 +12,10 @@ from unitok.config import load_config
 from unitok.errors import CheckpointError, VocabMismatchError
 from unitok.model.config import debug
 from unitok.model.transformer import UnifiedTransformer
-from unitok.training.lm import TrainConfig, Trainer, load_checkpoint, lr_at, prepare, score_tokens
+from unitok.checkpoint import load_model
+from unitok.model.scoring import score_tokens
+from unitok.training.lm import TrainConfig, train_text_lm
+from unitok.training.loop import OptimConfig, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBUG = ROOT / "configs" / "train" / "debug.yaml"
@@ -34,14 +37,19 @@ def cli(*args):
 def test_configs_load():
     cfg = load_config(TrainConfig, ROOT / "configs" / "train" / "text-lm.yaml")
     assert cfg.seq_len <= cfg.model.max_seq_len
-    assert load_config(TrainConfig, DEBUG, ["lr=1.0e-3"]).lr == 1e-3
+    assert load_config(TrainConfig, DEBUG, ["optim.lr=1.0e-3"]).optim.lr == 1e-3
+    # a partial block keeps the trainer's defaults for the rest
+    assert load_config(TrainConfig, DEBUG).optim.weight_decay == 0.1
 
 
-def test_schedule_warmup_then_cosine_to_min():
-    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_at(cfg, 0, 0.0) == pytest.approx(0.1) and lr_at(cfg, 9, 0.0) == pytest.approx(1.0)
-    assert lr_at(cfg, 50, 0.5) == pytest.approx(0.55) and lr_at(cfg, 99, 1.0) == pytest.approx(0.1)
-    assert lr_at(cfg, 99, 7.0) == pytest.approx(0.1)
+def test_schedule_warmup_then_cosine_or_wsd_to_min():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(cfg, 0, 0.0) == pytest.approx(0.1) and lr_factor(cfg, 9, 0.0) == pytest.approx(1.0)
+    assert lr_factor(cfg, 50, 0.5) == pytest.approx(0.55) and lr_factor(cfg, 99, 1.0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 99, 7.0) == pytest.approx(0.1)
+    wsd = OptimConfig(lr=1.0, warmup_steps=10, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.1)
+    assert lr_factor(wsd, 50, 0.5) == 1.0 and lr_factor(wsd, 50, 0.8) == 1.0
+    assert lr_factor(wsd, 90, 0.9) == pytest.approx(0.55) and lr_factor(wsd, 99, 1.0) == pytest.approx(0.1)
 
 
 def test_score_tokens_counts_every_target_once():
@@ -63,70 +71,49 @@ def test_score_tokens_counts_every_target_once():
     assert score_tokens(m, short, window=64)[0] == pytest.approx(ref, rel=1e-5)
 
 
-def _trainer(cfg, d, out):
-    return Trainer(cfg, d["train_ids"], d["eval_ids"], d["vocab"], d["tokenizer"], out, eval_chars=d["eval_chars"],
-                   progress=False)
+def _cfg(*overrides):
+    return load_config(TrainConfig, DEBUG, list(overrides))
 
 
-def test_resume_is_bitwise_identical(text_file, tmp_path):
-    cfg = load_config(TrainConfig, DEBUG, ["max_steps=16", "ckpt_every=0", "eval_every=8", "model.dropout=0.1"])
-    d = prepare(cfg, text_file, None, tmp_path / "a")
-    a = _trainer(cfg, d, tmp_path / "a")
-    a.fit()
-    b = _trainer(cfg, d, tmp_path / "b")
-    b.fit(until=7)
-    b.save()
-    ck = load_checkpoint(tmp_path / "b", vocab=d["vocab"], optimizer=True)
-    c = _trainer(cfg, d, tmp_path / "b")
-    c.resume(ck)
-    assert c.step == 7
-    c.fit()
-    for (k, va), vc in zip(a.model.state_dict().items(), c.model.state_dict().values()):
-        assert torch.equal(va, vc), k
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("time_s", "tok_per_s")} for r in h]
-    assert strip(a.history) == strip(c.history)
-    assert a.history[-1]["step"] == 16 and "eval_loss" in a.history[-1]
-
-
-def test_load_checkpoint_errors(text_file, tmp_path):
-    cfg = load_config(TrainConfig, DEBUG, ["max_steps=2", "ckpt_every=0", "eval_every=0"])
-    d = prepare(cfg, text_file, None, tmp_path)
-    t = _trainer(cfg, d, tmp_path / "run")
-    t.fit()
-    t.save()
-    load_checkpoint(tmp_path / "run", vocab=d["vocab"])
-    cfg2 = load_config(TrainConfig, DEBUG, ["text_vocab_size=450"])
-    other = prepare(cfg2, text_file, None, tmp_path)["vocab"]
-    with pytest.raises(VocabMismatchError, match="different vocabulary"):
-        load_checkpoint(tmp_path / "run", vocab=other)
+def test_load_model_errors(text_file, tmp_path):
+    train_text_lm(_cfg("run.max_steps=2", "run.ckpt_every=0", "eval_every=0"), text_file, tmp_path / "run",
+                  progress=False)
+    ck = load_model(tmp_path / "run")
+    assert ck.kind == "transformer" and ck.vocab.size == ck.model.cfg.vocab_size and set(ck.tokenizers) == {"text"}
     with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "nothing")
+        load_model(tmp_path / "nothing")
+    # a tokenizer that does not match the manifest
+    train_text_lm(_cfg("run.max_steps=1", "text_vocab_size=450", "eval_every=0"), text_file, tmp_path / "other",
+                  progress=False)
+    tok = tmp_path / "run" / "checkpoint" / "tokenizers" / "text"
+    shutil.rmtree(tok)
+    shutil.copytree(tmp_path / "other" / "checkpoint" / "tokenizers" / "text", tok)
+    with pytest.raises(VocabMismatchError, match="different vocabulary"):
+        load_model(tmp_path / "run")
     (tmp_path / "run" / "checkpoint" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(CheckpointError, match="corrupt"):
-        load_checkpoint(tmp_path / "run")
+        load_model(tmp_path / "run")
 
 
 def test_checkpoint_trained_with_triton_kernels_loads_with_auto_backends(text_file, tmp_path):
-    cfg = load_config(TrainConfig, DEBUG, ["max_steps=1", "ckpt_every=0", "eval_every=0", "model.n_head=2"])
-    t = _trainer(cfg, prepare(cfg, text_file, None, tmp_path), tmp_path / "run")
-    t.fit()
-    t.save()
-    state = tmp_path / "run" / "checkpoint" / "state.json"  # as if trained on a GPU with the fused kernels
-    st = json.loads(state.read_text())
-    st["config"]["model"].update(attention="triton", norm_backend="triton", ce_backend="triton")
-    state.write_text(json.dumps(st))
-    m = load_checkpoint(tmp_path / "run")["model"]
-    assert (m.cfg.attention, m.cfg.norm_backend, m.cfg.ce_backend) == ("auto", "auto", "auto")
-    assert m.blocks[0].attn_norm.backend == "auto"
-    assert load_checkpoint(tmp_path / "run", optimizer=True)["model"].cfg.attention == "triton"  # resume: as saved
+    train_text_lm(_cfg("run.max_steps=1", "eval_every=0", "model.n_head=2"), text_file, tmp_path / "run",
+                  progress=False)
+    meta = tmp_path / "run" / "checkpoint" / "model.json"  # as if trained on a GPU with the fused kernels
+    m = json.loads(meta.read_text())
+    m["config"].update(attention="triton", norm_backend="triton", ce_backend="triton")
+    meta.write_text(json.dumps(m))
+    model = load_model(tmp_path / "run").model
+    assert (model.cfg.attention, model.cfg.norm_backend, model.cfg.ce_backend) == ("auto", "auto", "auto")
+    assert model.blocks[0].attn_norm.backend == "auto"
 
 
 def test_cli_train_sample_resume_and_errors(text_file, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    r = cli("lm", "train", DEBUG, "max_steps=30", "--data", text_file, "--out", a)
+    r = cli("lm", "train", DEBUG, "run.max_steps=30", "--data", text_file, "--out", a)
     assert r.returncode == 0, r.stderr
     assert "nats/char" in r.stdout
-    for f in ("model.safetensors", "optimizer.pt", "state.json", "vocab.json", "tokenizer/spm.model"):
+    for f in ("model.json", "model.safetensors", "optimizer.pt", "state.json", "vocab.json",
+              "tokenizers/text/spm.model"):
         assert (a / "checkpoint" / f).is_file(), f
     hist = json.loads((a / "losses.json").read_text())
     assert hist[-1]["step"] == 30 and hist[-1]["eval_loss"] < hist[0]["loss"]
@@ -137,20 +124,23 @@ def test_cli_train_sample_resume_and_errors(text_file, tmp_path):
     assert r.stdout.startswith("The ") and len(r.stdout) > 10
 
     # continuing with more steps
-    r = cli("lm", "train", DEBUG, "max_steps=40", "--data", text_file, "--out", a, "--resume")
+    r = cli("lm", "train", DEBUG, "run.max_steps=40", "--data", text_file, "--out", a, "--resume")
     assert r.returncode == 0 and "resumed" in r.stdout and "step 40" in r.stdout, r.stderr
     # training into a run dir that holds a checkpoint without --resume is refused
     r = cli("lm", "train", DEBUG, "--data", text_file, "--out", a)
     assert r.returncode == 2 and "--resume" in r.stderr
 
     # a different text vocabulary is a one-line error, whether by config or a swapped tokenizer
-    r = cli("lm", "train", DEBUG, "text_vocab_size=450", "max_steps=50", "--data", text_file, "--out", a, "--resume")
+    r = cli("lm", "train", DEBUG, "text_vocab_size=450", "run.max_steps=50", "--data", text_file, "--out", a, "--resume")
     assert r.returncode == 2 and "VocabMismatch" not in r.stderr and "text_vocab_size" in r.stderr
+    r = cli("lm", "train", DEBUG, "text_vocab_size=450", "run.max_steps=50", "--data", text_file, "--out", a, "--resume",
+            "--allow-recipe-change")  # the recipe may change on purpose; the tokenizer still may not
+    assert r.returncode == 2 and "text_vocab_size" in r.stderr and "450" in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
-    r = cli("lm", "train", DEBUG, "text_vocab_size=450", "max_steps=2", "--data", text_file, "--out", b)
+    r = cli("lm", "train", DEBUG, "text_vocab_size=450", "run.max_steps=2", "--data", text_file, "--out", b)
     assert r.returncode == 0, r.stderr
-    shutil.rmtree(a / "checkpoint" / "tokenizer")
-    shutil.copytree(b / "checkpoint" / "tokenizer", a / "checkpoint" / "tokenizer")
+    shutil.rmtree(a / "checkpoint" / "tokenizers" / "text")
+    shutil.copytree(b / "checkpoint" / "tokenizers" / "text", a / "checkpoint" / "tokenizers" / "text")
     r = cli("lm", "sample", a)
     assert r.returncode == 2 and "different vocabulary" in r.stderr and r.stderr.strip().count("\n") == 0
 

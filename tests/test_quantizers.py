@@ -50,11 +50,28 @@ def test_toy_autoencoder_one_step(name):
 def test_ema_codebook_moves_and_kmeans_initialises():
     torch.manual_seed(0)
     q = Quantizer(QuantizerConfig(kind="vq", codebook_size=16, kmeans_init=True, decay=0.5), 8)
-    embed = q.vq._codebook.embed
-    assert not bool(q.vq._codebook.initted)
+    cb = q.vq._codebook
+    assert not bool(cb.initted)
     q(torch.randn(2, 100, 8) + 5.0)
-    assert bool(q.vq._codebook.initted)
-    assert embed.mean().item() > 3.0, "k-means init should place codes near the data (mean 5)"
+    assert bool(cb.initted)
+    assert cb.embed.mean().item() > 3.0, "k-means init should place codes near the data (mean 5)"
+    # training-mode forwards on data elsewhere (mean -5) pull the codebook there by EMA (decay 0.5)
+    before = cb.embed.clone()
+    for _ in range(8):
+        out = q(torch.randn(2, 100, 8) - 5.0)
+    assert not torch.equal(cb.embed, before), "training-mode forwards did not update the EMA codebook"
+    hit = out.indices.unique()
+    moved = cb.embed[0, hit]  # (codes hit by the last batch, 8)
+    assert (moved - before[0, hit]).norm(dim=-1).min() > 5.0, "a code in use stayed where it was"
+    assert (moved.mean(-1) < -3.0).all(), f"codes in use not pulled to the data (mean -5): {moved.mean(-1)}"
+    # eval-mode forwards never touch the codebook or its EMA statistics
+    q.eval()
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    with torch.no_grad():
+        for _ in range(3):
+            q(torch.randn(2, 100, 8) + 20.0)
+    for k, v in q.state_dict().items():
+        assert torch.equal(v, state[k]), f"{k} changed in eval mode"
 
 
 def test_dead_code_threshold_guard():

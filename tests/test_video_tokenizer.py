@@ -48,7 +48,7 @@ def test_per_frame_mode(tmp_path):
 
 
 def test_train_video_tiny(tmp_path):
-    av = pytest.importorskip("av")
+    import av  # a core dependency (pyproject.toml): a missing one fails, never skips
     from skimage import data
 
     from unitok.training.vqgan import TrainConfig, train
@@ -66,10 +66,10 @@ def test_train_video_tiny(tmp_path):
         for p in s.encode():
             c.mux(p)
     (d / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 garbage")
-    cfg = from_dict(TrainConfig, dict(modality="video", name="v", preset="debug", steps=3, warmup_steps=1,
-                                      log_every=1, sample_every=2,
+    cfg = from_dict(TrainConfig, dict(modality="video", name="v", preset="debug", sample_every=2,
+                                      optim=dict(warmup_steps=1), run=dict(max_steps=3, log_every=1),
                                       data=dict(crop=16, batch_size=2, frames=5, frame_stride=1)))
-    summary = train(cfg, d, tmp_path / "run")
+    summary = train(cfg, d, tmp_path / "run", progress=False)
     assert summary["steps"] == 3 and summary["skipped_files"] == 1
     assert np.isfinite(summary["last"]["loss"])
     tok = load_tokenizer(tmp_path / "run" / "final")

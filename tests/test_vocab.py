@@ -65,17 +65,60 @@ def test_unpack_random_ids_never_raises(ids):
         assert k in ("text", "image", "video", "audio")
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(seg_strategy(), min_size=1, max_size=6), st.data())
-def test_unpack_truncated_reports_problems(doc, data):
+def _layout(doc):
+    """(kind, value, start, end) of each segment in `VOCAB.pack(doc, eos=False).ids`: ids[start:end]
+    are its tokens (a media span's begin marker at `start`, its end marker at `end - 1`)."""
+    out, pos = [], 1  # <bos>
+    for s in doc:
+        (kind, value), = s.items()
+        n = len(value) if kind == "text" else len(VOCAB.pack([s], bos=False, eos=False).ids)
+        out.append((kind, value, pos, pos + n))
+        pos += n
+    return out
+
+
+def expected_prefix(doc, cut):
+    """What `unpack(ids[:cut])` must return: every segment that ends before the cut; of the segment
+    the cut falls in, the text ids before the cut, an audio span's whole frames (if any), an image or
+    video span only when all its codes are there (the end marker alone is missing)."""
+    want = []
+    for kind, value, start, end in _layout(doc):
+        if end <= cut:
+            want.append({kind: value})
+        elif start < cut:
+            have = cut - start
+            if kind == "text" and have:
+                want.append({"text": value[:have]})
+            elif kind == "audio" and (have - 1) // 4:
+                want.append({"audio": np.asarray(value)[:, : (have - 1) // 4]})
+            elif kind in ("image", "video") and have == end - start - 1:
+                want.append({kind: value})
+            break
+        else:
+            break
+    return merge_text(want)
+
+
+def cuts_a_span(doc, cut):
+    """True when ids[:cut] holds a media span's begin marker but not its end marker."""
+    return any(kind != "text" and start < cut < end for kind, _, start, end in _layout(doc))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(seg_strategy(), min_size=1, max_size=6))
+def test_unpack_truncated_reports_problems(doc):
+    """Cut the packed ids at every position: a cut inside a media span (after its begin marker, before
+    its end marker) is reported in `problems`, any other cut is clean; the segments are the prefix of
+    the document that the kept ids encode."""
     ids = VOCAB.pack(doc, eos=False).ids
-    cut = data.draw(st.integers(0, len(ids)))
-    out = VOCAB.unpack(ids[:cut])  # must not raise
-    if cut < len(ids) and any(k != "text" for s in doc for k in s):
-        # whatever is decoded is a prefix-consistent subset: every media segment has a valid shape
-        for s in out.segments:
-            if "audio" in s:
-                assert s["audio"].shape[0] == 4
+    assert _layout(doc)[-1][3] == len(ids)
+    for cut in range(len(ids) + 1):
+        out = VOCAB.unpack(ids[:cut])  # must not raise
+        if cuts_a_span(doc, cut):
+            assert out.problems, (cut, ids[:cut])
+        else:
+            assert out.problems == [], (cut, out.problems)
+        same_segments(out.segments, expected_prefix(doc, cut))
 
 
 def test_layout_and_modalities():

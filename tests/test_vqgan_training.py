@@ -27,45 +27,49 @@ def _photo_folder(d, n=3, size=72):
     return d
 
 
-def _cfg(**kw):
+def _cfg(steps=6, log_every=2, warmup_steps=2, **kw):
     base = dict(modality="image", name="t", preset="debug", data=dict(crop=16, batch_size=4, min_scale=0.5),
-                steps=6, warmup_steps=2, log_every=2, sample_every=3, lr=1e-3, ema_decay=0.9, threads=1)
+                sample_every=3, ema_weights=0.9, optim=dict(lr=1e-3, warmup_steps=warmup_steps),
+                run=dict(max_steps=steps, log_every=log_every, threads=1))
     base.update(kw)
     return from_dict(TrainConfig, base)
 
 
-def test_train_skips_corrupt_and_resumes(tmp_path):
+def _log(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_skips_corrupt_files(tmp_path):
+    """(Resume is tested against an uninterrupted run in tests/test_engine.py.)"""
     torch.manual_seed(0)
     data = _photo_folder(tmp_path / "data")
     out = tmp_path / "run"
-    s = train(_cfg(), data, out)
+    s = train(_cfg(), data, out, progress=False)
     assert s["steps"] == 6
     assert s["skipped_files"] == 1 and "corrupt.png" in s["skipped"][0][0]
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["loss"]) for r in log) and len(log) == 3
-    assert (out / "samples" / "step0000003.png").is_file() and (out / "ckpt" / "last.pt").is_file()
+    log = _log(out)
+    assert all(np.isfinite(r["loss"]) for r in log) and [r["step"] for r in log] == [1, 2, 4, 6]
+    assert (out / "samples" / "step0000003.png").is_file() and (out / "checkpoint" / "ema.safetensors").is_file()
     tok = load_tokenizer(out / "final")
     assert tok.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 8)  # f4
-    s2 = train(_cfg(steps=9), data, out, resume=True)  # continues from step 6
-    assert s2["steps"] == 9
-    assert len((out / "log.jsonl").read_text().splitlines()) == 4  # 3 lines + step 8
 
 
 def test_gan_and_loss_decreases(tmp_path):
     torch.manual_seed(0)
     data = _photo_folder(tmp_path / "data")
-    s = train(_cfg(steps=4, loss=dict(gan=0.5, gan_start=2, disc_ndf=16, disc_layers=2)), data, tmp_path / "g")
+    s = train(_cfg(steps=4, loss=dict(gan=0.5, gan_start=2, disc_ndf=16, disc_layers=2)), data, tmp_path / "g",
+              progress=False)
     assert np.isfinite(s["last"]["d_loss"]) and np.isfinite(s["last"]["g_loss"])
-    s = train(_cfg(steps=30, warmup_steps=5, log_every=5, sample_every=0, ema_decay=0.0,
-                   data=dict(crop=16, batch_size=8, min_scale=1.0, flip=False)), data, tmp_path / "l")
-    log = [json.loads(line) for line in (tmp_path / "l" / "log.jsonl").read_text().splitlines()]
+    s = train(_cfg(steps=30, warmup_steps=5, log_every=5, sample_every=0, ema_weights=0.0,
+                   data=dict(crop=16, batch_size=8, min_scale=1.0, flip=False)), data, tmp_path / "l", progress=False)
+    log = _log(tmp_path / "l")
     first, last = log[0]["rec"], np.mean([r["rec"] for r in log[-2:]])
     assert last < 0.7 * first, f"reconstruction loss did not drop by 30%: {first:.3f} -> {last:.3f}"
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown config key 'lrr'"):
-        from_dict(TrainConfig, {"lrr": 1})
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        from_dict(TrainConfig, {"optim": {"lrr": 1}})
     with pytest.raises(ConfigError, match="model: unknown config key 'chh'"):
         train(_cfg(model={"chh": 3}), tmp_path, tmp_path / "o")
     with pytest.raises(ConfigError, match="dead_code_threshold"):
@@ -117,8 +121,8 @@ def test_ddp_two_cpu_processes_keep_codebooks_in_sync(tmp_path):
 
     data = _photo_folder(tmp_path / "data")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("modality: image\nname: ddp\npreset: debug\ndata: {crop: 16, batch_size: 4}\nsteps: 4\n"
-                      "warmup_steps: 1\nlog_every: 1\nsample_every: 0\nthreads: 1\n")
+    recipe.write_text("modality: image\nname: ddp\npreset: debug\ndata: {crop: 16, batch_size: 4}\nsample_every: 0\n"
+                      "optim: {warmup_steps: 1}\nrun: {max_steps: 4, log_every: 1, threads: 1}\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
            "-m", "unitok.cli", "tokenizer", "train", str(recipe), "--data", str(data), "--out", str(tmp_path / "o")]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -132,7 +136,7 @@ def test_ddp_two_cpu_processes_keep_codebooks_in_sync(tmp_path):
 def test_perceptual_loss_from_local_file_only(tmp_path):
     from safetensors.torch import save_file
 
-    from unitok.training.perceptual import Perceptual, load_perceptual
+    from unitok.perceptual import Perceptual, load_perceptual
 
     torch.manual_seed(0)
     ref = Perceptual()
@@ -151,7 +155,7 @@ def test_perceptual_loss_from_local_file_only(tmp_path):
 def test_color_augmentation(tmp_path):
     import random
 
-    from unitok.training.vqgan import _color
+    from unitok.data.crops import _color
 
     x = torch.rand(3, 8, 8) * 2 - 1
     assert torch.equal(_color(x, 0.0, random.Random(0)), x)
@@ -167,8 +171,8 @@ def test_quantizer_warmup_bypasses_then_initialises_codebook(tmp_path):
     untouched); afterwards the k-means codebook initialises on trained latents and is used."""
     torch.manual_seed(0)
     data = _photo_folder(tmp_path / "data")
-    train(_cfg(steps=8, log_every=1, quant_warmup=0.5), data, tmp_path / "w")
-    log = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    train(_cfg(steps=8, log_every=1, quant_warmup=0.5), data, tmp_path / "w", progress=False)
+    log = _log(tmp_path / "w")
     assert [r["usage"] is None for r in log] == [True] * 4 + [False] * 4
     assert all(r["aux"] == 0.0 for r in log[:4]) and log[-1]["usage"] > 0
     tok = load_tokenizer(tmp_path / "w" / "final")

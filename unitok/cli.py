@@ -15,11 +15,17 @@ import sys
 
 from unitok.errors import UnitokError
 
-LM_EPILOG = ("Configs take key=value overrides after the config path, e.g. `lr=3e-4 model.n_layer=4`; "
+LM_EPILOG = ("Configs take key=value overrides after the config path, e.g. `optim.lr=3e-4 run.max_steps=500 "
+             "model.n_layer=4`; "
              "`model.attention=triton model.norm_backend=triton model.ce_backend=triton` runs the fused "
              "kernels (on a GPU; on CPU they run in Triton's slow interpreter).")
-TOKENIZER_EPILOG = ("Recipes take key=value overrides after the config path, e.g. `lr=3e-4 time_budget_min=5 "
-                    "data.batch_size=4`.")
+TOKENIZER_EPILOG = ("Recipes take key=value overrides after the config path, e.g. `optim.lr=3e-4 run.max_minutes=5 "
+                    "data.batch_size=4`. Every recipe shares the blocks `optim` (lr, betas, weight_decay, schedule, "
+                    "warmup_steps, min_lr_ratio, grad_clip, grad_accum) and `run` (max_steps, max_minutes, seed, "
+                    "threads, device, log_every, ckpt_every, ckpt_every_min, max_bad_steps).")
+RESUME_HELP = "continue from the checkpoint in --out (the recipe must be the one it was written with)"
+CHANGE_HELP = ("with --resume: continue although the recipe changed (budgets, cadence and threads may always "
+               "change)")
 
 
 def _add(sub, name: str, handler: str, help: str, description: str | None = None,
@@ -61,14 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     # --- lm
     lm = sub.add_parser("lm", help="unified language model").add_subparsers(dest="lm_command", metavar="COMMAND")
     lm.required = True
-    p = _add(lm, "train", "unitok.training.lm:run_cli", "train the transformer on a text file (single process)",
+    p = _add(lm, "train", "unitok.training.lm:run_cli", "train the transformer on a text file (or under torchrun)",
              epilog=LM_EPILOG)
     p.add_argument("config", help="run config YAML, e.g. configs/train/text-lm.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--data", required=True, help="training text file")
     p.add_argument("--eval-data", default=None, help="evaluation text file (default: last 10%% of --data)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    p.add_argument("--allow-recipe-change", action="store_true", help=CHANGE_HELP)
     p = _add(lm, "sample", "unitok.generation.sample:run_cli", "generate text from a checkpoint")
     p.add_argument("checkpoint", help="run directory or checkpoint directory")
     p.add_argument("--prompt", default="", help="text prompt")
@@ -89,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--data", required=True, help="folder of images, videos or audio files")
     p.add_argument("--out", required=True, help="output directory (checkpoints, samples, final tokenizer)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    p.add_argument("--allow-recipe-change", action="store_true", help=CHANGE_HELP)
     p = _add(tk, "bench", "unitok.bench.tokenizer:run", "codebook reconstruction benchmark against classic codecs",
              "Reconstruct every file in --data with a trained tokenizer and report fidelity, codebook usage,\n"
              "rate and speed, next to JPEG/WebP (images) or Opus (audio) at the matched rate, in one run.")
@@ -102,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --- bench
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", metavar="COMMAND")
     bench.required = True
-    p = _add(bench, "text-lm", "unitok.bench.text_lm:run", "text LM quality in nats per character",
+    p = _add(bench, "text-lm", "unitok.training.text_bench:run", "text LM quality in nats per character",
              "Train the default text config on the first 90% of FILE for at most M minutes and report\n"
              "nats/char (total token NLL / characters) on the last 10% (and on --eval-data).")
     p.add_argument("--data", required=True, help="text file")
@@ -117,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-lens", default=None,
                    help="attention sequence lengths, comma-separated (default: 1024,...,16384; --quick: 8192)")
     p.add_argument("--ops", default="attention,ce,rms_norm", help="which benchmarks to run (default: all three)")
+
+    # --- checkpoint
+    ck = sub.add_parser("checkpoint", help="export and convert checkpoints").add_subparsers(
+        dest="checkpoint_command", metavar="COMMAND")
+    ck.required = True
+    p = _add(ck, "export", "unitok.checkpoint:export_cli", "write a consolidated checkpoint for inference",
+             "Write RUN's model (the EMA weights where the run keeps them), model.json, vocabulary and tokenizers\n"
+             "as one safetensors checkpoint, without optimizer or training state; sharded (FSDP2) runs are\n"
+             "consolidated. `unitok.checkpoint.load_model(OUT)` loads it on any machine.")
+    p.add_argument("run", help="run directory or checkpoint directory")
+    p.add_argument("--out", required=True, help="new directory for the exported checkpoint")
+    p = _add(ck, "convert", "unitok.checkpoint:convert_cli", "convert an old-layout text-LM checkpoint",
+             "Convert a text-LM run written before unitok-checkpoint/1 (checkpoint/state.json +\n"
+             "model.safetensors) into the current format (weights, config, vocabulary, tokenizer; not the\n"
+             "optimizer). Tokenizer folders written by save_pretrained (OUT/final) load as they are.")
+    p.add_argument("old", help="old run directory or checkpoint directory")
+    p.add_argument("new", help="directory to write the converted run into")
 
     # --- vocab
     p = _add(sub, "vocab", "unitok.cli:show_vocab", "show a vocabulary manifest (ranges, tokenizers, hash)")

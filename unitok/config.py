@@ -5,6 +5,8 @@ fill it. Rules:
 
 * A YAML file may name `base: other.yaml` (relative to itself); its keys are
   merged over the base's, recursively for nested sections.
+* A nested section given in part keeps the defaults of its field for the rest (a trainer's
+  `optim: {lr: 1e-3}` keeps that trainer's default betas and weight decay).
 * Every key must be a field of the dataclass: an unknown key is a
   `ConfigError` that names the key, the file and the closest known keys.
 * Values are checked against the field's type (int, float, bool, str,
@@ -133,7 +135,11 @@ def _build(cls, data, source, prefix, fill_missing):
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _check(hints[name], data[name], source, prefix + name, fill_missing)
+            value = data[name]
+            if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]) \
+                    and f.default_factory is not dataclasses.MISSING and fill_missing:
+                value = _merge(to_dict(f.default_factory()), value)  # a partial block keeps this field's defaults
+            kwargs[name] = _check(hints[name], value, source, prefix + name, fill_missing)
         elif (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) or not fill_missing:
             if dataclasses.is_dataclass(hints[name]) and fill_missing:
                 kwargs[name] = _build(hints[name], {}, source, prefix + name + ".", fill_missing)

@@ -9,6 +9,7 @@ standard library) is split 90/10; a SentencePiece tokenizer is trained on the
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from unitok.config import to_dict
 def demo_config(minutes: float, seed: int):
     """The default text run (configs/train/text-lm.yaml's values) with a time budget."""
     from unitok.training.lm import TrainConfig
+    from unitok.training.loop import RunConfig
 
-    return TrainConfig(max_minutes=minutes, eval_every=100, eval_tokens=8192, ckpt_every=0, log_every=5, seed=seed)
+    return TrainConfig(eval_every=100, eval_tokens=8192,
+                       run=RunConfig(max_minutes=minutes, ckpt_every=0, log_every=5, seed=seed))
 
 
 def plot_losses(history: list[dict], path: Path) -> None:
@@ -52,8 +55,10 @@ def plot_losses(history: list[dict], path: Path) -> None:
 def run(args) -> int:
     from pydoc_data.topics import topics
 
+    from unitok.data.text import encode_doc, split_text, train_text_tokenizer
     from unitok.generation.sample import generate
-    from unitok.training.lm import Trainer, encode_doc, score_tokens, split_text, text_vocab, train_tokenizer
+    from unitok.training.lm import TextLMTask, text_vocab, write_history
+    from unitok.training.loop import Engine
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,27 +66,29 @@ def run(args) -> int:
     raw = "\n\n".join(topics[k] for k in sorted(topics))
     train_text, held_text = split_text(raw, 0.1)
     cfg = demo_config(args.minutes, args.seed)
-    tok = train_tokenizer(train_text, cfg.text_vocab_size, out)
+    tok = train_text_tokenizer(train_text, cfg.text_vocab_size, out)
     vocab = text_vocab(tok)
     cfg.model.vocab_size = vocab.size
     train_ids, held_ids = encode_doc(tok, vocab, train_text), encode_doc(tok, vocab, held_text)
-    t = Trainer(cfg, train_ids, held_ids, vocab, tok, out, eval_chars=len(held_text),
-                time_budget_s=args.minutes * 60 - (time.perf_counter() - t_start))
+    cfg.run.max_minutes = args.minutes - (time.perf_counter() - t_start) / 60
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the demo starts afresh each time
+    engine = Engine(cfg.run, cfg.optim, out, recipe=to_dict(cfg), name="demo")
+    t = TextLMTask(cfg, engine, train_ids, held_ids, vocab, tok, eval_chars=len(held_text))
     print(f"demo: {len(raw) / 1e6:.2f}M chars of pydoc topics, {tok.vocab_size}-piece BPE, "
           f"{t.model.num_params() / 1e6:.2f}M-param model, {args.minutes:g} min")
-    res = t.fit()
-    nll, n = score_tokens(t.model, held_ids, cfg.seq_len, batch_size=32)
-    t.history.append({"step": t.step, "tokens": t.tokens, "time_s": round(t.elapsed, 2), "lr": None,
-                      "loss": res["train_loss"], "eval_loss": nll / n, "final_eval": True})
-    t.save()
-    plot_losses(t.history, out / "loss.png")
+    res = engine.fit(t)  # ends with the held-out score of the whole text (res["eval_nll"])
+    write_history(engine.history, out)
+    nll, n = res["eval_nll"], res["eval_tokens"]
+    train_loss = next((r["loss"] for r in reversed(engine.history) if r.get("lr") is not None), float("nan"))
+    tokens = engine.step * t.tokens_per_step
+    plot_losses(engine.history, out / "loss.png")
     prompt = "The for statement"
     ids = generate(t.model, [vocab.bos] + tok.encode(prompt), 120, temperature=0.8, top_p=0.95, seed=args.seed,
                    allowed=(0, vocab.text_size))
     sample = prompt + tok.decode(ids)
     figures = {
-        "params": t.model.num_params(), "steps": t.step, "train_tokens": t.tokens,
-        "train_minutes": round(t.elapsed / 60, 2), "final_train_loss": res["train_loss"],
+        "params": t.model.num_params(), "steps": engine.step, "train_tokens": tokens,
+        "train_minutes": round(engine.elapsed / 60, 2), "final_train_loss": train_loss,
         "held_out_loss": nll / n, "held_out_nats_per_char": nll / len(held_text),
         "chars_per_token": len(held_text) / n,
     }
@@ -96,10 +103,10 @@ Data: the English prose of Python's `pydoc_data.topics` ({len(raw):,} characters
 | figure | value |
 | --- | --- |
 | parameters | {figures['params']:,} |
-| steps | {t.step} (batch {cfg.batch_size} x {cfg.seq_len} tokens) |
-| training tokens | {t.tokens:,} |
+| steps | {engine.step} (batch {cfg.batch_size} x {cfg.seq_len} tokens) |
+| training tokens | {tokens:,} |
 | training time | {figures['train_minutes']} min (budget {args.minutes:g} min, tokenizer included) |
-| final train loss (running mean) | {res['train_loss']:.3f} nats/token |
+| final train loss (last logged batch) | {train_loss:.3f} nats/token |
 | held-out loss | {figures['held_out_loss']:.3f} nats/token |
 | held-out nats/char | {figures['held_out_nats_per_char']:.3f} |
 

@@ -462,6 +462,23 @@ class UnifiedVocab:
             + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
         )
 
+    @classmethod
+    def from_tokenizers(cls, tokenizers: Mapping[str, Any] | Iterable[Any], *, max_size: int = 1024) -> "UnifiedVocab":
+        """The vocabulary of any set of tokenizers (at most one text tokenizer and one per media
+        modality): text ids from the text tokenizer (none without one), then one codebook range
+        per media tokenizer level, each identified by the tokenizer's identity."""
+        toks = list(tokenizers.values()) if isinstance(tokenizers, Mapping) else list(tokenizers)
+        text = [t for t in toks if t.modality == "text"]
+        if len(text) > 1:
+            raise ValueError("more than one text tokenizer")
+        books = [t.codebook_spec() for t in toks if t.modality != "text"]
+        return cls(text[0].vocab_size if text else 0, books, max_size=max_size,
+                   text_tokenizer=text[0].identity() if text else None)
+
+    def check_tokenizers(self, tokenizers, what: str = "tokenizers") -> None:
+        """Raise `VocabMismatchError` unless `tokenizers` build exactly this vocabulary."""
+        UnifiedVocab.from_tokenizers(tokenizers, max_size=self.max_size).check_same(self, what=what)
+
     def __repr__(self) -> str:
         books = ", ".join(f"{m}={cb.levels}x{cb.size}" for m, cb in self.codebooks.items())
         return f"UnifiedVocab(size={self.size}, text={self.text_size}, {books})"

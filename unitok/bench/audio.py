@@ -30,30 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unitok.bench.common import write_json
 from unitok.data.audio import list_audio_files, log_mel, read_audio, resample, to_model_format, write_wav
 from unitok.errors import DataError
-from unitok.training.audio_losses import si_snr
-from unitok.bench.common import write_json
+from unitok.metrics import mel_distance, si_snr, stft_distance
 
-__all__ = ["run", "mel_distance", "stft_distance", "opus_roundtrip", "align"]
+__all__ = ["run", "opus_roundtrip", "align"]
 
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
-
-
-def mel_distance(y: torch.Tensor, x: torch.Tensor, sr: int) -> float:
-    """Mean absolute difference of log10 mel spectrograms (80 bands, n_fft 1024, hop 256)."""
-    return float((log_mel(y, sr, 1024, 256, 80) - log_mel(x, sr, 1024, 256, 80)).abs().mean())
-
-
-def stft_distance(y: torch.Tensor, x: torch.Tensor) -> float:
-    """Mean |log10 |STFT|| difference over n_fft 512, 1024, 2048 (hop n_fft/4)."""
-    out = []
-    for n in (512, 1024, 2048):
-        w = torch.hann_window(n)
-        sy = torch.stft(y.reshape(-1, y.shape[-1]), n, n // 4, window=w, return_complex=True).abs().clamp_min(1e-5)
-        sx = torch.stft(x.reshape(-1, x.shape[-1]), n, n // 4, window=w, return_complex=True).abs().clamp_min(1e-5)
-        out.append(float((sy.log10() - sx.log10()).abs().mean()))
-    return sum(out) / len(out)
 
 
 def align(y: torch.Tensor, x: torch.Tensor, max_lag: int) -> tuple[torch.Tensor, int]:
@@ -162,7 +146,7 @@ def run(args, tokenizer) -> int:
     files = list_audio_files(args.data)
     if args.max_files:
         files = files[: args.max_files]
-    levels = tok.config.num_levels
+    levels = tok.config.levels
     kbps = tok.config.kbps_per_level * levels
     opus_missing = _opus_available()
 

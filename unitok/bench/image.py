@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unitok.bench.common import markdown_table, psnr, save_grid, ssim, write_json
-from unitok.data.media import SkipLog, list_media, read_image, read_video, to_tensor, to_uint8
+from unitok.bench.common import markdown_table, write_json
+from unitok.data.media import SkipLog, list_media, read_image, read_video, save_grid, to_tensor, to_uint8
 from unitok.errors import DataError
+from unitok.metrics import psnr, ssim
 
 TILE = 256
 MAX_TILES = 16
@@ -125,7 +126,7 @@ def _lpips_model():
     path = os.environ.get("UNITOK_LPIPS_WEIGHTS")
     if not path or not Path(path).is_file():
         return None
-    from unitok.training.perceptual import load_perceptual
+    from unitok.perceptual import load_perceptual
 
     return load_perceptual(path)
 

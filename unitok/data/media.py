@@ -5,6 +5,7 @@
 * `read_image(path)`: RGB uint8 array (H, W, 3); grayscale/palette/alpha converted; DataError if unreadable.
 * `read_video(path, max_frames, stride)`: RGB uint8 array (T, H, W, 3) via PyAV; DataError if unreadable.
 * `to_tensor(img)` / `to_uint8(x)`: uint8 HWC <-> float CHW in [-1, 1].
+* `save_grid(rows, path)`: rows of uint8 images written as one PNG grid.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from unitok.errors import DataError
 
 __all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "AUDIO_EXTS", "list_media", "SkipLog", "read_image", "read_video",
-           "to_tensor", "to_uint8"]
+           "to_tensor", "to_uint8", "save_grid"]
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".gif"}
@@ -113,3 +114,20 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3) (clamped, rounded)."""
     y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return y.movedim(-3, -1).cpu().numpy()
+
+
+def save_grid(rows: list[list[np.ndarray]], path: str | Path, pad: int = 2) -> Path:
+    """Save rows of equally sized uint8 (H, W, 3) images as one PNG (white padding)."""
+    from PIL import Image
+
+    h, w = rows[0][0].shape[:2]
+    ncol = max(len(r) for r in rows)
+    canvas = np.full((len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        for j, im in enumerate(r):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            canvas[y:y + h, x:x + w] = im[:h, :w]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(p)
+    return p

@@ -80,10 +80,13 @@ def generate(model: UnifiedTransformer, prompt: list[int] | torch.Tensor, max_ne
 
 
 def run_cli(args) -> int:
-    from unitok.training.lm import load_checkpoint
+    from unitok.checkpoint import load_model
+    from unitok.errors import CheckpointError
 
-    ck = load_checkpoint(args.checkpoint)
-    tok, vocab, model = ck["tokenizer"], ck["vocab"], ck["model"]
+    ck = load_model(args.checkpoint)
+    if ck.kind != "transformer" or "text" not in ck.tokenizers:
+        raise CheckpointError(f"{ck.path}: not a language model with a text tokenizer")
+    tok, vocab, model = ck.tokenizers["text"], ck.vocab, ck.model
     prompt = [vocab.bos] + tok.encode(args.prompt)
     ids = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed, allowed=(0, vocab.text_size))

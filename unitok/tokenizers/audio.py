@@ -3,7 +3,7 @@
     tok = AudioTokenizer(AudioTokenizerConfig.tiny())           # or load_tokenizer(dir)
     codes = tok.encode(wav, bandwidth=3.0)   # wav (B, C, N) at tok.sample_rate -> (B, L, T') int64
     wav2 = tok.decode(codes, length=N)       # (B, C, N)
-    tok.codebook_sizes                        # [K] * num_levels
+    tok.codebook_sizes                        # [K] * levels
 
 The encoder/decoder are transformers' `EncodecEncoder`/`EncodecDecoder` (the SEANet
 of Défossez et al. 2022, "High Fidelity Neural Audio Compression"); the quantizer is
@@ -35,6 +35,7 @@ from torch import nn
 
 from unitok.config import from_dict
 from unitok.errors import CheckpointError, ConfigError, read_json
+from unitok.foreign import load_torch_file, state_dict_from
 from unitok.tokenizers.base import NeuralTokenizer
 
 __all__ = ["AudioTokenizerConfig", "AudioTokenizer", "hf_to_encodec_state_dict", "encodec_to_hf_state_dict"]
@@ -73,12 +74,13 @@ class AudioTokenizerConfig:
     # the first levels spend their codes on loud frames and send every quiet one to the same code.
     latent_compand: float | None = None
     # residual VQ
+    # (the names of unitok.tokenizers.quantizers.QuantizerConfig, shared with image and video)
     codebook_size: int = 1024
-    num_levels: int = 8
-    ema_decay: float = 0.99
+    levels: int = 8
+    decay: float = 0.99  # EMA decay of the codebooks
     kmeans_init: bool = True
     kmeans_iters: int = 10
-    threshold_ema_dead_code: float = 0.1  # keep well below tokens-per-step / codebook_size
+    dead_code_threshold: float = 0.1  # keep well below tokens-per-step / codebook_size
     commitment_weight: float = 0.1
     quantize_dropout: bool = True  # train with a random number of levels (bandwidth dropout)
 
@@ -87,8 +89,8 @@ class AudioTokenizerConfig:
             raise ValueError(f"channels must be 1 or 2, got {self.channels}")
         if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
             raise ValueError(f"codebook_size must be a power of two, got {self.codebook_size}")
-        if self.num_levels < 1:
-            raise ValueError("num_levels must be >= 1")
+        if self.levels < 1:
+            raise ValueError("levels must be >= 1")
         if self.latent_compand is not None and self.latent_compand <= 0:
             raise ValueError(f"latent_compand must be positive (or null for off), got {self.latent_compand}")
 
@@ -113,7 +115,7 @@ class AudioTokenizerConfig:
     def tiny(cls, **kw) -> "AudioTokenizerConfig":
         """Debug model for tests: 37k parameters, 16 kHz, hop 64, 4 levels of 64 codes."""
         base = dict(num_filters=4, upsampling_ratios=[4, 4, 4], hidden_size=16, num_lstm_layers=1,
-                    codebook_size=64, num_levels=4, kmeans_init=False)
+                    codebook_size=64, levels=4, kmeans_init=False)
         return cls(**{**base, **kw})
 
     @classmethod
@@ -121,15 +123,15 @@ class AudioTokenizerConfig:
         """CPU-trainable 16 kHz codec (tokenizers/audio-encodec-16k): 0.73M parameters, 50 Hz frames,
         24 levels x 32 codes = 6.0 kbps, companded latents."""
         base = dict(num_filters=8, upsampling_ratios=[8, 5, 4, 2], hidden_size=64, num_lstm_layers=1,
-                    codebook_size=32, num_levels=24, latent_compand=0.25, ema_decay=0.95,
-                    threshold_ema_dead_code=0.25, quantize_dropout=False)
+                    codebook_size=32, levels=24, latent_compand=0.25, decay=0.95,
+                    dead_code_threshold=0.25, quantize_dropout=False)
         return cls(**{**base, **kw})
 
     @classmethod
     def encodec_24khz(cls, **kw) -> "AudioTokenizerConfig":
         """Architecture of facebook/encodec_24khz (75 Hz, 32 levels x 1024 codes, 1.5-24 kbps)."""
         base = dict(sample_rate=24000, channels=1, upsampling_ratios=[8, 5, 4, 2], latent_norm=False,
-                    codebook_size=1024, num_levels=32, kmeans_init=False, quantize_dropout=False)
+                    codebook_size=1024, levels=32, kmeans_init=False, quantize_dropout=False)
         return cls(**{**base, **kw})
 
     @classmethod
@@ -137,7 +139,7 @@ class AudioTokenizerConfig:
         """Architecture of facebook/encodec_48khz (stereo, 150 Hz, 16 levels x 1024 codes, 3-24 kbps)."""
         base = dict(sample_rate=48000, channels=2, upsampling_ratios=[8, 5, 4, 2], latent_norm=False,
                     causal=False, norm_type="time_group_norm", normalize=True, chunk_length_s=1.0, overlap=0.01,
-                    codebook_size=1024, num_levels=16, kmeans_init=False, quantize_dropout=False)
+                    codebook_size=1024, levels=16, kmeans_init=False, quantize_dropout=False)
         return cls(**{**base, **kw})
 
 
@@ -160,6 +162,7 @@ class AudioTokenizer(NeuralTokenizer):
     """EnCodec: wav (B, C, N) <-> codes (B, L, T')."""
 
     type_name = "audio-encodec"
+    renamed_keys = {"num_levels": "levels", "ema_decay": "decay", "threshold_ema_dead_code": "dead_code_threshold"}
     modality = "audio"
     config_class = AudioTokenizerConfig
 
@@ -173,9 +176,9 @@ class AudioTokenizer(NeuralTokenizer):
         self.decoder = EncodecDecoder(hf)
         self.latent_norm = nn.BatchNorm1d(config.hidden_size, affine=False, momentum=0.1) if config.latent_norm else None
         self.quantizer = ResidualVQ(
-            dim=config.hidden_size, num_quantizers=config.num_levels, codebook_size=config.codebook_size,
-            decay=config.ema_decay, kmeans_init=config.kmeans_init, kmeans_iters=config.kmeans_iters,
-            threshold_ema_dead_code=config.threshold_ema_dead_code, commitment_weight=config.commitment_weight,
+            dim=config.hidden_size, num_quantizers=config.levels, codebook_size=config.codebook_size,
+            decay=config.decay, kmeans_init=config.kmeans_init, kmeans_iters=config.kmeans_iters,
+            threshold_ema_dead_code=config.dead_code_threshold, commitment_weight=config.commitment_weight,
             quantize_dropout=config.quantize_dropout, rotation_trick=False,
         )
 
@@ -198,21 +201,21 @@ class AudioTokenizer(NeuralTokenizer):
 
     @property
     def codebook_sizes(self) -> list[int]:
-        return [self.config.codebook_size] * self.config.num_levels
+        return [self.config.codebook_size] * self.config.levels
 
     @property
     def bandwidths(self) -> list[float]:
-        """kbps for 1..num_levels levels."""
-        return [round(i * self.config.kbps_per_level, 4) for i in range(1, self.config.num_levels + 1)]
+        """kbps for 1..levels levels."""
+        return [round(i * self.config.kbps_per_level, 4) for i in range(1, self.config.levels + 1)]
 
     def levels_for_bandwidth(self, bandwidth: float | None) -> int:
         """Levels in use for a bandwidth in kbps (None: all levels)."""
         if bandwidth is None:
-            return self.config.num_levels
+            return self.config.levels
         n = int(math.floor(bandwidth / self.config.kbps_per_level + 1e-6))
         if n < 1:
             raise ConfigError(f"bandwidth {bandwidth} kbps is below one level ({self.config.kbps_per_level:g} kbps)")
-        return min(n, self.config.num_levels)
+        return min(n, self.config.levels)
 
     def num_frames(self, num_samples: int) -> int:
         return -(-num_samples // self.hop_length)
@@ -353,8 +356,8 @@ class AudioTokenizer(NeuralTokenizer):
         """
         wav = self._check_wav(wav)
         L = levels if levels is not None else self.levels_for_bandwidth(bandwidth)
-        if not 1 <= L <= self.config.num_levels:
-            raise ValueError(f"levels must be in 1..{self.config.num_levels}, got {L}")
+        if not 1 <= L <= self.config.levels:
+            raise ValueError(f"levels must be in 1..{self.config.levels}, got {L}")
         n = wav.shape[-1]
         length, stride = self._chunks(n)
         codes, scales = [], []
@@ -435,7 +438,7 @@ class AudioTokenizer(NeuralTokenizer):
             causal=hf.get("use_causal_conv", True), pad_mode=hf.get("pad_mode", "reflect"),
             norm_type=hf.get("norm_type", "weight_norm"), use_conv_shortcut=hf.get("use_conv_shortcut", True),
             normalize=hf.get("normalize", False), chunk_length_s=hf.get("chunk_length_s"), overlap=hf.get("overlap"),
-            latent_norm=False, codebook_size=int(codebook.shape[0]), num_levels=n_levels, kmeans_init=False,
+            latent_norm=False, codebook_size=int(codebook.shape[0]), levels=n_levels, kmeans_init=False,
             quantize_dropout=False,
         )
         if hf.get("trim_right_ratio", 1.0) != 1.0:
@@ -448,7 +451,8 @@ class AudioTokenizer(NeuralTokenizer):
     @classmethod
     def from_encodec_checkpoint(cls, path: str | Path, config: AudioTokenizerConfig | None = None,
                                 **overrides) -> "AudioTokenizer":
-        """Load an original `.th` checkpoint of the encodec package (a plain state dict).
+        """Load an original `.th` checkpoint of the encodec package (a plain state dict, or one under
+        'best_state' / 'model' / 'state_dict'; read without executing it, see `unitok.foreign`).
 
         Architecture sizes are read from the weights; what they cannot tell (sample rate,
         causality, chunking) comes from the 24 kHz preset, or the 48 kHz preset for a stereo
@@ -456,14 +460,8 @@ class AudioTokenizer(NeuralTokenizer):
         p = Path(path)
         if not p.is_file():
             raise CheckpointError(f"encodec checkpoint not found: {p}")
-        try:
-            raw = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"{p}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        for key in ("best_state", "model", "state_dict"):
-            if isinstance(raw, dict) and isinstance(raw.get(key), dict):
-                raw = raw[key]
-        if not isinstance(raw, dict) or not any(k.startswith("encoder.model.") for k in raw):
+        raw = state_dict_from(load_torch_file(p), p)
+        if not any(k.startswith("encoder.model.") for k in raw):
             raise CheckpointError(f"{p}: not an encodec state dict (no 'encoder.model.*' keys)")
         state = encodec_to_hf_state_dict(raw)
         if config is None:
@@ -538,10 +536,10 @@ def _load_state_file(d: Path) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(st))
-        if pt.is_file():
-            return torch.load(str(pt), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{d}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if pt.is_file():
+        return state_dict_from(load_torch_file(pt), pt)
     raise CheckpointError(f"{d}: no model.safetensors or pytorch_model.bin")
 
 
@@ -630,5 +628,5 @@ def _infer_arch(state: dict) -> dict:
         upsampling_ratios=ratios, num_residual_layers=max(1, len(res_idx) // max(1, len(ratios))),
         num_lstm_layers=len(lstm_keys), kernel_size=int(first.shape[-1]), last_kernel_size=int(last.shape[-1]),
         norm_type="time_group_norm" if any(k.endswith(".norm.weight") for k in state) else "weight_norm",
-        use_conv_shortcut=has_shortcut, codebook_size=int(codebook.shape[0]), num_levels=n_levels,
+        use_conv_shortcut=has_shortcut, codebook_size=int(codebook.shape[0]), levels=n_levels,
     )

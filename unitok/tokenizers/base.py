@@ -31,7 +31,7 @@ from torch import nn
 from unitok.config import from_dict, to_dict
 from unitok.errors import CheckpointError, read_json
 
-__all__ = ["Tokenizer", "NeuralTokenizer", "load_tokenizer", "TOKENIZER_TYPES", "file_sha256"]
+__all__ = ["Tokenizer", "NeuralTokenizer", "load_tokenizer", "tokenizer_from_config", "TOKENIZER_TYPES", "file_sha256"]
 
 # type name -> "module:Class"; imported lazily so text-only users never import vision/audio code.
 TOKENIZER_TYPES: dict[str, str] = {
@@ -104,6 +104,8 @@ class NeuralTokenizer(Tokenizer, nn.Module):
     """
 
     config_class: ClassVar[type]
+    # config keys renamed since a release: {old: new}; folders saved before the rename load as they are
+    renamed_keys: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config):
         nn.Module.__init__(self)
@@ -126,7 +128,7 @@ class NeuralTokenizer(Tokenizer, nn.Module):
 
         d = Path(directory)
         cfg = _read_config(d, cls.type_name)
-        model = cls(from_dict(cls.config_class, cfg, source=str(d / CONFIG_NAME)))
+        model = cls(from_dict(cls.config_class, cls.upgrade_config(cfg), source=str(d / CONFIG_NAME)))
         wpath = d / WEIGHTS_NAME
         if not wpath.is_file():
             raise CheckpointError(f"{d}: no {WEIGHTS_NAME}")
@@ -141,6 +143,11 @@ class NeuralTokenizer(Tokenizer, nn.Module):
                 f"(missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]})"
             )
         return model.eval()
+
+    @classmethod
+    def upgrade_config(cls, cfg: dict) -> dict:
+        """A saved config with renamed keys under their current names."""
+        return {cls.renamed_keys.get(k, k): v for k, v in cfg.items()}
 
     def identity(self) -> dict:
         cfg = json.dumps(to_dict(self.config), sort_keys=True).encode()
@@ -162,16 +169,26 @@ def _read_config(d: Path, expected_type: str | None = None) -> dict:
     return cfg
 
 
+def _tokenizer_class(type_name, source) -> type:
+    if type_name not in TOKENIZER_TYPES:
+        raise CheckpointError(f"{source}: unknown tokenizer type {type_name!r}; known: {', '.join(TOKENIZER_TYPES)}")
+    module, name = TOKENIZER_TYPES[type_name].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Load any tokenizer saved with `save_pretrained`, dispatching on its config's type."""
     d = Path(directory)
     path = d / CONFIG_NAME
     _read_config(d)  # existence and JSON checks with clear errors
-    t = json.loads(path.read_text())["type"]
-    if t not in TOKENIZER_TYPES:
-        raise CheckpointError(f"{path}: unknown tokenizer type {t!r}; known: {', '.join(TOKENIZER_TYPES)}")
-    module, name = TOKENIZER_TYPES[t].split(":")
-    return getattr(importlib.import_module(module), name).from_pretrained(d)
+    return _tokenizer_class(json.loads(path.read_text())["type"], path).from_pretrained(d)
+
+
+def tokenizer_from_config(config: dict, source: str = "config") -> "NeuralTokenizer":
+    """An untrained neural tokenizer from what its `config.json` holds (`"type"` plus the config)."""
+    config = dict(config)
+    cls = _tokenizer_class(config.pop("type", None), source)
+    return cls(from_dict(cls.config_class, cls.upgrade_config(config), source=source))
 
 
 def file_sha256(path: str | Path, n_hex: int = 16) -> str:

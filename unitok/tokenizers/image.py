@@ -22,6 +22,7 @@ from torch import nn
 
 from unitok.config import from_dict
 from unitok.errors import CheckpointError, ConfigError
+from unitok.foreign import load_torch_file, state_dict_from
 from unitok.tokenizers.base import NeuralTokenizer
 from unitok.tokenizers.quantizers import Quantizer, QuantizerConfig
 
@@ -347,7 +348,7 @@ class ImageTokenizer(NeuralTokenizer):
 
     @classmethod
     def from_taming(cls, ckpt: str | Path, config: str | Path | dict | ImageTokenizerConfig | None = None) -> "ImageTokenizer":
-        """Load a taming `VQModel` checkpoint (.ckpt/.pt via torch.load(weights_only=True), or .safetensors).
+        """Load a taming `VQModel` checkpoint (.ckpt/.pt read by `unitok.foreign`, or .safetensors).
 
         `config`: the taming YAML (model.params.{ddconfig, n_embed, embed_dim}), such a dict, an
         ImageTokenizerConfig, or None to infer it from the weights (attention levels included).
@@ -387,7 +388,8 @@ class ImageTokenizer(NeuralTokenizer):
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch file (weights_only=True; 'state_dict' unwrapped)."""
+    """A state dict from .safetensors or a torch file (read without executing it, see
+    `unitok.foreign`; 'state_dict', 'model' or 'best_state' unwrapped)."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
@@ -399,15 +401,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(p))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{p}: corrupt safetensors file ({e})") from None
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated zip, disallowed globals
-        raise CheckpointError(f"{p}: cannot load with torch.load(weights_only=True): {str(e).splitlines()[0][:200]}") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{p}: expected a state dict of tensors")
-    return obj
+    return state_dict_from(load_torch_file(p), p)
 
 
 def _taming_config(config, state: dict, source: str) -> ImageTokenizerConfig:

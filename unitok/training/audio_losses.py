@@ -13,18 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from unitok.data.audio import mel_filterbank
+from unitok.metrics import si_snr
 
-__all__ = ["si_snr", "ReconstructionLoss", "MultiScaleSTFTDiscriminator", "discriminator_loss",
+__all__ = ["ReconstructionLoss", "MultiScaleSTFTDiscriminator", "discriminator_loss",
            "generator_adv_loss", "feature_matching_loss", "LossBalancer"]
-
-
-def si_snr(y: torch.Tensor, x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Scale-invariant SNR in dB of estimate y against reference x, over the last axis: (...,)."""
-    x = x - x.mean(-1, keepdim=True)
-    y = y - y.mean(-1, keepdim=True)
-    proj = (y * x).sum(-1, keepdim=True) / (x.pow(2).sum(-1, keepdim=True) + eps) * x
-    noise = y - proj
-    return 10 * torch.log10((proj.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))
 
 
 class ReconstructionLoss(nn.Module):

@@ -1,51 +1,46 @@
-"""Train an EnCodec audio tokenizer from a recipe (`unitok tokenizer train`, `modality: audio`).
+"""Train an EnCodec audio tokenizer from a recipe (`unitok tokenizer train`, `modality: audio`), on the engine.
 
     unitok tokenizer train tokenizers/audio-encodec-16k/config.yaml --data DIR --out OUT [--resume]
 
-Each step draws random segments from the folder (resampled to the model rate), reconstructs
-them through the RVQ, and minimises L1 + multi-scale mel + negative SI-SNR + commitment
-(+ MS-STFT discriminator hinge and feature matching once `disc_start` of the run has passed),
-optionally through EnCodec's loss balancer. `minutes` bounds the run by wall-clock time; the
-learning-rate schedule and `disc_start` follow progress = max(step / steps, elapsed / budget).
+Each step draws random segments from the folder (resampled to the model rate), reconstructs them
+through the RVQ, and minimises L1 + multi-scale mel + negative SI-SNR + 1 - correlation +
+commitment (+ MS-STFT discriminator hinge and feature matching once `loss.disc_start` of the run
+has passed), optionally through EnCodec's loss balancer. At `refit_at` of the run the latent
+BatchNorm statistics are fixed, every codebook is refit by residual k-means and only the decoder
+trains from then on. Phases follow the engine's progress = max(step / max_steps, elapsed / budget).
 
-OUT/checkpoint.pt (resume state, loaded with weights_only=True), OUT/log.jsonl,
-OUT/final/ (save_pretrained), OUT/summary.json.
-Runs under torchrun (DDP; gloo on CPU, NCCL on GPU), with bf16 autocast on GPU.
+Under torchrun the model is wrapped in DDP; the discriminator's gradients (and the decoder's in the
+decoder-only phase, which bypasses DDP) are averaged over ranks by hand; refits and calibrations
+draw the same global batches on every rank. OUT/checkpoint/, OUT/metrics.jsonl, OUT/final/
+(save_pretrained), OUT/summary.json.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from unitok.config import from_dict, to_dict
-from unitok.errors import CheckpointError, ConfigError
+from unitok.errors import ConfigError
 from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+from unitok.training.loop import Engine, OptimConfig, RunConfig, Task
 
-__all__ = ["EncodecTrainConfig", "EncodecRecipe", "train", "train_from_recipe"]
+__all__ = ["EncodecRecipe", "AudioDataConfig", "AudioLossConfig", "EncodecTask", "train", "train_from_recipe"]
 
 
 @dataclass
-class EncodecTrainConfig:
-    steps: int = 100000  # upper bound on optimizer steps
-    minutes: float | None = None  # wall-clock budget; schedules follow it when set
-    batch_size: int = 8  # per process
+class AudioDataConfig:
+    batch_size: int = 8  # per optimizer step, over all ranks
     segment_s: float = 1.0
     file_weighting: Literal["length", "file"] = "length"  # draw files by duration or equally often
-    lr: float = 3e-4
-    betas: tuple[float, float] = (0.5, 0.9)
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    # loss weights
+
+
+@dataclass
+class AudioLossConfig:
     l1: float = 0.1
     mel: float = 1.0
     sisnr: float = 0.0  # per dB of negative SI-SNR
@@ -61,18 +56,6 @@ class EncodecTrainConfig:
     disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 512, 256])
     disc_filters: int = 16
     disc_lr: float = 3e-4
-    # codebook refit: at this fraction of the run, fix the latent BatchNorm statistics, refit every
-    # RVQ codebook by residual k-means on `refit_batches` batches of latents, then train only the
-    # decoder on the frozen codes (high codebook usage; no codebook drift). null: never.
-    refit_at: float | None = 0.8
-    refit_batches: int = 48
-    calibration_batches: int = 32  # batches for the final latent BatchNorm statistics
-    # misc
-    bf16: bool = True  # autocast on CUDA only; CPU runs in fp32
-    threads: int | None = None  # torch CPU threads (None: torch default)
-    log_every: int = 25
-    ckpt_every: int = 200
-    seed: int = 0
 
 
 @dataclass
@@ -80,259 +63,190 @@ class EncodecRecipe:
     modality: str = "audio"
     name: str = "audio-encodec"
     model: AudioTokenizerConfig = field(default_factory=AudioTokenizerConfig)
-    train: EncodecTrainConfig = field(default_factory=EncodecTrainConfig)
+    data: AudioDataConfig = field(default_factory=AudioDataConfig)
+    loss: AudioLossConfig = field(default_factory=AudioLossConfig)
+    # codebook refit: at this fraction of the run, fix the latent BatchNorm statistics, refit every
+    # RVQ codebook by residual k-means on `refit_batches` batches of latents, then train only the
+    # decoder on the frozen codes (high codebook usage; no codebook drift). null: never.
+    refit_at: float | None = 0.8
+    refit_batches: int = 48
+    calibration_batches: int = 32  # batches for the final latent BatchNorm statistics
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, betas=(0.5, 0.9), warmup_steps=50,
+                                                                   min_lr_ratio=0.1, grad_clip=1.0))
+    run: RunConfig = field(default_factory=lambda: RunConfig(max_steps=100000, log_every=25, ckpt_every=200))
 
 
-def _freeze_codes(model, clips, cfg, seg, gen, main) -> bool:
-    """Calibrate the latent norm, refit the codebooks by k-means, freeze encoder and codebooks."""
-    model.calibrate_latent_norm(clips.sample(cfg.batch_size, seg, gen, weighting=cfg.file_weighting) for _ in range(cfg.calibration_batches))
-    usage = model.refit_codebooks(clips.sample(cfg.batch_size, seg, gen, weighting=cfg.file_weighting) for _ in range(cfg.refit_batches))
-    _broadcast_buffers(model)  # every rank uses rank 0's statistics and codebooks
-    _set_frozen(model)
-    if main:
-        print(f"\nrefit codebooks (usage on the fit data per level: {', '.join(f'{u:.0%}' for u in usage)}); "
-              f"training the decoder only from now on", flush=True)
-    return True
+class EncodecTask(Task):
+    kind = "tokenizer"
 
+    def __init__(self, recipe: EncodecRecipe, engine: Engine, data_dir):
+        from unitok.data.audio import AudioClips
+        from unitok.training.audio_losses import LossBalancer, MultiScaleSTFTDiscriminator, ReconstructionLoss
 
-def _set_frozen(model) -> None:
-    for p in model.encoder.parameters():
-        p.requires_grad_(False)
-    model.encoder.eval()
-    if model.latent_norm is not None:
-        model.latent_norm.eval()
+        self.recipe, self.engine = recipe, engine
+        lc, mcfg, dev = recipe.loss, recipe.model, engine.device
+        if recipe.data.batch_size % engine.world:
+            raise ConfigError(f"{recipe.name}: data.batch_size {recipe.data.batch_size} must be a multiple of the "
+                              f"{engine.world} processes")
+        if lc.balancer and recipe.optim.grad_accum > 1:
+            raise ConfigError(f"{recipe.name}: loss.balancer does its own backward; use optim.grad_accum=1")
+        self.gen = torch.Generator().manual_seed(recipe.run.seed * 1000)
+        self.clips = AudioClips(data_dir, mcfg.sample_rate, mcfg.channels, progress=engine.progress_enabled and engine.main)
+        if engine.main:
+            c = self.clips
+            print(f"data: {len(c.clips)} files, {c.seconds:.1f} s; skipped {c.skipped_unreadable} unreadable, "
+                  f"{c.skipped_silent} silent" + "".join(f"\n  skipped {k}: {v}" for k, v in c.skipped.items()), flush=True)
+        self.model = AudioTokenizer(mcfg).to(dev).train()
+        self.rec_loss = ReconstructionLoss(mcfg.sample_rate, lc.mel_n_ffts, lc.mel_bands).to(dev)
+        self.disc = MultiScaleSTFTDiscriminator(mcfg.channels, lc.disc_n_ffts, lc.disc_filters).to(dev) if lc.disc else None
+        self.weights = {"l1": lc.l1, "mel": lc.mel, "sisnr": lc.sisnr, "corr": lc.corr, "adv": lc.adv, "feat": lc.feat}
+        self.balancer = LossBalancer(dict(self.weights)) if lc.balancer else None
+        self.param_groups = [{"params": list(self.model.parameters())}]
+        self.extra_optimizers = {} if self.disc is None else {
+            "disc": engine.make_optimizer(self.disc.parameters(), lr=lc.disc_lr)}
+        self.model_train = engine.parallelize(self.model)
+        self.seg = int(recipe.data.segment_s * mcfg.sample_rate)
+        self.frozen = False
 
+    def batch(self, full: bool = False) -> torch.Tensor:
+        """The global batch (identical on every rank), or this rank's slice of it."""
+        d = self.recipe.data
+        x = self.clips.sample(d.batch_size, self.seg, self.gen, weighting=d.file_weighting)
+        return x if full else self.engine.shard(x)
 
-def _broadcast_buffers(model) -> None:
-    import torch.distributed as dist
+    # what the checkpoint holds
+    def modules(self) -> dict:
+        return {"model": self.model, **({"disc": self.disc} if self.disc is not None else {})}
 
-    if dist.is_available() and dist.is_initialized():
-        for b in model.buffers():
-            dist.broadcast(b.data, 0)
+    def model_config(self) -> dict:
+        return {"type": self.model.type_name, **to_dict(self.model.config)}
 
+    def data_state(self):
+        from unitok.training.loop import _b64
 
-def _all_reduce_grads(params) -> None:
-    import torch.distributed as dist
+        return _b64(self.gen.get_state())
 
-    if dist.is_available() and dist.is_initialized():
-        for p in params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= dist.get_world_size()
+    def load_data_state(self, state) -> None:
+        from unitok.training.loop import _unb64
+
+        self.gen.set_state(_unb64(state))
+
+    def extra_state(self) -> dict:
+        return {"frozen": self.frozen}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.frozen = bool(state.get("frozen", False))
+        if self.frozen:
+            self._set_frozen()
+
+    # phases
+    def _set_frozen(self) -> None:
+        m = self.model
+        for p in m.encoder.parameters():
+            p.requires_grad_(False)
+        m.encoder.eval()
+        if m.latent_norm is not None:
+            m.latent_norm.eval()
+
+    def begin_step(self, step: int, progress: float) -> None:
+        r = self.recipe
+        self.use_adv = self.disc is not None and progress >= r.loss.disc_start
+        if r.refit_at is not None and progress >= r.refit_at and not self.frozen:
+            # calibrate the latent norm, refit the codebooks by k-means, freeze encoder and codebooks
+            self.model.calibrate_latent_norm(self.batch(full=True) for _ in range(r.calibration_batches))
+            usage = self.model.refit_codebooks(self.batch(full=True) for _ in range(r.refit_batches))
+            self.engine.broadcast_buffers(self.model)  # every rank uses rank 0's statistics and codebooks
+            self._set_frozen()
+            self.frozen = True
+            if self.engine.main:
+                print(f"\nrefit codebooks (usage on the fit data per level: {', '.join(f'{u:.0%}' for u in usage)}); "
+                      f"training the decoder only from now on", flush=True)
+
+    def forward_backward(self, scale: float) -> dict:
+        from unitok.training.audio_losses import discriminator_loss, feature_matching_loss, generator_adv_loss
+
+        e, model = self.engine, self.model
+        x = self.batch().to(e.device)  # (B, C, seg)
+        with e.autocast():
+            if self.frozen:  # decoder-only phase: codes from the frozen encoder and codebooks
+                codes, scales = model.encode(x, return_scales=True)
+                y = model.decode_with_grad(codes, x.shape[-1], scales if model.config.normalize else None)
+                commit = torch.zeros((), device=e.device)
+            else:
+                y, codes, commit = self.model_train(x)
+        y = y.float()
+        parts = self.rec_loss(y, x)
+        if self.use_adv:  # discriminator step first, then the generator's adversarial terms
+            with e.autocast():
+                real_logits, _ = self.disc(x)
+                fake_logits, _ = self.disc(y.detach())
+            d_loss = discriminator_loss(real_logits, fake_logits)
+            opt_d = self.extra_optimizers["disc"]
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            e.all_reduce_grads(self.disc.parameters())
+            opt_d.step()
+            with e.autocast():
+                fake_logits, fake_feats = self.disc(y)
+                with torch.no_grad():
+                    _, real_feats = self.disc(x)
+            parts["adv"] = generator_adv_loss(fake_logits)
+            parts["feat"] = feature_matching_loss(real_feats, fake_feats)
+            parts["d"] = d_loss.detach()
+        if self.balancer is not None:
+            self.balancer.weights = {k: w for k, w in self.weights.items() if w > 0 and k in parts}
+            self.balancer.backward(parts, y, commit)
+            loss = sum(parts[k] * w for k, w in self.balancer.weights.items()) + commit
+        else:
+            loss = sum(parts[k] * w for k, w in self.weights.items() if k in parts) + commit
+            (loss * scale).backward()
+        m = {"loss": float(loss.detach()), "commit": float(commit.detach()),
+             **{k: float(v.detach()) for k, v in parts.items()}}
+        if (e.step + 1) % e.run.log_every == 0 or e.step == 0:
+            size = self.recipe.model.codebook_size
+            m["usage"] = [round(float(codes[:, i].unique().numel()) / size, 3) for i in range(codes.shape[1])]
+        return m
+
+    def sync_grads(self) -> None:
+        if self.frozen:  # the decoder-only phase bypasses DDP
+            self.engine.all_reduce_grads(self.model.decoder.parameters())
+
+    def finish(self) -> dict:
+        r = self.recipe
+        if not self.frozen:
+            # the encoder moved while BatchNorm's running statistics lagged behind: recompute them
+            self.model.calibrate_latent_norm(self.batch(full=True) for _ in range(r.calibration_batches))
+        c = self.clips
+        return {"files": len(c.clips), "seconds_of_audio": round(c.seconds, 1),
+                "skipped_unreadable": c.skipped_unreadable, "skipped_silent": c.skipped_silent, "skipped": c.skipped,
+                "params": sum(p.numel() for p in self.model.parameters()),
+                "kbps": round(r.model.levels * r.model.kbps_per_level, 3)}
 
 
 def train_from_recipe(args, data: dict) -> int:
     recipe = from_dict(EncodecRecipe, data, source=str(args.config))
     if recipe.modality != "audio":
         raise ConfigError(f"{args.config}: modality must be 'audio' for the EnCodec trainer")
-    train(recipe, args.data, args.out, resume=getattr(args, "resume", False))
+    train(recipe, args.data, args.out, resume=args.resume, allow_recipe_change=args.allow_recipe_change)
     return 0
 
 
-def _resume_key(recipe: dict) -> dict:
-    # what must match to resume: everything but the run length and logging cadence
-    train = {k: v for k, v in recipe["train"].items() if k not in ("steps", "minutes", "log_every", "ckpt_every", "threads")}
-    return {**recipe, "train": train}
-
-
-def _lr_factor(progress: float, step: int, cfg: EncodecTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-          progress_bar: bool = True) -> dict:
+def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resume: bool = False, *,
+          allow_recipe_change: bool = False, progress_bar: bool = True, until: int | None = None) -> dict:
     """Train and save OUT/final. Returns the summary dict (also written to OUT/summary.json)."""
-    import torch.distributed as dist
-    from tqdm import tqdm
-
-    from unitok.data.audio import AudioClips
-    from unitok.training.audio_losses import (LossBalancer, MultiScaleSTFTDiscriminator, ReconstructionLoss,
-                                              discriminator_loss, feature_matching_loss, generator_adv_loss)
-
-    cfg, mcfg = recipe.train, recipe.model
     out = Path(out_dir)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    main = rank == 0
-    ckpt_path = out / "checkpoint.pt"
-    if main:
+    engine = Engine(recipe.run, recipe.optim, out, recipe=to_dict(recipe), resume=resume,
+                    allow_recipe_change=allow_recipe_change, progress=progress_bar, name=recipe.name)
+    if engine.main:
         out.mkdir(parents=True, exist_ok=True)
-        if ckpt_path.exists() and not resume:
-            raise CheckpointError(f"{out} already holds a checkpoint; pass --resume to continue or choose another --out")
-    if resume and not ckpt_path.is_file():
-        raise CheckpointError(f"--resume: no checkpoint.pt in {out}")
-
-    torch.manual_seed(cfg.seed + rank)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    clips = AudioClips(data_dir, mcfg.sample_rate, mcfg.channels, progress=progress_bar and main)
-    if main:
-        print(f"data: {len(clips.clips)} files, {clips.seconds:.1f} s; skipped {clips.skipped_unreadable} unreadable, "
-              f"{clips.skipped_silent} silent" + "".join(f"\n  skipped {k}: {v}" for k, v in clips.skipped.items()), flush=True)
-
-    model = AudioTokenizer(mcfg).to(device).train()
-    rec_loss = ReconstructionLoss(mcfg.sample_rate, cfg.mel_n_ffts, cfg.mel_bands).to(device)
-    disc = MultiScaleSTFTDiscriminator(mcfg.channels, cfg.disc_n_ffts, cfg.disc_filters).to(device) if cfg.disc else None
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas) if disc is not None else None
-    balancer = LossBalancer({"l1": cfg.l1, "mel": cfg.mel, "sisnr": cfg.sisnr, "corr": cfg.corr, "adv": cfg.adv, "feat": cfg.feat}) \
-        if cfg.balancer else None
-
-    step, elapsed_before, frozen = 0, 0.0, False
-    if resume:
-        state = torch.load(str(ckpt_path), map_location=device, weights_only=True)
-        if _resume_key(state["recipe"]) != _resume_key(to_dict(recipe)):
-            raise CheckpointError(f"{ckpt_path}: was written by a different recipe; resume with the same config "
-                                  f"(only train.steps, train.minutes, train.log_every, train.ckpt_every may change)")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        if disc is not None:
-            disc.load_state_dict(state["disc"])
-            opt_d.load_state_dict(state["opt_d"])
-        step, elapsed_before = int(state["step"]), float(state["elapsed"])
-        frozen = bool(state.get("frozen", False))
-        if frozen:
-            _set_frozen(model)
-        gen.set_state(state["gen"])
-        if main:
-            print(f"resumed from step {step} ({elapsed_before / 60:.1f} min)", flush=True)
-
-    gmodel = model
-    if world > 1:
-        gmodel = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if disc is not None:
-            disc = torch.nn.parallel.DistributedDataParallel(disc, device_ids=[device.index] if device.type == "cuda" else None)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.bf16 and device.type == "cuda") else nullcontext()
-
-    seg = int(cfg.segment_s * mcfg.sample_rate)
-    budget = cfg.minutes * 60 if cfg.minutes else None
-    t0 = time.time()
-
-    def progress_now() -> float:
-        p = step / cfg.steps
-        if budget:
-            p = max(p, (elapsed_before + time.time() - t0) / budget)
-        return p
-
-    def save_checkpoint():
-        if not main:
-            return
-        state = {"recipe": to_dict(recipe), "model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                 "elapsed": elapsed_before + time.time() - t0, "gen": gen.get_state(), "frozen": frozen}
-        if disc is not None:
-            d = disc.module if hasattr(disc, "module") else disc
-            state["disc"], state["opt_d"] = d.state_dict(), opt_d.state_dict()
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(state, str(tmp))
-        tmp.replace(ckpt_path)
-
-    log = open(out / "log.jsonl", "a") if main else None
-    bar = tqdm(total=cfg.steps if not budget else 1000, disable=not (progress_bar and main),
-               desc="train audio", unit="step" if not budget else "‰",
-               initial=step if not budget else int(1000 * min(1.0, progress_now())))
-    last_bar = bar.n
-    while True:
-        p = progress_now()
-        stop = torch.tensor([float(step >= cfg.steps or p >= 1.0)], device=device)
-        if world > 1:  # rank 0's clock decides, so every rank stops at the same step
-            dist.broadcast(stop, 0)
-        if stop.item():
-            break
-        lr_f = _lr_factor(p, step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_f
-        use_adv = disc is not None and p >= cfg.disc_start
-        if cfg.refit_at is not None and p >= cfg.refit_at and not frozen:
-            frozen = _freeze_codes(model, clips, cfg, seg, gen, main)
-        x = clips.sample(cfg.batch_size, seg, gen, weighting=cfg.file_weighting).to(device)  # (B, C, seg)
-
-        with amp:
-            if frozen:  # decoder-only phase: codes from the frozen encoder and codebooks
-                codes, scales = model.encode(x, return_scales=True)
-                y = model.decode_with_grad(codes, x.shape[-1], scales if model.config.normalize else None)
-                commit = torch.zeros((), device=device)
-            else:
-                y, codes, commit = gmodel(x)
-        y = y.float()
-        parts = rec_loss(y, x)
-        if use_adv:
-            for g in opt_d.param_groups:
-                g["lr"] = cfg.disc_lr * lr_f
-            # discriminator step
-            with amp:
-                real_logits, _ = disc(x)
-                fake_logits, _ = disc(y.detach())
-            d_loss = discriminator_loss(real_logits, fake_logits)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            with amp:
-                fake_logits, fake_feats = disc(y)
-                with torch.no_grad():
-                    _, real_feats = disc(x)
-            parts["adv"] = generator_adv_loss(fake_logits)
-            parts["feat"] = feature_matching_loss(real_feats, fake_feats)
-            parts["d"] = d_loss.detach()
-        weights = {"l1": cfg.l1, "mel": cfg.mel, "sisnr": cfg.sisnr, "corr": cfg.corr, "adv": cfg.adv, "feat": cfg.feat}
-        opt.zero_grad(set_to_none=True)
-        if balancer is not None:
-            balancer.weights = {k: w for k, w in weights.items() if w > 0 and k in parts}
-            balancer.backward(parts, y, commit)
-            loss = sum(parts[k] * w for k, w in balancer.weights.items()) + commit
-        else:
-            loss = sum(parts[k] * w for k, w in weights.items() if k in parts) + commit
-            loss.backward()
-        if frozen and world > 1:  # the decoder-only phase bypasses DDP
-            _all_reduce_grads(model.decoder.parameters())
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        step += 1
-
-        if main:
-            if budget:
-                n = int(1000 * min(1.0, progress_now()))
-                bar.update(n - last_bar)
-                last_bar = n
-            else:
-                bar.update(1)
-            if step % cfg.log_every == 0 or step == 1:
-                rec = {"step": step, "min": round((elapsed_before + time.time() - t0) / 60, 3), "lr": cfg.lr * lr_f,
-                       "loss": float(loss.detach()), "commit": float(commit.detach()),
-                       **{k: float(v.detach()) for k, v in parts.items()},
-                       "usage": [round(float(codes[:, i].unique().numel()) / mcfg.codebook_size, 3)
-                                 for i in range(codes.shape[1])]}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                bar.set_postfix(step=step, mel=f"{float(parts['mel'].detach()):.3f}", sisnr=f"{-float(parts['sisnr'].detach()):.1f}dB")
-        if step % cfg.ckpt_every == 0:
-            save_checkpoint()
-    bar.close()
-    if not frozen:
-        # the encoder moved while BatchNorm's running statistics lagged behind: recompute them
-        model.calibrate_latent_norm(clips.sample(cfg.batch_size, seg, gen, weighting=cfg.file_weighting) for _ in range(cfg.calibration_batches))
-    save_checkpoint()
-    summary = {}
-    if main:
-        model.eval().save_pretrained(out / "final")
-        summary = {"steps": step, "minutes": round((elapsed_before + time.time() - t0) / 60, 2),
-                   "files": len(clips.clips), "seconds_of_audio": round(clips.seconds, 1),
-                   "skipped_unreadable": clips.skipped_unreadable, "skipped_silent": clips.skipped_silent,
-                   "skipped": clips.skipped, "params": sum(p.numel() for p in model.parameters()),
-                   "kbps": round(mcfg.num_levels * mcfg.kbps_per_level, 3)}
+    task = EncodecTask(recipe, engine, data_dir)
+    summary = engine.fit(task, until=until)
+    if engine.main:
+        task.model.eval().save_pretrained(out / "final")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        log.close()
-        print(f"saved {out / 'final'} after {step} steps ({summary['minutes']} min)", flush=True)
-    if world > 1:
+        print(f"saved {out / 'final'} after {summary['steps']} steps ({summary['minutes']} min)", flush=True)
+    if engine.distributed:
+        import torch.distributed as dist
+
         dist.barrier()
     return summary

@@ -8,6 +8,7 @@ from unitok.config import apply_overrides, read_yaml
 from unitok.errors import ConfigError
 
 # modality -> "module:function(args, data: dict)"; `data` is the recipe with overrides applied.
+# Every trainer runs on the engine (unitok/training/loop.py) with the shared `optim` and `run` blocks.
 TRAINERS = {
     "image": "unitok.training.vqgan:train_from_recipe",
     "video": "unitok.training.vqgan:train_from_recipe",

@@ -22,21 +22,22 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from unitok.config import load_config
+from unitok.config import load_config, to_dict
 from unitok.bench.common import write_json
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train" / "text-lm.yaml"
 
 
 def run(args) -> int:
-    from unitok.training.lm import (TrainConfig, Trainer, encode_doc, read_text, score_tokens, split_text,
-                                    text_vocab, train_tokenizer)
+    from unitok.data.text import encode_doc, read_text, split_text, train_text_tokenizer
+    from unitok.model.scoring import score_tokens
+    from unitok.training.lm import TextLMTask, TrainConfig, text_vocab, write_history
+    from unitok.training.loop import Engine
 
     t_start = time.perf_counter()
     cfg_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    cfg = load_config(TrainConfig, cfg_path, list(getattr(args, "overrides", []) or []) + [f"seed={args.seed}"])
-    cfg.max_minutes = None  # the budget comes from --minutes
-    cfg.ckpt_every = 0
+    cfg = load_config(TrainConfig, cfg_path, list(getattr(args, "overrides", []) or []) + [f"run.seed={args.seed}"])
+    cfg.run.ckpt_every, cfg.run.ckpt_every_min = 0, 0.0
     raw = read_text(args.data)
     extra = read_text(args.eval_data) if args.eval_data else None
     train_text, held_text = split_text(raw, 0.1)
@@ -44,43 +45,45 @@ def run(args) -> int:
     out = out.with_name(out.name + "-run")
 
     t0 = time.perf_counter()
-    tok = train_tokenizer(train_text, cfg.text_vocab_size, out)
+    tok = train_text_tokenizer(train_text, cfg.text_vocab_size, out)
     vocab = text_vocab(tok)
     cfg.model.vocab_size = vocab.size
     train_ids, held_ids = encode_doc(tok, vocab, train_text), encode_doc(tok, vocab, held_text)
     tok_s = time.perf_counter() - t0
 
     budget = args.minutes * 60 - (time.perf_counter() - t_start)
-    trainer = Trainer(cfg, train_ids, held_ids, vocab, tok, out, eval_chars=len(held_text), time_budget_s=budget)
+    cfg.run.max_minutes = budget / 60  # the budget comes from --minutes (tokenizer time taken off)
+    engine = Engine(cfg.run, cfg.optim, out, recipe=to_dict(cfg), name="text-lm")
+    task = TextLMTask(cfg, engine, train_ids, held_ids, vocab, tok, eval_chars=len(held_text))
     print(f"tokenizer: {tok.vocab_size} pieces in {tok_s:.1f}s, {len(train_text) / (len(train_ids) - 1):.2f} chars/token "
-          f"(train); model: {trainer.model.num_params() / 1e6:.2f}M params; budget {budget / 60:.2f} min")
-    res = trainer.fit()
-    minutes = (time.perf_counter() - t_start) / 60
+          f"(train); model: {task.model.num_params() / 1e6:.2f}M params; budget {budget / 60:.2f} min")
+    res = engine.fit(task)  # its final evaluation scores the whole held-out text (not counted in minutes)
+    write_history(engine.history, out)
+    minutes = (time.perf_counter() - t_start) / 60 - (res.get("eval_seconds", 0) / 60)
+    nll, n = res["eval_nll"], res["eval_tokens"]
 
     t1 = time.perf_counter()
-    nll, n = score_tokens(trainer.model, held_ids, cfg.seq_len, batch_size=cfg.batch_size)
     eval_nll = None
     if extra is not None:
-        e_nll, _ = score_tokens(trainer.model, encode_doc(tok, vocab, extra), cfg.seq_len, batch_size=cfg.batch_size)
+        e_nll, _ = score_tokens(task.model, encode_doc(tok, vocab, extra), cfg.seq_len, batch_size=cfg.batch_size)
         eval_nll = e_nll / len(extra)
-    eval_s = time.perf_counter() - t1
-    trainer.history.append({"step": trainer.step, "tokens": trainer.tokens, "time_s": round(trainer.elapsed, 2),
-                            "lr": None, "loss": res["train_loss"], "eval_loss": nll / n})
-    trainer.save()
+    eval_s = time.perf_counter() - t1 + res.get("eval_seconds", 0)
+    train_loss = next((r["loss"] for r in reversed(engine.history) if r.get("lr") is not None), None)
+    tokens = engine.step * task.tokens_per_step
 
     result = {
         "nats_per_char": nll / len(held_text),
         "eval_nats_per_char": eval_nll,
         "minutes": round(minutes, 3),
-        "params": trainer.model.num_params(),
+        "params": task.model.num_params(),
         "held_out_token_loss": nll / n,
         "held_out_chars": len(held_text),
         "held_out_tokens": n,
-        "steps": trainer.step,
-        "train_tokens": trainer.tokens,
-        "final_train_loss": res["train_loss"],
+        "steps": engine.step,
+        "train_tokens": tokens,
+        "final_train_loss": train_loss,
         "tokenizer_seconds": round(tok_s, 2),
-        "train_seconds": round(trainer.elapsed, 1),
+        "train_seconds": round(engine.elapsed, 1),
         "eval_seconds": round(eval_s, 1),
         "timing": "tokenizer training + tokenization + model set-up + training counted in minutes; final eval not",
         "eval_context": f"sliding window of {cfg.seq_len} tokens, stride {max(1, cfg.seq_len // 2)}",
@@ -94,8 +97,8 @@ def run(args) -> int:
     rows = [("nats/char (last 10%)", f"{result['nats_per_char']:.4f}"),
             ("nats/char (--eval-data)", "-" if eval_nll is None else f"{eval_nll:.4f}"),
             ("held-out token loss", f"{result['held_out_token_loss']:.4f}"),
-            ("params", f"{result['params'] / 1e6:.2f}M"), ("steps", str(trainer.step)),
-            ("train tokens", str(trainer.tokens)), ("minutes (tok + train)", f"{minutes:.2f}")]
+            ("params", f"{result['params'] / 1e6:.2f}M"), ("steps", str(engine.step)),
+            ("train tokens", str(tokens)), ("minutes (tok + train)", f"{minutes:.2f}")]
     w = max(len(r[0]) for r in rows)
     for k, v in rows:
         print(f"{k:<{w}}  {v}")

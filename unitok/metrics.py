@@ -1,0 +1,73 @@
+"""Evaluation metrics shared by the trainers and the benchmarks (the one home of these formulas).
+
+Images (uint8 (H, W, 3) arrays, peak 255):
+* `psnr(a, b)`: PSNR in dB, capped at 100 dB for identical inputs.
+* `ssim(a, b)`: SSIM (scikit-image, Gaussian window as Wang et al. 2004, mean over channels).
+* `psnr_from_mse(mse)`: PSNR in dB of a mean squared error measured on [-1, 1] signals (peak-to-peak 2).
+
+Audio (float tensors, time on the last axis):
+* `si_snr(y, x)`: scale-invariant SNR in dB per signal (differentiable; used as a loss too).
+* `mel_distance(y, x, sr)`: mean |log10 mel(y) - log10 mel(x)|, 80 bands, n_fft 1024, hop 256, floor 1e-5.
+* `stft_distance(y, x)`: mean |log10 |STFT(y)| - log10 |STFT(x)||, n_fft 512/1024/2048, hop n_fft/4, floor 1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from unitok.data.audio import log_mel
+
+__all__ = ["psnr", "psnr_from_mse", "ssim", "si_snr", "mel_distance", "stft_distance"]
+
+
+# ---------------------------------------------------------------- images
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 arrays (peak 255); capped at 100 dB for identical inputs."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 100.0 if mse == 0 else float(10 * math.log10(255.0 ** 2 / mse))
+
+
+def psnr_from_mse(mse: float, eps: float = 1e-10) -> float:
+    """PSNR in dB of a mean squared error between [-1, 1] signals (peak-to-peak 2: 10 log10(4 / mse))."""
+    return 10 * math.log10(4.0 / max(mse, eps))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two uint8 (H, W, 3) images (scikit-image, Gaussian window as Wang et al. 2004, mean over channels)."""
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False))
+
+
+# ---------------------------------------------------------------- audio
+
+
+def si_snr(y: torch.Tensor, x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale-invariant SNR in dB of estimate y against reference x, over the last axis: (...,)."""
+    x = x - x.mean(-1, keepdim=True)
+    y = y - y.mean(-1, keepdim=True)
+    proj = (y * x).sum(-1, keepdim=True) / (x.pow(2).sum(-1, keepdim=True) + eps) * x
+    noise = y - proj
+    return 10 * torch.log10((proj.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))
+
+
+def mel_distance(y: torch.Tensor, x: torch.Tensor, sr: int) -> float:
+    """Mean absolute difference of log10 mel spectrograms (80 bands, n_fft 1024, hop 256)."""
+    return float((log_mel(y, sr, 1024, 256, 80) - log_mel(x, sr, 1024, 256, 80)).abs().mean())
+
+
+def stft_distance(y: torch.Tensor, x: torch.Tensor) -> float:
+    """Mean |log10 |STFT|| difference over n_fft 512, 1024, 2048 (hop n_fft/4)."""
+    out = []
+    for n in (512, 1024, 2048):
+        w = torch.hann_window(n)
+        sy = torch.stft(y.reshape(-1, y.shape[-1]), n, n // 4, window=w, return_complex=True).abs().clamp_min(1e-5)
+        sx = torch.stft(x.reshape(-1, x.shape[-1]), n, n // 4, window=w, return_complex=True).abs().clamp_min(1e-5)
+        out.append(float((sy.log10() - sx.log10()).abs().mean()))
+    return sum(out) / len(out)
