@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
-import torch
 from PIL import Image
 
 from unitok.config import from_dict, load_config

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import unitok.kernels  # noqa: F401 - at collection: switches on the Triton interpreter before other tests import triton
 from unitok.cli import main
 
 

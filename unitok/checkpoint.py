@@ -15,14 +15,13 @@
 place and renamed into it, so a crash never leaves a half-written checkpoint.
 
 `load_model(dir)` is the inference path: it needs this module, the model and tokenizer code,
-safetensors and torch on a CPU; no training code, no GPU, no Triton. Sharded (FSDP2) runs also
-keep `dcp/` (torch.distributed.checkpoint) beside the files above; `unitok checkpoint export`
-consolidates any checkpoint into the plain layout.
+safetensors and torch on a CPU; no training code, no GPU, no Triton. `unitok checkpoint export`
+writes the inference part alone (model.json, the inference weights as model.safetensors, vocab,
+tokenizers). Sharded FSDP2 checkpoints (torch.distributed.checkpoint) are not implemented yet.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -312,8 +311,3 @@ def convert_cli(args) -> int:
     print(f"wrote {convert(args.old, args.new)}")
     return 0
 
-
-def _asdict(cfg) -> dict:
-    from unitok.config import to_dict
-
-    return to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)

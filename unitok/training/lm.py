@@ -154,10 +154,12 @@ class TextLMTask(Task):
         return out
 
     def finish(self) -> dict:
+        if not self.engine.main:
+            return {}
         t0 = time.perf_counter()
-        ev = self.eval_loss() if self.engine.main else {}
-        ev["eval_seconds"] = time.perf_counter() - t0
+        ev = self.eval_loss()
         if ev:
+            ev["eval_seconds"] = time.perf_counter() - t0
             h = self.engine.history
             h.append({"step": self.engine.step, "tokens": self.engine.step * self.tokens_per_step, "lr": None,
                       "loss": h[-1]["loss"] if h else None, "eval_loss": ev["eval_loss"], "final_eval": True})

@@ -9,7 +9,7 @@ the rest, the same way for all of them:
 
 * device: CPU, or CUDA with bf16 autocast (`engine.autocast()`), one process or `torchrun`
   (`torch.distributed` with gloo on CPU, NCCL on GPU); `parallelize(model)` is the one place that
-  wraps a model (none | ddp | fsdp2).
+  wraps a model (DDP under torchrun; FSDP2 is not implemented yet).
 * optimizer: AdamW over the task's parameter groups; warm-up then cosine or WSD (warm-up, stable,
   decay) over progress = max(step / max_steps, elapsed / max_minutes), so a time-budgeted run
   decays to its end; gradient accumulation and clipping; extra optimizers (discriminators) follow
@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ class RunConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True  # autocast to bf16 on CUDA (CPU runs in fp32)
-    parallel: Literal["ddp", "fsdp2"] = "ddp"  # how torchrun ranks share the model
+    parallel: Literal["ddp", "fsdp2"] = "ddp"  # how torchrun ranks share the model (fsdp2: not yet)
     compile: bool = False  # torch.compile the model (first compile costs ~15-60 s on CPU)
     log_every: int = 10  # steps between metrics lines
     ckpt_every: int = 0  # steps between checkpoints; 0 = none but the last
@@ -252,9 +253,8 @@ class Engine:
             wrapped = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                           find_unused_parameters=find_unused_parameters, broadcast_buffers=broadcast_buffers)
         elif self.distributed and self.run.parallel == "fsdp2":
-            from unitok.training.parallel import fully_shard_model
-
-            wrapped = fully_shard_model(model, self.device)
+            raise ConfigError("run.parallel=fsdp2 is not implemented yet (sharded checkpoints with "
+                              "torch.distributed.checkpoint come with it); use run.parallel=ddp")
         if self.run.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
@@ -264,27 +264,25 @@ class Engine:
         n = len(global_batch) // self.world
         return global_batch[self.rank * n:(self.rank + 1) * n]
 
+    def all_reduce_mean(self, t: torch.Tensor) -> None:
+        """In place: the mean of `t` over ranks."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+            t /= self.world
+
     def all_reduce_grads(self, params) -> None:
         """Average gradients over ranks (for modules not wrapped in DDP, e.g. discriminators)."""
-        if not self.distributed:
-            return
-        import torch.distributed as dist
-
         for p in params:
             if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+                self.all_reduce_mean(p.grad)
 
     def average_buffers(self, module: nn.Module) -> None:
         """Average floating-point buffers (normalisation running statistics) over ranks."""
-        if not self.distributed:
-            return
-        import torch.distributed as dist
-
         for b in module.buffers():
             if b.is_floating_point():
-                dist.all_reduce(b.data)
-                b.data /= self.world
+                self.all_reduce_mean(b.data)
 
     def broadcast_buffers(self, module: nn.Module) -> None:
         if self.distributed:
@@ -363,14 +361,7 @@ class Engine:
 
             ranks = [None] * self.world
             dist.all_gather_object(ranks, self._rank_state(task))
-        sharded = self.distributed and self.run.parallel == "fsdp2"
-        if sharded:
-            from unitok.training.parallel import gather_full_state
-
-            modules = {k: gather_full_state(m) for k, m in task.modules().items()}
-            optims = {k: gather_full_state(m, o) for k, (m, o) in self._optim_pairs(task).items()}
-        else:
-            modules, optims = task.modules(), self.optimizers
+        modules, optims = task.modules(), self.optimizers
         if not self.main:
             return None
         state = {"step": self.step, "elapsed_s": self.elapsed, "world_size": self.world, "recipe": self.recipe,
@@ -378,10 +369,6 @@ class Engine:
         return ckpt_io.save_checkpoint(self.ckpt_dir, kind=task.kind, config=task.model_config(), modules=modules,
                                        state=state, optimizers=optims, weights=task.inference_weights(),
                                        vocab=task.vocab(), tokenizers=task.tokenizers())
-
-    def _optim_pairs(self, task: Task) -> dict:
-        mods = task.modules()
-        return {name: (mods["model"] if name == "model" else mods[name], o) for name, o in self.optimizers.items()}
 
     # -------------------------------------------------------------- the loop
     def progress(self, elapsed: float | None = None) -> float:
@@ -400,14 +387,15 @@ class Engine:
         dist.broadcast(t, 0)
         return bool(t.item())
 
-    def _any(self, flag: bool) -> bool:
+    def _mean(self, x: float) -> float:
+        """The mean over ranks (the global batch's loss; NaN on any rank makes it NaN everywhere)."""
         if not self.distributed:
-            return flag
+            return x
         import torch.distributed as dist
 
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
 
     def fit(self, task: Task, until: int | None = None) -> dict:
         """Train until max_steps, the time budget or step `until` (tests interrupt runs with it)."""
@@ -446,8 +434,8 @@ class Engine:
                 with contextlib.nullcontext() if sync else wrapped.no_sync():
                     metrics = task.forward_backward(1.0 / opt_cfg.grad_accum)
                 losses.append(metrics["loss"])
-            loss = losses[0] if len(losses) == 1 else sum(losses) / len(losses)
-            if self._any(not math.isfinite(loss)):
+            loss = self._mean(losses[0] if len(losses) == 1 else sum(losses) / len(losses))  # over ranks
+            if not math.isfinite(loss):
                 self._bad_step(step, loss)
                 continue
             self.bad_steps = 0
@@ -474,6 +462,8 @@ class Engine:
             if self._agree(bool(due)):
                 self.save(task)
                 last_ckpt = time.time()
+                if os.environ.get("UNITOK_KILL_AFTER_CHECKPOINT") == str(self.step):  # tests: kill -9 here
+                    os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
         summary = {"steps": self.step, "minutes": round(self.elapsed / 60, 3), "last": metrics}
         summary.update(task.finish())

@@ -92,10 +92,15 @@ def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
 
 
-def adaptive_weight(rec_loss, g_loss, last_layer: torch.Tensor) -> torch.Tensor:
-    """taming's balance: ||grad rec|| / ||grad gan|| at the decoder's last layer, clamped to [0, 1e4]."""
+def adaptive_weight(rec_loss, g_loss, last_layer: torch.Tensor, engine: Engine | None = None) -> torch.Tensor:
+    """taming's balance: ||grad rec|| / ||grad gan|| at the decoder's last layer, clamped to [0, 1e4].
+    Under DDP the gradients are the global batch's (averaged over ranks), as in one process."""
     g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_gan = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    if engine is not None and engine.distributed:
+        g = torch.stack([g_rec, g_gan])
+        engine.all_reduce_mean(g)
+        g_rec, g_gan = g[0], g[1]
     return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
@@ -199,7 +204,7 @@ class VQGANTask(Task):
         if self.gan_on:
             self.disc.eval()
             g_loss = -self.disc(_frames(rec)).mean()
-            w = adaptive_weight(rec_loss, g_loss, self.model.last_layer()) * cfg.loss.gan
+            w = adaptive_weight(rec_loss, g_loss, self.model.last_layer(), e) * cfg.loss.gan
             loss = loss + w * g_loss
             m.update(g_loss=g_loss.item(), gan_w=float(w))
         (loss * scale).backward()
