@@ -110,29 +110,6 @@ def test_bench_reports_codecs_and_skips_bad_files(tmp_path):
         assert (tmp_path / f).is_file()
 
 
-@pytest.mark.slow
-def test_ddp_two_cpu_processes_keep_codebooks_in_sync(tmp_path):
-    """torchrun, gloo, 2 processes: training runs and both ranks end with the same EMA codebook."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    data = _photo_folder(tmp_path / "data")
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("modality: image\nname: ddp\npreset: debug\ndata: {crop: 16, batch_size: 4}\nsample_every: 0\n"
-                      "optim: {warmup_steps: 1}\nrun: {max_steps: 4, log_every: 1, threads: 1}\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
-           "-m", "unitok.cli", "tokenizer", "train", str(recipe), "--data", str(data), "--out", str(tmp_path / "o")]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.returncode == 0, out.stderr[-2000:]
-    s = json.loads((tmp_path / "o" / "train_summary.json").read_text())
-    assert s["world_size"] == 2 and s["steps"] == 4
-    assert s["codebook_rank_maxdiff"] == 0.0
-
-
 def test_perceptual_loss_from_local_file_only(tmp_path):
     from safetensors.torch import save_file
 
