@@ -15,15 +15,18 @@
 place and renamed into it, so a crash never leaves a half-written checkpoint.
 
 `load_model(dir)` is the inference path: it needs this module, the model and tokenizer code,
-safetensors and torch on a CPU; no training code, no GPU, no Triton. `unitok checkpoint export`
-writes the inference part alone (model.json, the inference weights as model.safetensors, vocab,
-tokenizers). Sharded FSDP2 checkpoints (torch.distributed.checkpoint) are not implemented yet.
+safetensors and torch on a CPU; no training code, no GPU, no Triton. A sharded (FSDP2) run keeps
+`dcp/` (torch.distributed.checkpoint: model and optimizer shards of every rank) instead of
+model.safetensors and optimizer.pt; `load_model` consolidates it in one process, and
+`unitok checkpoint export` writes the inference part alone (model.json, the inference weights as
+model.safetensors, vocab, tokenizers).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,23 +52,31 @@ def module_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
+def tmp_dir(directory) -> Path:
+    """The directory a checkpoint is written into before it is renamed into place."""
+    d = Path(directory)
+    return d.with_name(d.name + ".tmp")
+
+
 def save_checkpoint(directory, *, kind: str, config: dict, modules: dict[str, nn.Module | dict],
                     state: dict, optimizers: dict[str, Any] | None = None, weights: str = "model",
-                    vocab=None, tokenizers: dict[str, Any] | None = None) -> Path:
+                    vocab=None, tokenizers: dict[str, Any] | None = None, sharded: bool = False) -> Path:
     """Write a checkpoint atomically. `modules` maps a name to a module (or a state dict);
-    "model" is required. `optimizers` maps a name to an optimizer (or its state dict)."""
+    "model" is required unless `sharded` (then the ranks have already written `tmp_dir(directory)/dcp`
+    with torch.distributed.checkpoint). `optimizers` maps a name to an optimizer (or its state dict)."""
     from safetensors.torch import save_file
 
-    if "model" not in modules or weights not in modules:
+    if not sharded and ("model" not in modules or weights not in modules):
         raise ValueError("modules must hold 'model' and the module named by `weights`")
     d = Path(directory)
-    tmp = d.with_name(d.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = tmp_dir(d)
+    if not sharded:
+        shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     for name, m in modules.items():
         sd = m if isinstance(m, dict) else module_state(m)
         save_file(sd, str(tmp / f"{name}.safetensors"))
-    meta = {"format": FORMAT, "kind": kind, "config": config, "weights": weights,
+    meta = {"format": FORMAT, "kind": kind, "config": config, "weights": "dcp" if sharded else weights,
             "tokenizers": sorted(tokenizers or {})}
     _write_json(tmp / MODEL_JSON, meta)
     if optimizers:
@@ -136,6 +147,8 @@ def read_weights(ckpt: Path, name: str = "model", map_location="cpu") -> dict[st
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if name == "dcp":
+        return read_sharded_weights(ckpt)
     p = ckpt / f"{name}.safetensors"
     if not p.is_file():
         raise CheckpointError(f"{ckpt}: incomplete checkpoint, {p.name} is missing")
@@ -143,6 +156,25 @@ def read_weights(ckpt: Path, name: str = "model", map_location="cpu") -> dict[st
         return load_file(str(p), device=str(map_location))
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{p}: corrupt weights ({str(e).splitlines()[0]})") from None
+
+
+def read_sharded_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Consolidate the model of a sharded (FSDP2) checkpoint in one process: build the model that
+    model.json describes and let torch.distributed.checkpoint fill its full tensors (no process group)."""
+    import torch.distributed.checkpoint as dcp
+
+    if not (ckpt / "dcp").is_dir():
+        raise CheckpointError(f"{ckpt}: incomplete sharded checkpoint, dcp/ is missing")
+    model, _ = build_model(read_meta(ckpt), ckpt / MODEL_JSON)
+    state = {"model": model.state_dict()}
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, checkpoint_id=str(ckpt / "dcp"), no_dist=True)
+    except Exception as e:  # DCP raises CheckpointException and others for missing or bad shards
+        raise CheckpointError(f"{ckpt / 'dcp'}: cannot read the sharded weights ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]})") from None
+    return state["model"]
 
 
 def read_optimizers(ckpt: Path, map_location="cpu") -> dict:

@@ -135,8 +135,8 @@ class TextLMTask(Task):
         out["tok_per_s"] = round((out["tokens"] - self._tok_last) / max(now - self._t_last, 1e-9))
         if (step + 1) % self.engine.run.log_every == 0 or step == 0:
             self._t_last, self._tok_last = now, out["tokens"]
-        if self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0 and self.eval_ids is not None \
-                and self.engine.main:
+        # every rank evaluates (FSDP2 gathers parameters collectively); rank 0 logs
+        if self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0 and self.eval_ids is not None:
             out["eval_loss"] = self.eval_loss(self.cfg.eval_tokens)["eval_loss"]
         return out
 
@@ -154,8 +154,6 @@ class TextLMTask(Task):
         return out
 
     def finish(self) -> dict:
-        if not self.engine.main:
-            return {}
         t0 = time.perf_counter()
         ev = self.eval_loss()
         if ev:

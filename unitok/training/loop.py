@@ -9,7 +9,7 @@ the rest, the same way for all of them:
 
 * device: CPU, or CUDA with bf16 autocast (`engine.autocast()`), one process or `torchrun`
   (`torch.distributed` with gloo on CPU, NCCL on GPU); `parallelize(model)` is the one place that
-  wraps a model (DDP under torchrun; FSDP2 is not implemented yet).
+  wraps a model (none | ddp | fsdp2: `fully_shard` per block, sharded DCP checkpoints).
 * optimizer: AdamW over the task's parameter groups; warm-up then cosine or WSD (warm-up, stable,
   decay) over progress = max(step / max_steps, elapsed / max_minutes), so a time-budgeted run
   decays to its end; gradient accumulation and clipping; extra optimizers (discriminators) follow
@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -84,7 +85,7 @@ class RunConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True  # autocast to bf16 on CUDA (CPU runs in fp32)
-    parallel: Literal["ddp", "fsdp2"] = "ddp"  # how torchrun ranks share the model (fsdp2: not yet)
+    parallel: Literal["ddp", "fsdp2"] = "ddp"  # how torchrun ranks share the model (fsdp2: language models)
     compile: bool = False  # torch.compile the model (first compile costs ~15-60 s on CPU)
     log_every: int = 10  # steps between metrics lines
     ckpt_every: int = 0  # steps between checkpoints; 0 = none but the last
@@ -238,6 +239,17 @@ class Engine:
     def distributed(self) -> bool:
         return self.world > 1
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP2: parameters and optimizer state sharded over the ranks; DCP checkpoints."""
+        return self.distributed and self.run.parallel == "fsdp2"
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def autocast(self):
         if self.device.type == "cuda" and self.run.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -252,9 +264,10 @@ class Engine:
 
             wrapped = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                           find_unused_parameters=find_unused_parameters, broadcast_buffers=broadcast_buffers)
-        elif self.distributed and self.run.parallel == "fsdp2":
-            raise ConfigError("run.parallel=fsdp2 is not implemented yet (sharded checkpoints with "
-                              "torch.distributed.checkpoint come with it); use run.parallel=ddp")
+        elif self.sharded:
+            from unitok.training.parallel import fully_shard_model
+
+            wrapped = fully_shard_model(model, self.device)
         if self.run.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
@@ -318,15 +331,23 @@ class Engine:
     def restore(self, task: Task) -> None:
         ck = self.resume_from
         st = ckpt_io.read_state(ck)
-        opt_states = ckpt_io.read_optimizers(ck, self.device)
-        for name, m in task.modules().items():
+        if self.sharded:
+            from unitok.training.parallel import load_sharded
+
+            if ckpt_io.read_meta(ck).get("weights") != "dcp":
+                raise CheckpointError(f"{ck}: not a sharded checkpoint; resume it with run.parallel=ddp")
+            load_sharded(ck, task.model, self.optimizers["model"])
+            opt_states = {}
+        else:
+            opt_states = ckpt_io.read_optimizers(ck, self.device)
+        for name, m in task.modules().items() if not self.sharded else ():
             if self.allow_recipe_change and not (ck / f"{name}.safetensors").is_file():
                 if self.main:  # a module the changed recipe added (e.g. a discriminator)
                     print(f"{self.name}: {name} is not in {ck}; it starts afresh", flush=True)
                 continue
             ckpt_io.load_into(m, ckpt_io.read_weights(ck, name, self.device), ck)
         try:
-            for name, o in self.optimizers.items():
+            for name, o in self.optimizers.items() if not self.sharded else ():
                 if name in opt_states or not self.allow_recipe_change:
                     o.load_state_dict(opt_states[name])
             ranks = st["ranks"]
@@ -362,13 +383,28 @@ class Engine:
             ranks = [None] * self.world
             dist.all_gather_object(ranks, self._rank_state(task))
         modules, optims = task.modules(), self.optimizers
-        if not self.main:
-            return None
-        state = {"step": self.step, "elapsed_s": self.elapsed, "world_size": self.world, "recipe": self.recipe,
-                 "ranks": ranks, "task": task.extra_state(), "history": self.history}
-        return ckpt_io.save_checkpoint(self.ckpt_dir, kind=task.kind, config=task.model_config(), modules=modules,
-                                       state=state, optimizers=optims, weights=task.inference_weights(),
-                                       vocab=task.vocab(), tokenizers=task.tokenizers())
+        if self.sharded:  # every rank writes its shards (with the optimizer's) into the new directory
+            from unitok.training.parallel import save_sharded
+
+            tmp = ckpt_io.tmp_dir(self.ckpt_dir)
+            if self.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            self.barrier()
+            save_sharded(tmp, task.model, self.optimizers["model"])
+            self.barrier()
+            modules, optims = {}, None
+        path = None
+        if self.main:
+            state = {"step": self.step, "elapsed_s": self.elapsed, "world_size": self.world, "recipe": self.recipe,
+                     "ranks": ranks, "task": task.extra_state(), "history": self.history}
+            path = ckpt_io.save_checkpoint(self.ckpt_dir, kind=task.kind, config=task.model_config(),
+                                           modules=modules, state=state, optimizers=optims,
+                                           weights=task.inference_weights(), vocab=task.vocab(),
+                                           tokenizers=task.tokenizers(), sharded=self.sharded)
+        if self.sharded:
+            self.barrier()  # nobody starts the next save before the rename
+        return path
 
     # -------------------------------------------------------------- the loop
     def progress(self, elapsed: float | None = None) -> float:
@@ -400,6 +436,9 @@ class Engine:
     def fit(self, task: Task, until: int | None = None) -> dict:
         """Train until max_steps, the time budget or step `until` (tests interrupt runs with it)."""
         run, opt_cfg = self.run, self.optim
+        if self.sharded and (set(task.modules()) != {"model"} or task.extra_optimizers):
+            raise ConfigError("run.parallel=fsdp2 shards language models only; tokenizer trainers (EMA, "
+                              "discriminator) use run.parallel=ddp")
         self.optimizers = {"model": self.make_optimizer(task.param_groups), **task.extra_optimizers}
         for o in self.optimizers.values():
             for g in o.param_groups:
@@ -442,7 +481,8 @@ class Engine:
             task.sync_grads()
             gnorm = None
             if opt_cfg.grad_clip > 0:
-                gnorm = float(torch.nn.utils.clip_grad_norm_(clip_params, opt_cfg.grad_clip))
+                gnorm = torch.nn.utils.clip_grad_norm_(clip_params, opt_cfg.grad_clip)
+                gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # DTensor (FSDP2)
             self.optimizers["model"].step()
             metrics.update(task.end_step(step))
             self.step += 1
