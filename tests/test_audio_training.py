@@ -102,6 +102,18 @@ def test_codebook_refit_then_decoder_only_phase(tmp_path, capsys):
     assert tok.encode(torch.randn(1, 1, 640) * 0.1).shape == (1, 4, 10)
 
 
+def test_dead_code_threshold_is_checked_for_audio_too(tmp_path):
+    """The guard the image trainer had: a threshold above the mean hits per code and step would
+    replace every code every step (2 x 62 frames over 64 codes: about 1.9 hits)."""
+    from unitok.errors import ConfigError
+
+    data = _write_folder(tmp_path / "data", silent=False, corrupt=False)
+    r = _recipe()
+    r.model.dead_code_threshold = 1.5
+    with pytest.raises(ConfigError, match="dead_code_threshold 1.5 is not well below.*124 tokens / 64 codes"):
+        train(r, data, tmp_path / "out", progress_bar=False)
+
+
 def test_cli_train_unknown_key_is_one_line_error(tmp_path, capsys):
     cfg = tmp_path / "r.yaml"
     cfg.write_text("modality: audio\nmodel:\n  num_filterz: 4\n")

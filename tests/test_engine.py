@@ -283,3 +283,32 @@ def test_export_and_convert(setups, tmp_path):
     want = load_file(str(lm / "checkpoint" / "model.safetensors"))
     assert all(torch.equal(v, want[k]) for k, v in new.model.state_dict().items())
     assert new.vocab.size == new.model.cfg.vocab_size and set(new.tokenizers) == {"text"}
+
+
+def test_progress_is_plain_lines_in_a_log_and_counts_the_time_budget(monkeypatch, capsys):
+    """Not a terminal: one plain line per interval, no carriage returns; a time-budgeted run's
+    progress is its share of the budget, not of the step cap."""
+    from types import SimpleNamespace
+
+    from unitok.training import loop
+
+    run = loop.RunConfig(max_steps=100_000, max_minutes=10.0, log_every=1)
+    eng = SimpleNamespace(run=run, step=0, elapsed=0.0, name="t")
+    eng.progress = lambda: loop.Engine.progress(eng)
+    monkeypatch.setattr(loop, "_is_tty", lambda: False)
+    bar = loop.Progress(eng, enabled=True, every_s=0.0)
+    assert bar.bar is None
+    for i in range(1, 4):
+        eng.step, eng.elapsed = i, 60.0 * i
+        bar.update({"loss": 1.5})
+    out = capsys.readouterr().out
+    assert "\r" not in out and out.count("\n") == 3
+    assert "step 3 (30%, 3.0 min) loss=1.5" in out  # 3 of 10 minutes, not 3 of 100,000 steps
+
+
+def test_resume_of_a_missing_run_is_a_one_line_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "unitok.cli", "lm", "train", str(DEBUG), "--data", str(DEBUG),
+                        "--out", str(tmp_path / "nothing"), "--resume"], cwd=ROOT, capture_output=True, text=True,
+                       env=ENV)
+    assert r.returncode == 2 and r.stderr.startswith("unitok: error: --resume: no checkpoint in")
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr

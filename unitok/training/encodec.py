@@ -18,6 +18,7 @@ draw the same global batches on every rank. OUT/checkpoint/, OUT/metrics.jsonl, 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,7 @@ import torch
 from unitok.config import from_dict, to_dict
 from unitok.errors import ConfigError
 from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+from unitok.tokenizers.quantizers import QuantizerConfig, check_dead_code_threshold
 from unitok.training.loop import Engine, OptimConfig, RunConfig, Task
 
 __all__ = ["EncodecRecipe", "AudioDataConfig", "AudioLossConfig", "EncodecTask", "train", "train_from_recipe"]
@@ -90,6 +92,10 @@ class EncodecTask(Task):
                               f"{engine.world} processes")
         if lc.balancer and recipe.optim.grad_accum > 1:
             raise ConfigError(f"{recipe.name}: loss.balancer does its own backward; use optim.grad_accum=1")
+        frames = int(recipe.data.segment_s * mcfg.sample_rate) // math.prod(mcfg.upsampling_ratios)
+        check_dead_code_threshold(QuantizerConfig(kind="rvq", levels=mcfg.levels, codebook_size=mcfg.codebook_size,
+                                                  dead_code_threshold=mcfg.dead_code_threshold),
+                                  recipe.data.batch_size * frames, source=f"{recipe.name}: model")
         self.gen = torch.Generator().manual_seed(recipe.run.seed * 1000)
         self.clips = AudioClips(data_dir, mcfg.sample_rate, mcfg.channels, progress=engine.progress_enabled and engine.main)
         if engine.main:
