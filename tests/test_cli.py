@@ -7,7 +7,7 @@ from unitok.cli import build_parser, main
 
 SUBCOMMANDS = [
     ["demo"], ["text", "train-tokenizer"], ["text", "encode"], ["lm", "train"], ["lm", "sample"],
-    ["tokenizer", "train"], ["tokenizer", "bench"], ["bench", "text-lm"], ["bench", "kernels"], ["vocab"],
+    ["tokenizer", "train"], ["tokenizer", "bench"], ["bench", "text-lm"], ["bench", "kernels"], ["vocab", "show"], ["vocab", "build"],
     ["checkpoint", "export"], ["checkpoint", "convert"],
 ]
 
@@ -70,7 +70,7 @@ def test_user_errors_are_one_line(tmp_path):
     missing = tmp_path / "missing.txt"
     r = run_cli("text", "train-tokenizer", str(missing), "--out", str(tmp_path / "o"))
     assert_user_error(r, "not found", str(missing))
-    r = run_cli("vocab", str(tmp_path / "nope.json"))
+    r = run_cli("vocab", "show", str(tmp_path / "nope.json"))
     assert_user_error(r, "not found", "nope.json")
     (tmp_path / "r.yaml").write_text("modality: smell\n")
     r = run_cli("tokenizer", "train", str(tmp_path / "r.yaml"), "--data", ".", "--out", str(tmp_path / "o"), "x=1")

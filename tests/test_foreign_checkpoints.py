@@ -170,7 +170,7 @@ def test_cli_prints_one_line_without_colour_codes(tmp_path, monkeypatch, capsys)
     # route a real subcommand to the loader: main() prints UnitokError messages as `unitok: error: ...`
     monkeypatch.setattr(cli, "show_vocab", lambda args: load_state_file(args.manifest))
     for name in ("bad.ckpt", "module.ckpt"):
-        assert cli.main(["vocab", str(tmp_path / name)]) == 2
+        assert cli.main(["vocab", "show", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("unitok: error: ") and err.count("\n") == 1 and "\x1b" not in err, err
     assert "refused global 'torch.nn.modules.linear.Linear'" in err

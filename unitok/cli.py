@@ -144,8 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new", help="directory to write the converted run into")
 
     # --- vocab
-    p = _add(sub, "vocab", "unitok.cli:show_vocab", "show a vocabulary manifest (ranges, tokenizers, hash)")
+    vocab = sub.add_parser("vocab", help="the unified vocabulary").add_subparsers(dest="vocab_command", metavar="COMMAND")
+    vocab.required = True
+    p = _add(vocab, "show", "unitok.cli:show_vocab", "show a vocabulary manifest (ranges, tokenizers, hash)")
     p.add_argument("manifest", help="vocab.json written beside shards and checkpoints")
+    p = _add(vocab, "build", "unitok.cli:build_vocab", "the unified vocabulary of a set of saved tokenizers",
+             "Write the vocabulary manifest of any set of tokenizers saved with save_pretrained (at most one\n"
+             "text tokenizer and one per media modality): text ids, special and size tokens, then one range\n"
+             "per codebook level. Each tokenizer is identified by its config and a hash of its weights.")
+    p.add_argument("--tokenizer", nargs="+", required=True, metavar="DIR", help="tokenizer directories")
+    p.add_argument("--out", required=True, help="where to write vocab.json")
+    p.add_argument("--max-size", type=int, default=1024, help="number of size tokens <size:1..N> (default: 1024)")
     return parser
 
 
@@ -157,6 +166,28 @@ def show_vocab(args) -> int:
     for name, (a, b) in v.manifest()["ranges"].items():
         print(f"  {name:10s} [{a}, {b})  {b - a} ids")
     print(f"  hash {v.hash}")
+    return 0
+
+
+def build_vocab(args) -> int:
+    from unitok.errors import ConfigError
+    from unitok.tokenizers.base import load_tokenizer
+    from unitok.vocab import UnifiedVocab
+
+    toks = [load_tokenizer(d) for d in args.tokenizer]
+    by = {}
+    for d, t in zip(args.tokenizer, toks):
+        if t.modality in by:
+            raise ConfigError(f"two {t.modality} tokenizers ({by[t.modality]} and {d}); one per modality")
+        by[t.modality] = d
+    try:
+        v = UnifiedVocab.from_tokenizers(toks, max_size=args.max_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    v.save(args.out)
+    print(f"{v} -> {args.out}")
+    if v.size > 65536:
+        print(f"note: {v.size} ids need uint32 token shards (65,536 fit uint16)")
     return 0
 
 

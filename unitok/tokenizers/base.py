@@ -150,8 +150,20 @@ class NeuralTokenizer(Tokenizer, nn.Module):
         return {cls.renamed_keys.get(k, k): v for k, v in cfg.items()}
 
     def identity(self) -> dict:
+        """Type, config hash and weights hash: two tokenizers trained from one recipe differ."""
         cfg = json.dumps(to_dict(self.config), sort_keys=True).encode()
-        return {"type": self.type_name, "config_sha256": hashlib.sha256(cfg).hexdigest()[:16]}
+        return {"type": self.type_name, "config_sha256": hashlib.sha256(cfg).hexdigest()[:16],
+                "weights_sha256": weights_sha256(self.state_dict())}
+
+
+def weights_sha256(state: dict[str, torch.Tensor], n_hex: int = 16) -> str:
+    """A hash of a state dict: names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].detach().cpu().contiguous()
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)};".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:n_hex]
 
 
 def _read_config(d: Path, expected_type: str | None = None) -> dict:
