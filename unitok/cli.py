@@ -143,6 +143,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("old", help="old run directory or checkpoint directory")
     p.add_argument("new", help="directory to write the converted run into")
 
+    # --- pretokenize and shards
+    p = _add(sub, "pretokenize", "unitok.data.pretokenize:run_cli", "interleaved documents -> token shards",
+             "Tokenize JSONL manifests, webdataset .tar shards and folders of media (with .txt captions or a\n"
+             "captions.tsv / transcripts.tsv) with the given tokenizers into memory-mapped token shards.\n"
+             "Bad files are skipped and listed in stats.json; --resume continues an interrupted run; the\n"
+             "output is byte-identical for any --workers.",
+             epilog="Policy: --set image_size=256 video_size=128 video_fps=8 video_frames=9 audio_max_seconds=10 "
+                    "text_first_ratio=0.5 max_doc_tokens=4096 seed=0.")
+    p.add_argument("data", nargs="+", help="JSONL manifests, .tar shards or folders")
+    p.add_argument("--tokenizer", nargs="+", required=True, metavar="DIR", help="tokenizer directories (save_pretrained)")
+    p.add_argument("--out", required=True, help="shard directory")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: 0 = this process)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="policy settings (see below)")
+    shards = sub.add_parser("shards", help="inspect token shards").add_subparsers(dest="shards_command", metavar="COMMAND")
+    shards.required = True
+    p = _add(shards, "show", "unitok.data.pretokenize:show_cli", "print the statistics of token shards")
+    p.add_argument("shards", help="directory written by `unitok pretokenize`")
+    p = _add(shards, "decode", "unitok.data.pretokenize:decode_cli", "write a document back as text and media files")
+    p.add_argument("shards", help="directory written by `unitok pretokenize`")
+    p.add_argument("--doc", type=int, required=True, help="document index")
+    p.add_argument("--out", required=True, help="folder for the files")
+
     # --- vocab
     vocab = sub.add_parser("vocab", help="the unified vocabulary").add_subparsers(dest="vocab_command", metavar="COMMAND")
     vocab.required = True

@@ -41,25 +41,32 @@ def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"audio file not found: {path}")
+    return decode_audio(str(path), str(path))
+
+
+def decode_audio(src, name: str) -> tuple[torch.Tensor, int]:
+    """read_audio for a path or a file object (e.g. a tar member held in memory)."""
     try:
         import soundfile as sf
 
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
+        data, sr = sf.read(src, dtype="float32", always_2d=True)  # (N, C)
         wav = torch.from_numpy(np.ascontiguousarray(data.T))
     except Exception:
-        wav, sr = _read_av(path)
+        if hasattr(src, "seek"):
+            src.seek(0)
+        wav, sr = _read_av(src, name)
     if wav.numel() == 0:
-        raise DataError(f"{path}: no audio samples")
+        raise DataError(f"{name}: no audio samples")
     if not torch.isfinite(wav).all():
-        raise DataError(f"{path}: audio contains NaN or Inf")
+        raise DataError(f"{name}: audio contains NaN or Inf")
     return wav, int(sr)
 
 
-def _read_av(path: Path) -> tuple[torch.Tensor, int]:
+def _read_av(src, path) -> tuple[torch.Tensor, int]:
     try:
         import av
 
-        with av.open(str(path)) as box:
+        with av.open(src) as box:
             stream = next(s for s in box.streams if s.type == "audio")
             sr = stream.rate
             chunks = []

@@ -1,0 +1,147 @@
+"""Pretokenization of a small mixed corpus (JSONL + webdataset tar + folder) with bad inputs of every
+kind; interruption and resume; any number of workers; decoding a document back to files."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from unitok.data.pretokenize import PretokenizeConfig, pretokenize, read_shards
+
+CFG = PretokenizeConfig(image_size=32, audio_max_seconds=0.5, seed=3)
+
+
+def _png(arr) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(arr).save(b, format="PNG")
+    return b.getvalue()
+
+
+def _wav(x, sr=16000) -> bytes:
+    b = io.BytesIO()
+    sf.write(b, x.astype(np.float32), sr, format="WAV")
+    return b.getvalue()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from skimage import data
+
+    from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+    from unitok.tokenizers.image import ImageTokenizer, image_preset
+    from unitok.tokenizers.text import TextTokenizer
+
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "t.txt").write_text("a photo of a cat. the sound of a bird. a dog on a mat.\n" * 100)
+    TextTokenizer.train([d / "t.txt"], vocab_size=300).save_pretrained(d / "tok_text")
+    torch.manual_seed(0)
+    img = ImageTokenizer(image_preset("debug")).eval()
+    img.encode(torch.rand(4, 3, 32, 32) * 2 - 1)  # k-means-initialise the codebook, as training would
+    img.save_pretrained(d / "tok_image")
+    AudioTokenizer(AudioTokenizerConfig.tiny()).save_pretrained(d / "tok_audio")
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(16000)
+    # folder: captions beside the media, one caption not UTF-8, a corrupt image, an empty audio file
+    f = d / "folder"
+    f.mkdir()
+    (f / "cat.png").write_bytes(_png(data.chelsea()[:80, :120]))
+    (f / "cat.txt").write_text("a photo of a cat")
+    (f / "coffee.png").write_bytes(_png(data.coffee()[:64, :64]))
+    (f / "coffee.txt").write_bytes(b"caf\xe9 latin-1")  # not UTF-8: the image is kept without text
+    (f / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    (f / "empty.wav").write_bytes(b"")
+    (f / "bird.wav").write_bytes(_wav(tone))  # 1 s > audio_max_seconds: chunks, transcript dropped
+    (f / "transcripts.tsv").write_text("bird.wav\tthe sound of a bird\n")
+    # webdataset tar: image + txt, audio + json, a sample with two media files
+    with tarfile.open(d / "shard-000.tar", "w") as tf:
+        def add(name, raw):
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tf.addfile(info, io.BytesIO(raw))
+        add("s1.png", _png(data.astronaut()[:48, :48]))
+        add("s1.txt", b"an astronaut")
+        add("s2.wav", _wav(tone[:6000]))
+        add("s2.json", json.dumps({"text": "a short tone"}).encode())
+        add("s3.png", _png(data.camera()[:40, :40]))
+        add("s3.wav", _wav(tone[:4000]))
+    # JSONL: an interleaved document, a missing file, a malformed line
+    (d / "docs.jsonl").write_text("\n".join([
+        json.dumps({"segments": [{"text": "look:"}, {"image": "folder/cat.png"}, {"text": "and listen"},
+                                 {"audio": "folder/bird.wav"}]}),
+        json.dumps({"segments": [{"text": "missing"}, {"image": "nope.png"}]}),
+        "{not json",
+    ]) + "\n")
+    return d
+
+
+def _run(c, out, **kw):
+    return pretokenize([c / "docs.jsonl", c / "shard-000.tar", c / "folder"],
+                       [c / "tok_text", c / "tok_image", c / "tok_audio"], out, CFG, progress=False, **kw)
+
+
+def _files(out):
+    return {f: (out / f).read_bytes() for f in ("tokens.bin", "modality.bin", "offsets.bin")}
+
+
+def test_counts_skips_and_decoding(corpus, tmp_path, capsys):
+    st = _run(corpus, tmp_path / "a")
+    reasons = {s["source"].split("/")[-1]: s["reason"] for s in st["skipped"]}
+    assert "docs.jsonl:3" in reasons and "malformed" in reasons["docs.jsonl:3"]
+    assert "unreadable image" in reasons["docs.jsonl:2"] or "nope.png" in reasons["docs.jsonl:2"]
+    assert "2 media files" in reasons["shard-000.tar:s3"]
+    assert "broken.png" in reasons and "unreadable image" in reasons["broken.png"]
+    assert "empty.wav" in reasons
+    assert "coffee.txt" in reasons and "not UTF-8" in reasons["coffee.txt"]
+    # documents: jsonl 1, tar 2, folder: cat, coffee (no text), bird (2 chunks, no transcript) = 6 written
+    assert st["documents"] == 7 and st["split_documents"] == 1
+    assert set(st["tokens_per_modality"]) == {"text", "image", "audio"} and st["dtype"] == "uint16"
+    sh = read_shards(tmp_path / "a")
+    assert len(sh) == 7 and sh.offsets[-1] == st["tokens"] == len(sh.tokens)
+    ids, mods = sh.document(0)  # the interleaved JSONL document round-trips through unpack
+    un = sh.vocab.unpack(np.asarray(ids, np.int64))
+    kinds = [next(iter(s)) for s in un.segments]
+    assert kinds == ["text", "image", "text", "audio", "audio"] and not un.problems  # 1 s audio in 2 chunks
+    assert un.segments[1]["image"].shape[-2:] == (8, 8)  # 32 px / f4
+    from unitok.data.pretokenize import decode_cli
+    from argparse import Namespace
+
+    assert decode_cli(Namespace(shards=str(tmp_path / "a"), doc=0, out=str(tmp_path / "dec"))) == 0
+    names = sorted(p.name for p in (tmp_path / "dec").iterdir())
+    assert names == ["doc0_00_text.txt", "doc0_01_image.png", "doc0_02_text.txt", "doc0_03_audio.wav",
+                     "doc0_04_audio.wav"]
+    assert Image.open(tmp_path / "dec" / "doc0_01_image.png").size == (32, 32)
+    assert (tmp_path / "dec" / "doc0_00_text.txt").read_text() == "look:"
+
+
+def test_untrained_tokenizer_is_refused(corpus, tmp_path):
+    from unitok.errors import ConfigError
+    from unitok.tokenizers.image import ImageTokenizer, image_preset
+
+    ImageTokenizer(image_preset("debug")).save_pretrained(tmp_path / "cold")
+    with pytest.raises(ConfigError, match="never trained"):
+        pretokenize([corpus / "folder"], [corpus / "tok_text", tmp_path / "cold"], tmp_path / "o", CFG)
+
+
+def test_interrupt_resume_and_workers_are_byte_identical(corpus, tmp_path):
+    _run(corpus, tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus, tmp_path / "cut", stop_after=3, commit_every=2)
+    assert (tmp_path / "cut" / "progress.json").is_file()
+    from unitok.errors import DataError
+
+    with pytest.raises(DataError, match="--resume"):
+        _run(corpus, tmp_path / "cut")
+    with pytest.raises(DataError, match="interrupted"):
+        read_shards(tmp_path / "cut")
+    _run(corpus, tmp_path / "cut", resume=True)
+    _run(corpus, tmp_path / "w2", workers=2)
+    ref = _files(tmp_path / "ref")
+    assert _files(tmp_path / "cut") == ref and _files(tmp_path / "w2") == ref
+    strip = lambda p: {k: v for k, v in json.loads((p / "stats.json").read_text()).items() if k != "timings"}
+    assert strip(tmp_path / "cut") == strip(tmp_path / "ref") == strip(tmp_path / "w2")

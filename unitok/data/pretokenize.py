@@ -1,0 +1,607 @@
+"""Interleaved documents -> memory-mapped token shards, once, before language-model training.
+
+    unitok pretokenize docs.jsonl shards/*.tar folder/ --tokenizer TEXT IMAGE AUDIO --out SHARDS [--workers N] [--resume]
+
+Inputs (any mix, read in the order given; inside a folder or tar in sorted / archive order):
+* JSONL manifests: one document per line, {"segments": [{"text": "..."}, {"image": "a.jpg"},
+  {"audio": "b.wav"}, {"video": "c.mp4"}]}, media paths relative to the manifest;
+* webdataset tar shards: members grouped by key (the name up to its first dot): media files and a
+  `.txt` or `.json` ({"text": ...} or {"caption": ...}) text. Read in memory, never extracted;
+  members that are not regular files, or larger than `max_member_mb`, are refused with a reason;
+* folders of media with same-stem `.txt` captions, or a `captions.tsv` / `transcripts.tsv`
+  (file <TAB> text) beside them.
+For tar and folder pairs the order (text first or media first) is a seeded per-document choice
+(`text_first_ratio`), so both directions are learned.
+
+Policy (recorded in stats.json): images resized (shorter side) and centre-cropped to `image_size`;
+video resampled to `video_fps`, resized and cropped to `video_size`, split into clips of
+`video_frames` frames; audio at the tokenizer's rate and channels (stereo mixed to mono), split
+into chunks of at most `audio_max_seconds` (a transcript stays with its audio only when the whole
+clip fits). A document longer than `max_doc_tokens` is skipped.
+
+SHARDS/: tokens.bin (uint16 when the vocabulary fits, else uint32), modality.bin (uint8, one per
+token), offsets.bin (int64, document starts and the end), vocab.json, tokenizers/<modality>/ (the
+tokenizers, for decoding), stats.json (documents, tokens per modality, every skipped input with its
+source and reason, the policy, timings). Documents are written in input order whatever the number
+of workers, and a run resumes from its last committed document (progress.json), so the output is
+byte-identical for any --workers and across interruptions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from unitok.errors import ConfigError, DataError
+
+__all__ = ["PretokenizeConfig", "pretokenize", "read_shards", "Shards", "MEDIA_EXTS"]
+
+MEDIA_EXTS = {
+    "image": {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"},
+    "audio": {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a"},
+    "video": {".mp4", ".webm", ".mkv", ".mov", ".avi"},
+}
+FILES = ("tokens.bin", "modality.bin", "offsets.bin")
+
+
+@dataclass
+class PretokenizeConfig:
+    image_size: int = 256
+    video_size: int = 128
+    video_fps: float = 8.0
+    video_frames: int = 9  # frames per clip (what the video tokenizer takes, e.g. 1 + 4k)
+    audio_max_seconds: float = 10.0
+    text_first_ratio: float = 0.5  # tar/folder pairs: probability that the text comes first
+    max_doc_tokens: int | None = None  # longer documents are skipped (they cannot fit the context)
+    max_image_pixels: int = 64_000_000  # decompression-bomb guard
+    max_member_mb: float = 256.0  # tar members larger than this are refused
+    seed: int = 0
+
+
+# ------------------------------------------------------------------ enumerating documents
+# A document is (source, [segment]) with segments ("text", str) or (kind, Media).
+@dataclass
+class Media:
+    name: str  # for messages: a path, or "archive.tar:member"
+    path: str | None = None
+    data: bytes | None = None
+
+    def open(self):
+        return io.BytesIO(self.data) if self.data is not None else self.path
+
+
+def _kind(name: str) -> str | None:
+    ext = os.path.splitext(name)[1].lower()
+    return next((k for k, exts in MEDIA_EXTS.items() if ext in exts), None)
+
+
+def _pair(source: str, text: str | None, kind: str, media: Media, cfg: PretokenizeConfig) -> tuple:
+    if text is None:
+        return source, [(kind, media)]
+    first = random.Random(f"{cfg.seed}:{source}").random() < cfg.text_first_ratio
+    segs = [("text", text), (kind, media)]
+    return source, segs if first else segs[::-1]
+
+
+def iter_documents(inputs: list[str], cfg: PretokenizeConfig, skipped: list) -> Iterator[tuple]:
+    """Every document of the inputs, in a deterministic order. Unreadable inputs go to `skipped`."""
+    for inp in inputs:
+        p = Path(inp)
+        if p.is_dir():
+            yield from _folder(p, cfg, skipped)
+        elif p.suffix == ".jsonl":
+            yield from _jsonl(p, skipped)
+        elif p.suffix == ".tar":
+            yield from _tar(p, cfg, skipped)
+        elif not p.exists():
+            skipped.append({"source": str(p), "reason": "not found"})
+        else:
+            skipped.append({"source": str(p), "reason": "not a .jsonl manifest, a .tar shard or a folder"})
+
+
+def _jsonl(p: Path, skipped: list) -> Iterator[tuple]:
+    try:
+        lines = p.read_bytes().split(b"\n")
+    except OSError as e:
+        skipped.append({"source": str(p), "reason": f"unreadable ({e.strerror})"})
+        return
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        src = f"{p}:{n}"
+        try:
+            doc = json.loads(line.decode("utf-8"))
+            segs = []
+            for seg in doc["segments"]:
+                (kind, value), = seg.items()
+                if kind == "text":
+                    segs.append(("text", str(value)))
+                elif kind in MEDIA_EXTS:
+                    segs.append((kind, Media(str(p.parent / value), path=str(p.parent / value))))
+                else:
+                    raise ValueError(f"unknown segment kind {kind!r}")
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            skipped.append({"source": src, "reason": f"malformed line ({type(e).__name__}: {str(e)[:80]})"})
+            continue
+        yield src, segs
+
+
+def _decode_text(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name}: not UTF-8 text (byte {e.start})") from None
+
+
+def _folder(d: Path, cfg: PretokenizeConfig, skipped: list) -> Iterator[tuple]:
+    captions: dict[str, str] = {}
+    for tsv in ("captions.tsv", "transcripts.tsv"):
+        if (d / tsv).is_file():
+            try:
+                for line in _decode_text((d / tsv).read_bytes(), str(d / tsv)).splitlines():
+                    if "\t" in line:
+                        f, t = line.split("\t", 1)
+                        captions[f.strip()] = t.strip()
+            except DataError as e:
+                skipped.append({"source": str(d / tsv), "reason": str(e).split(": ", 1)[-1]})
+    for f in sorted(d.iterdir()):
+        kind = _kind(f.name)
+        if kind is None or f.name.startswith("."):
+            continue
+        text = captions.get(f.name, captions.get(f.stem))
+        txt = f.with_suffix(".txt")
+        if text is None and txt.is_file():
+            try:
+                text = _decode_text(txt.read_bytes(), str(txt)).strip()
+            except DataError as e:
+                skipped.append({"source": str(txt), "reason": str(e).split(": ", 1)[-1] + "; media kept without text"})
+        yield _pair(str(f), text, kind, Media(str(f), path=str(f)), cfg)
+
+
+def _tar(p: Path, cfg: PretokenizeConfig, skipped: list) -> Iterator[tuple]:
+    limit = int(cfg.max_member_mb * 2**20)
+    groups: dict[str, dict] = {}
+    try:
+        with tarfile.open(p, "r:*") as tf:
+            for m in tf:
+                src = f"{p}:{m.name}"
+                if not m.isfile():
+                    if not m.isdir():
+                        skipped.append({"source": src, "reason": "not a regular file (refused)"})
+                    continue
+                if m.size > limit:
+                    skipped.append({"source": src, "reason": f"member of {m.size / 2**20:.0f} MB > max_member_mb"})
+                    continue
+                base = os.path.basename(m.name)
+                if base.startswith(".") or "." not in base:
+                    continue
+                key = os.path.join(os.path.dirname(m.name), base.split(".", 1)[0])
+                groups.setdefault(key, {})[base.split(".", 1)[1].lower()] = (m.name, tf.extractfile(m).read())
+    except (tarfile.TarError, OSError, EOFError) as e:
+        skipped.append({"source": str(p), "reason": f"unreadable tar ({type(e).__name__}: {str(e)[:80]})"})
+    for key, members in groups.items():
+        src = f"{p}:{key}"
+        media = [(k, n, raw) for ext, (n, raw) in members.items() if (k := _kind("x." + ext))]
+        if len(media) != 1:
+            skipped.append({"source": src, "reason": f"{len(media)} media files in the sample (need one)"})
+            continue
+        kind, name, raw = media[0]
+        text = None
+        try:
+            if "txt" in members:
+                text = _decode_text(members["txt"][1], f"{p}:{members['txt'][0]}").strip()
+            elif "json" in members:
+                meta = json.loads(_decode_text(members["json"][1], f"{p}:{members['json'][0]}"))
+                text = meta.get("text", meta.get("caption")) if isinstance(meta, dict) else None
+        except (DataError, json.JSONDecodeError) as e:
+            skipped.append({"source": src, "reason": f"{str(e).split(': ', 1)[-1]}; media kept without text"})
+        yield _pair(src, text, kind, Media(f"{p}:{name}", data=raw), cfg)
+
+
+# ------------------------------------------------------------------ tokenizing one document
+class Tokenizing:
+    """Lives in each worker: the tokenizers, the vocabulary and the policy."""
+
+    def __init__(self, tokenizer_dirs: list[str], cfg: PretokenizeConfig):
+        import torch
+
+        from unitok.tokenizers.base import load_tokenizer
+        from unitok.vocab import UnifiedVocab
+
+        torch.set_num_threads(1)
+        self.cfg = cfg
+        self.toks = {}
+        for d in tokenizer_dirs:
+            t = load_tokenizer(d)
+            if t.modality in self.toks:
+                raise ConfigError(f"two {t.modality} tokenizers given ({d}); one per modality")
+            cold = [k for k, v in (t.state_dict().items() if hasattr(t, "state_dict") else ())
+                    if k.endswith("initted") and not bool(v.all())]
+            if cold:  # its first encode would k-means-initialise the codebook on whatever it sees first
+                raise ConfigError(f"{d}: the {t.modality} tokenizer was never trained ({cold[0]} is False); "
+                                  "codes would depend on the order of the data")
+            self.toks[t.modality] = t
+        self.vocab = UnifiedVocab.from_tokenizers(self.toks.values())
+
+    def __call__(self, doc) -> tuple:
+        """-> (source, "ok", [Packed]), (source, "split", [Packed per chunk]) or (source, "skip", reason)."""
+        source, segs = doc
+        return (source, *self._tokenize(segs))
+
+    def _tokenize(self, segs) -> tuple:
+        try:
+            out = []
+            pairs = len(segs) == 2 and sum(k == "text" for k, _ in segs) == 1
+            for kind, value in segs:
+                if kind == "text":
+                    if "text" not in self.toks:
+                        raise DataError("no text tokenizer given")
+                    out.append({"text": self.toks["text"].encode(value)})
+                    continue
+                if kind not in self.toks:
+                    raise DataError(f"no {kind} tokenizer given")
+                chunks = getattr(self, f"_{kind}")(value)
+                if pairs and len(chunks) > 1:  # a transcript stays only with a clip that fits whole
+                    return "split", [self.vocab.pack([{kind: c}]) for c in chunks]
+                out.extend({kind: c} for c in chunks)
+            packed = self.vocab.pack(out)
+        except DataError as e:
+            return "skip", str(e)
+        except (ValueError, RuntimeError) as e:
+            return "skip", f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        return "ok", [packed]
+
+    def _image(self, m: Media) -> list:
+        import torch
+        from PIL import Image
+
+        from unitok.data.media import read_image, to_tensor
+
+        Image.MAX_IMAGE_PIXELS = self.cfg.max_image_pixels
+        try:
+            img = read_image(m.open())
+        except Image.DecompressionBombError as e:
+            raise DataError(f"refused: {e}") from None
+        except DataError as e:
+            raise DataError(f"unreadable image ({str(e).split('(', 1)[-1].rstrip(')')})") from None
+        s = self.cfg.image_size
+        x = _resize_crop(to_tensor(img)[None], s)
+        with torch.no_grad():
+            codes = self.toks["image"].encode(x)[0]
+        return [codes.numpy()]
+
+    def _audio(self, m: Media) -> list:
+        import torch
+
+        from unitok.data.audio import decode_audio, to_model_format
+
+        tok = self.toks["audio"]
+        wav, sr = decode_audio(m.open(), m.name)
+        wav = to_model_format(wav, sr, tok.config.sample_rate, tok.config.channels)
+        if wav.abs().max() < 1e-4:
+            raise DataError("silent audio")
+        n = int(self.cfg.audio_max_seconds * tok.config.sample_rate)
+        hop = math.prod(tok.config.upsampling_ratios)
+        if wav.shape[-1] < hop:
+            raise DataError(f"audio of {wav.shape[-1]} samples is shorter than one frame ({hop})")
+        out = []
+        with torch.no_grad():
+            for s in range(0, wav.shape[-1], n):
+                seg = wav[:, s:s + n]
+                if seg.shape[-1] >= hop:
+                    out.append(tok.encode(seg[None])[0].numpy())
+        return out
+
+    def _video(self, m: Media) -> list:
+        import torch
+
+        from unitok.data.media import to_tensor
+
+        frames = read_video_at(m.open(), m.name, self.cfg.video_fps)  # (T, H, W, 3)
+        F_ = self.cfg.video_frames
+        if len(frames) < F_:
+            raise DataError(f"video of {len(frames)} frames at {self.cfg.video_fps:g} fps < one clip ({F_})")
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(frames) - F_ + 1, F_):
+                x = _resize_crop(to_tensor(frames[s:s + F_]), self.cfg.video_size)  # (T, 3, S, S)
+                out.append(self.toks["video"].encode(x.transpose(0, 1)[None])[0].numpy())
+        return out
+
+
+def _resize_crop(x, size: int):
+    """(N, 3, H, W) -> (N, 3, size, size): shorter side to `size` (antialiased), centre crop."""
+    import torch.nn.functional as F
+
+    H, W = x.shape[-2:]
+    s = size / min(H, W)
+    h, w = max(size, round(H * s)), max(size, round(W * s))
+    x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=s < 1, align_corners=False)
+    t, l_ = (h - size) // 2, (w - size) // 2
+    return x[..., t:t + size, l_:l_ + size].clamp(-1, 1)
+
+
+def read_video_at(src, name: str, fps: float, max_frames: int = 4096) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames sampled at `fps` (nearest earlier frame), from a path or file object."""
+    import av
+
+    frames, t_next = [], 0.0
+    try:
+        with av.open(src) as c:
+            stream = c.streams.video[0]
+            for fr in c.decode(stream):
+                t = float(fr.pts * stream.time_base) if fr.pts is not None else t_next
+                if t + 1e-6 >= t_next:
+                    frames.append(fr.to_ndarray(format="rgb24"))
+                    t_next += 1.0 / fps
+                    if len(frames) >= max_frames:
+                        break
+    except (av.error.FFmpegError, IndexError, OSError, ValueError) as e:
+        raise DataError(f"{name}: unreadable video ({str(e)[:120]})") from None
+    if not frames:
+        raise DataError(f"{name}: no video frames")
+    return np.stack(frames)
+
+
+# ------------------------------------------------------------------ the run
+_worker: Tokenizing | None = None
+
+
+def _init(dirs, cfg):
+    global _worker
+    _worker = Tokenizing(dirs, cfg)
+
+
+def _work(doc):
+    return _worker(doc)
+
+
+def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: PretokenizeConfig | None = None, *,
+                workers: int = 0, resume: bool = False, progress: bool = True, commit_every: int = 64,
+                stop_after: int | None = None) -> dict:
+    """Write SHARDS; returns the stats. `stop_after` documents (tests) simulates an interruption."""
+    cfg = cfg or PretokenizeConfig()
+    out = Path(out)
+    prog_path = out / "progress.json"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise DataError(f"{out} is not empty; pass --resume to continue an interrupted run or choose another --out")
+    if resume and (out / "stats.json").is_file() and not prog_path.is_file():
+        raise DataError(f"{out} is complete (stats.json); nothing to resume")
+    main_tok = Tokenizing(tokenizer_dirs, cfg)
+    vocab = main_tok.vocab
+    identities = {m: t.identity() for m, t in main_tok.toks.items()}
+    dtype = np.uint16 if vocab.size <= 65536 else np.uint32
+    out.mkdir(parents=True, exist_ok=True)
+    policy = asdict(cfg)
+    done, sizes = 0, [0, 0, 8]
+    stats = {"documents": 0, "tokens": 0, "tokens_per_modality": {}, "skipped": [], "split_documents": 0}
+    if resume and prog_path.is_file():
+        prog = json.loads(prog_path.read_text())
+        if prog["policy"] != policy or prog["vocab_hash"] != vocab.hash or prog["inputs"] != [str(i) for i in inputs]:
+            raise ConfigError(f"{out}: --resume with different inputs, tokenizers or policy than the interrupted run")
+        done, sizes, stats = prog["docs_done"], prog["sizes"], prog["stats"]
+    else:
+        vocab.save(out / "vocab.json")
+        for m, t in main_tok.toks.items():
+            shutil.rmtree(out / "tokenizers" / m, ignore_errors=True)
+            t.save_pretrained(out / "tokenizers" / m)
+        (out / "offsets.bin").write_bytes(np.zeros(1, np.int64).tobytes())
+        for f in FILES[:2]:
+            (out / f).write_bytes(b"")
+    for f, size in zip(FILES, sizes):  # drop what was written after the last commit
+        with open(out / f, "r+b") as fh:
+            fh.truncate(size)
+    files = [open(out / f, "ab") for f in FILES]
+    n_tokens = sizes[0] // np.dtype(dtype).itemsize
+    skipped_inputs: list = []
+    docs = iter_documents(list(map(str, inputs)), cfg, skipped_inputs)
+    t0, last_print, seen = time.time(), time.time(), 0
+
+    def commit():
+        for fh in files:
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp = prog_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"docs_done": seen, "sizes": [fh.tell() for fh in files], "stats": stats,
+                                   "policy": policy, "vocab_hash": vocab.hash, "inputs": [str(i) for i in inputs]}))
+        os.replace(tmp, prog_path)
+
+    def write(packed):
+        nonlocal n_tokens
+        if cfg.max_doc_tokens and len(packed.ids) > cfg.max_doc_tokens:
+            return f"{len(packed.ids)} tokens > max_doc_tokens {cfg.max_doc_tokens}"
+        files[0].write(packed.ids.astype(dtype).tobytes())
+        files[1].write(packed.modality.astype(np.uint8).tobytes())
+        n_tokens += len(packed.ids)
+        files[2].write(np.array([n_tokens], np.int64).tobytes())
+        stats["documents"] += 1
+        stats["tokens"] += len(packed.ids)
+        names = ["text", "image", "video", "audio"]
+        counts = np.bincount(packed.modality, minlength=4)
+        for i, c in enumerate(counts[:4]):
+            if c:
+                tpm = stats["tokens_per_modality"]
+                tpm[names[i]] = tpm.get(names[i], 0) + int(c)
+        return None
+
+    pool = None
+    try:
+        import itertools
+
+        todo = itertools.islice(docs, done, None)
+        if workers > 0:
+            import multiprocessing as mp
+
+            pool = mp.get_context("spawn").Pool(workers, _init, (list(map(str, tokenizer_dirs)), cfg))
+            results = pool.imap(_work, todo, chunksize=4)
+        else:
+            results = map(main_tok, todo)
+        seen = done
+        for doc, kind, payload in results:
+            seen += 1
+            if kind == "skip":
+                stats["skipped"].append({"source": doc, "reason": payload})
+            else:
+                if kind == "split":
+                    stats["split_documents"] += 1
+                for packed in payload:
+                    why = write(packed)
+                    if why:
+                        stats["skipped"].append({"source": doc, "reason": why})
+            if seen % commit_every == 0:
+                commit()
+            if progress and time.time() - last_print > 10:
+                last_print = time.time()
+                dt = time.time() - t0
+                print(f"pretokenize: {seen} documents, {stats['tokens']} tokens ({(seen - done) / dt:.1f} docs/s, "
+                      f"{(n_tokens - sizes[0] // np.dtype(dtype).itemsize) / dt:.0f} tokens/s)", file=sys.stderr,
+                      flush=True)
+            if stop_after is not None and seen - done >= stop_after:
+                commit()
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        commit()
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+        for fh in files:
+            fh.close()
+    stats["skipped"] = skipped_inputs + stats["skipped"]  # unreadable inputs (manifests, archives) first
+    stats.update(vocab_size=vocab.size, dtype=np.dtype(dtype).name, policy=policy, inputs=[str(i) for i in inputs],
+                 tokenizers=identities,
+                 timings={"seconds": round(time.time() - t0, 2), "workers": workers})
+    (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    prog_path.unlink(missing_ok=True)
+    return stats
+
+
+# ------------------------------------------------------------------ reading shards
+@dataclass
+class Shards:
+    """Memory-mapped token shards: tokens[offsets[i]:offsets[i+1]] is document i."""
+
+    path: Path
+    tokens: np.ndarray
+    modality: np.ndarray
+    offsets: np.ndarray
+    vocab: object
+    stats: dict
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def document(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.tokens[a:b], self.modality[a:b]
+
+
+def read_shards(path) -> Shards:
+    from unitok.vocab import UnifiedVocab
+
+    p = Path(path)
+    if (p / "progress.json").is_file():
+        raise DataError(f"{p}: pretokenization was interrupted; finish it with `unitok pretokenize ... --resume`")
+    for f in (*FILES, "vocab.json", "stats.json"):
+        if not (p / f).is_file():
+            raise DataError(f"{p}: not a token shard directory ({f} is missing)")
+    vocab = UnifiedVocab.load(p / "vocab.json")
+    stats = json.loads((p / "stats.json").read_text())
+    dtype = np.dtype(stats["dtype"])
+    tokens = np.memmap(p / "tokens.bin", dtype=dtype, mode="r") if (p / "tokens.bin").stat().st_size else \
+        np.zeros(0, dtype)
+    modality = np.memmap(p / "modality.bin", dtype=np.uint8, mode="r") if len(tokens) else np.zeros(0, np.uint8)
+    offsets = np.fromfile(p / "offsets.bin", dtype=np.int64)
+    if offsets[-1] != len(tokens) or len(modality) != len(tokens):
+        raise DataError(f"{p}: shard files disagree (offsets end {offsets[-1]}, {len(tokens)} tokens)")
+    return Shards(p, tokens, modality, offsets, vocab, stats)
+
+
+# ------------------------------------------------------------------ CLI
+def run_cli(args) -> int:
+    from unitok.config import from_dict, parse_overrides
+
+    cfg = from_dict(PretokenizeConfig, parse_overrides(args.set or []), source="--set")
+    try:
+        stats = pretokenize(args.data, args.tokenizer, args.out, cfg, workers=args.workers, resume=args.resume)
+    except KeyboardInterrupt:
+        print("unitok: interrupted; the documents done so far are kept: continue with the same command and "
+              "--resume", file=sys.stderr)
+        return 130
+    _print_stats(stats, args.out)
+    return 0
+
+
+def _print_stats(stats: dict, path) -> None:
+    t = stats["timings"]
+    print(f"{path}: {stats['documents']} documents, {stats['tokens']} tokens ({stats['dtype']}, vocabulary "
+          f"{stats['vocab_size']}) in {t['seconds']} s with {t['workers']} worker(s)")
+    for m, n in stats["tokens_per_modality"].items():
+        print(f"  {m:6s} {n} tokens")
+    print(f"  skipped {len(stats['skipped'])}" + "".join(f"\n    {x['source']}: {x['reason']}" for x in stats["skipped"][:20]))
+
+
+def show_cli(args) -> int:
+    sh = read_shards(args.shards)
+    _print_stats(sh.stats, sh.path)
+    return 0
+
+
+def decode_cli(args) -> int:
+    """Write document N back as text and media files through the tokenizers' decoders."""
+    import torch
+
+    from unitok.data.audio import write_wav
+    from unitok.data.media import to_uint8
+    from unitok.tokenizers.base import load_tokenizer
+
+    sh = read_shards(args.shards)
+    if not 0 <= args.doc < len(sh):
+        raise DataError(f"--doc {args.doc} outside [0, {len(sh)})")
+    toks = {d.name: load_tokenizer(d) for d in sorted((sh.path / "tokenizers").iterdir())}
+    ids, _ = sh.document(args.doc)
+    un = sh.vocab.unpack(np.asarray(ids, np.int64), text_tokenizer=toks.get("text"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, seg in enumerate(un.segments):
+        (kind, value), = seg.items()
+        f = out / f"doc{args.doc}_{i:02d}_{kind}"
+        if kind == "text":
+            f = f.with_suffix(".txt")
+            f.write_text(value if isinstance(value, str) else " ".join(map(str, value)))
+        else:
+            with torch.no_grad():
+                codes = torch.as_tensor(np.asarray(value))[None]
+                y = toks[kind].decode(codes)[0]
+            if kind == "image":
+                from PIL import Image
+
+                f = f.with_suffix(".png")
+                Image.fromarray(to_uint8(y)).save(f)
+            elif kind == "audio":
+                f = f.with_suffix(".wav")
+                write_wav(f, y, toks[kind].config.sample_rate)
+            else:
+                import imageio.v3 as iio
+
+                f = f.with_suffix(".gif")
+                iio.imwrite(f, to_uint8(y.transpose(0, 1)), duration=1000 / 8, loop=0)
+        written.append(f)
+    for w in written:
+        print(w)
+    for p in un.problems:
+        print(f"problem: {p}", file=sys.stderr)
+    return 0
