@@ -143,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("old", help="old run directory or checkpoint directory")
     p.add_argument("new", help="directory to write the converted run into")
 
+    # --- unified pretraining
+    p = _add(sub, "train", "unitok.training.unified:run_cli", "pretrain the unified model on token shards",
+             "Train one transformer on packed documents of every modality (from `unitok pretokenize`), with the\n"
+             "loss per modality on training batches and on a held-out split. Also under torchrun\n"
+             "(run.parallel=ddp or fsdp2).", epilog=LM_EPILOG)
+    p.add_argument("config", help="run config YAML, e.g. configs/train/unified-debug.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--data", required=True, help="token shard directory")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    p.add_argument("--allow-recipe-change", action="store_true", help=CHANGE_HELP)
+
     # --- pretokenize and shards
     p = _add(sub, "pretokenize", "unitok.data.pretokenize:run_cli", "interleaved documents -> token shards",
              "Tokenize JSONL manifests, webdataset .tar shards and folders of media (with .txt captions or a\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["fully_shard_model", "save_sharded", "load_sharded", "DCP_DIR"]
+__all__ = ["fully_shard_model", "save_sharded", "load_sharded", "checkpoint_blocks", "DCP_DIR"]
 
 DCP_DIR = "dcp"  # inside a checkpoint directory
 
@@ -55,3 +55,12 @@ def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
 
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Activation checkpointing: each transformer block recomputes its activations in the backward."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    blocks = getattr(model, "blocks")
+    for i, b in enumerate(blocks):
+        blocks[i] = checkpoint_wrapper(b)

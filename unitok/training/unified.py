@@ -1,0 +1,278 @@
+"""Unified multimodal pretraining on token shards, on the engine.
+
+    unitok train configs/train/unified-debug.yaml --data SHARDS --out RUN [--resume] [key=value ...]
+    torchrun --nproc_per_node=2 -m unitok.cli train CONFIG --data SHARDS --out RUN run.parallel=fsdp2
+
+One `UnifiedTransformer` learns next tokens over packed documents of every modality
+(`unitok.data.packed`): attention and positions restart per document and no loss crosses one.
+The loss is logged per modality (text, image, video, audio) on training batches and on the
+held-out split; `loss_weights` weight the modalities (0 = input only), `model.z_loss` adds the
+z-loss, `cond_dropout` removes the text before media spans at that rate (classifier-free guidance;
+recorded in the checkpoint). `init_from` starts from a text-LM checkpoint (text and special rows
+copied, new rows initialised). The checkpoint carries the vocabulary, every tokenizer of the shards
+and a card (README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unitok.config import load_config, to_dict
+from unitok.errors import ConfigError, VocabMismatchError
+from unitok.model.config import ModelConfig, debug
+from unitok.training.loop import Engine, OptimConfig, RunConfig, Task
+
+__all__ = ["UnifiedConfig", "UnifiedTask", "train_unified", "run_cli", "MODALITIES"]
+
+MODALITIES = ("text", "image", "video", "audio")  # Modality values 0..3
+
+
+@dataclass
+class UnifiedConfig:
+    model: ModelConfig = field(default_factory=debug)  # vocab_size comes from the shards
+    seq_len: int = 256  # tokens per packed row (<= model.max_seq_len)
+    batch_size: int = 8  # rows per step, over all ranks
+    eval_fraction: float = 0.05  # documents held out
+    eval_every: int = 100  # steps; 0 = only at the end
+    eval_batches: int = 8
+    loss_weights: dict = field(default_factory=lambda: {m: 1.0 for m in MODALITIES})
+    cond_dropout: float = 0.1  # probability that a document's text before its media spans is removed
+    bidirectional_images: bool = False  # full attention inside image spans (needs loss_weights.image = 0)
+    activation_checkpointing: bool = False
+    init_from: str | None = None  # a text-LM checkpoint to start from
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1,
+                                                                   warmup_steps=20))
+    run: RunConfig = field(default_factory=lambda: RunConfig(log_every=10, ckpt_every=200))
+
+    def __post_init__(self):
+        unknown = set(self.loss_weights) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"loss_weights: unknown modality {sorted(unknown)[0]!r}; use {', '.join(MODALITIES)}")
+        if self.seq_len > self.model.max_seq_len:
+            raise ValueError(f"seq_len {self.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
+        if self.bidirectional_images and self.loss_weights.get("image", 1.0) > 0:
+            raise ValueError("bidirectional_images attends to later image tokens, so their next-token loss "
+                             "would see the answer: set loss_weights.image=0 (images as inputs only)")
+        if not 0 <= self.cond_dropout < 1:
+            raise ValueError("cond_dropout must be in [0, 1)")
+
+
+class UnifiedTask(Task):
+    kind = "transformer"
+
+    def __init__(self, cfg: UnifiedConfig, engine: Engine, shards):
+        from unitok.data.packed import PackedBatches
+        from unitok.model.transformer import UnifiedTransformer
+
+        if cfg.batch_size % engine.world:
+            raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {engine.world} processes")
+        self.cfg, self.engine, self.shards = cfg, engine, shards
+        cfg.model.vocab_size = shards.vocab.size
+        self.model = UnifiedTransformer(cfg.model).to(engine.device)
+        if cfg.init_from:
+            self._init_from(cfg.init_from)
+        if cfg.activation_checkpointing:
+            from unitok.training.parallel import checkpoint_blocks
+
+            checkpoint_blocks(self.model)
+        self.model_train = engine.parallelize(self.model)
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (decay if p.dim() >= 2 and "tok_emb" not in name else no_decay).append(p)
+        self.param_groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}]
+        self.data = PackedBatches(shards, cfg.seq_len, cfg.batch_size, cfg.run.seed, cfg.eval_fraction,
+                                  cfg.cond_dropout, cfg.bidirectional_images)
+        w = torch.tensor([cfg.loss_weights.get(m, 1.0) for m in MODALITIES], dtype=torch.float32)
+        self.weights = w.to(engine.device)
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.optim.grad_accum
+
+    def _init_from(self, path) -> None:
+        """Copy a text LM's weights: every tensor of the same shape, and the text + special rows of
+        the embedding and output matrices (their ids are the same in both vocabularies)."""
+        from unitok.checkpoint import load_model
+
+        lm = load_model(path)
+        if lm.kind != "transformer" or lm.vocab is None:
+            raise ConfigError(f"init_from {path}: not a language-model checkpoint")
+        if lm.vocab.text_tokenizer != self.shards.vocab.text_tokenizer:
+            raise VocabMismatchError(f"init_from {path}: its text tokenizer differs from the shards' "
+                                     f"({lm.vocab.text_tokenizer.get('sha256')} vs "
+                                     f"{self.shards.vocab.text_tokenizer.get('sha256')})")
+        n = lm.vocab.size_start  # text ids, then the special tokens
+        own, src = self.model.state_dict(), lm.model.state_dict()
+        with torch.no_grad():
+            for k, v in src.items():
+                if k not in own:
+                    continue
+                if own[k].shape == v.shape:
+                    own[k].copy_(v)
+                elif k in ("tok_emb.weight", "lm_head.weight") and own[k].shape[1:] == v.shape[1:]:
+                    own[k][:n].copy_(v[:n])
+                else:
+                    raise ConfigError(f"init_from {path}: {k} has shape {tuple(v.shape)}, the model "
+                                      f"{tuple(own[k].shape)}; use the same model dimensions")
+
+    # what the checkpoint holds
+    def model_config(self) -> dict:
+        return to_dict(self.cfg.model)
+
+    def vocab(self):
+        return self.shards.vocab
+
+    def tokenizers(self) -> dict:
+        return {d.name: d for d in sorted((self.shards.path / "tokenizers").iterdir())}
+
+    def extra_state(self) -> dict:
+        return {"cond_dropout": self.cfg.cond_dropout, "shards_vocab_hash": self.shards.vocab.hash}
+
+    def data_state(self):
+        return dict(self.data.state)
+
+    def load_data_state(self, state) -> None:
+        self.data.state = dict(state)
+
+    # the step
+    def _losses(self, b, model) -> tuple[torch.Tensor, dict]:
+        dev = self.engine.device
+        with self.engine.autocast():
+            nll = model(b.ids.to(dev), b.targets.to(dev), doc_ids=b.doc_ids.to(dev),
+                        span_ids=None if b.span_ids is None else b.span_ids.to(dev), reduction="none")
+        nll = nll.float().view(-1)
+        valid = (b.targets.view(-1) != -100).to(dev)
+        mod = b.modality.view(-1).to(dev).clamp(0, 3)
+        w = self.weights[mod] * valid
+        loss = (nll * w).sum() / w.sum().clamp_min(1e-9)
+        sums = torch.zeros(4, device=dev).index_add_(0, mod, nll * valid)
+        counts = torch.zeros(4, device=dev).index_add_(0, mod, valid.float())
+        return loss, {"sums": sums.detach(), "counts": counts}
+
+    def forward_backward(self, scale: float) -> dict:
+        b = self.data.next(self.engine.world, self.engine.rank)
+        loss, parts = self._losses(b, self.model_train)
+        (loss * scale).backward()
+        m = {"loss": float(loss.detach())}
+        for i, name in enumerate(MODALITIES):
+            if parts["counts"][i] > 0:
+                m[f"loss_{name}"] = float(parts["sums"][i] / parts["counts"][i])
+        return m
+
+    def end_step(self, step: int) -> dict:
+        out = {"tokens": (step + 1) * self.tokens_per_step}
+        if self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0:
+            out.update(self.evaluate())
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out loss per modality (every rank computes it: FSDP2 gathers weights collectively)."""
+        batches = self.data.eval_batches(self.cfg.eval_batches)
+        if not batches:
+            return {}
+        was = self.model.training
+        self.model.eval()
+        sums = torch.zeros(4, device=self.engine.device)
+        counts = torch.zeros(4, device=self.engine.device)
+        for b in batches:
+            _, parts = self._losses(b, self.model)
+            sums += parts["sums"]
+            counts += parts["counts"]
+        self.model.train(was)
+        out = {"eval_loss": float(sums.sum() / counts.sum().clamp_min(1))}
+        for i, name in enumerate(MODALITIES):
+            if counts[i] > 0:
+                out[f"eval_loss_{name}"] = float(sums[i] / counts[i])
+        return out
+
+    def finish(self) -> dict:
+        ev = self.evaluate()
+        if ev:
+            self.engine.history.append({"step": self.engine.step, "final_eval": True, **ev})
+        return ev
+
+
+def train_unified(cfg: UnifiedConfig, shards_dir, out, *, resume: bool = False, allow_recipe_change: bool = False,
+                  progress: bool = True) -> tuple:
+    from unitok.data.pretokenize import read_shards
+
+    shards = read_shards(shards_dir)
+    out = Path(out)
+    engine = Engine(cfg.run, cfg.optim, out, recipe=to_dict(cfg), resume=resume,
+                    allow_recipe_change=allow_recipe_change, progress=progress, name="unified")
+    if engine.resume_from is not None:
+        saved = json.loads((engine.resume_from / "vocab.json").read_text())["hash"]
+        if saved != shards.vocab.hash:
+            raise VocabMismatchError(f"{engine.resume_from}: trained on shards with another vocabulary "
+                                     f"({saved[:12]} vs {shards.vocab.hash[:12]})")
+    task = UnifiedTask(cfg, engine, shards)
+    if engine.main:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"unified: {task.model.num_params() / 1e6:.2f}M params, vocabulary {shards.vocab.size}, "
+              f"{len(task.data.train_docs)} training / {len(task.data.eval_docs)} held-out documents", flush=True)
+    summary = engine.fit(task)
+    if engine.main:
+        plot_curves(engine.history, out / "loss.png")
+        write_card(task, summary, out / "checkpoint" / "README.md")
+    return task, summary
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training and held-out loss per modality against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, m in enumerate(MODALITIES):
+        tr = [(r["step"], r[f"loss_{m}"]) for r in history if f"loss_{m}" in r]
+        ev = [(r["step"], r[f"eval_loss_{m}"]) for r in history if f"eval_loss_{m}" in r]
+        if tr:
+            ax.plot(*zip(*tr), color=f"C{i}", lw=0.8, alpha=0.6, label=f"{m} (train)")
+        if ev:
+            ax.plot(*zip(*ev), "o-", color=f"C{i}", ms=3, label=f"{m} (held out)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_card(task: UnifiedTask, summary: dict, path: Path) -> None:
+    st, v = task.shards.stats, task.shards.vocab
+    rows = "\n".join(f"| {m} | {st['tokens_per_modality'].get(m, 0):,} | "
+                     f"{summary.get(f'eval_loss_{m}', float('nan')):.3f} |" for m in MODALITIES)
+    toks = "\n".join(f"- {m}: `{json.dumps(i)}`" for m, i in st.get("tokenizers", {}).items())
+    path.write_text(f"""# Unified model card
+
+- parameters: {task.model.num_params():,}; config: `{json.dumps(to_dict(task.cfg.model))}`
+- vocabulary: {v.size} ids (hash {v.hash[:12]}); condition dropout {task.cfg.cond_dropout}
+- data: {task.shards.path} ({st['documents']} documents, {st['tokens']:,} tokens); {summary['steps']} steps,
+  {summary['minutes']} min
+
+| modality | training tokens | held-out loss (nats/token) |
+| --- | --- | --- |
+{rows}
+
+Tokenizers:
+{toks}
+""")
+
+
+def run_cli(args) -> int:
+    cfg = load_config(UnifiedConfig, args.config, args.overrides)
+    t0 = time.time()
+    task, s = train_unified(cfg, args.data, args.out, resume=args.resume,
+                            allow_recipe_change=args.allow_recipe_change)
+    if task.engine.main:
+        per = ", ".join(f"{m} {s[f'eval_loss_{m}']:.3f}" for m in MODALITIES if f"eval_loss_{m}" in s)
+        print(f"step {s['steps']} in {(time.time() - t0) / 60:.1f} min; held-out loss per modality: {per or '-'} "
+              f"-> {task.engine.ckpt_dir}")
+    return 0
