@@ -117,3 +117,50 @@ def test_kill_resume_and_ranks(shards, tmp_path):
         rel = max(abs(la[k] - lb[k]) / abs(la[k]) for k in la)
         print(f"unified {mode}: max relative loss difference 1 vs 2 ranks {rel:.2e}")
         assert rel < 1e-4, (mode, rel)  # measured 9.2e-6: summation order only
+
+
+def test_configs_load():
+    from unitok.config import load_config
+    from unitok.training.unified import UnifiedConfig
+
+    for name in ("unified-debug", "unified-cpu", "unified-1b"):
+        cfg = load_config(UnifiedConfig, ROOT / "configs" / "train" / f"{name}.yaml")
+        assert cfg.seq_len <= cfg.model.max_seq_len
+    assert load_config(UnifiedConfig, ROOT / "configs" / "train" / "unified-1b.yaml").run.parallel == "fsdp2"
+
+
+def test_init_from_a_text_lm_copies_text_rows(shards, corpus, tmp_path):  # noqa: F811
+    """A text LM trained with the shards' text tokenizer seeds the unified model: every block and the
+    text + special rows of the embedding are copied; a different text tokenizer is refused."""
+    from unitok.checkpoint import CKPT_DIR, save_checkpoint
+    from unitok.errors import VocabMismatchError
+    from unitok.model.transformer import UnifiedTransformer
+    from unitok.tokenizers.text import TextTokenizer
+    from unitok.training.lm import text_vocab
+    from unitok.config import load_config, to_dict
+    from unitok.training.loop import Engine
+    from unitok.training.unified import UnifiedConfig, UnifiedTask
+
+    tok = TextTokenizer.from_pretrained(corpus / "tok_text")
+    lm_vocab = text_vocab(tok)
+    cfg = load_config(UnifiedConfig, DEBUG, ["run.threads=1"])
+    lm_cfg = load_config(UnifiedConfig, DEBUG).model
+    lm_cfg.vocab_size = lm_vocab.size
+    torch.manual_seed(5)
+    lm = UnifiedTransformer(lm_cfg)
+    save_checkpoint(tmp_path / "lm" / CKPT_DIR, kind="transformer", config=to_dict(lm_cfg), modules={"model": lm},
+                    state={"step": 0}, vocab=lm_vocab, tokenizers={"text": tok})
+    cfg.init_from = str(tmp_path / "lm")
+    task = UnifiedTask(cfg, Engine(cfg.run, cfg.optim, tmp_path / "run", recipe={}), read_shards(shards))
+    n = lm_vocab.size_start
+    assert torch.equal(task.model.tok_emb.weight[:n], lm.tok_emb.weight[:n])
+    assert torch.equal(task.model.blocks[1].attn.wq.weight, lm.blocks[1].attn.wq.weight)
+    assert not torch.equal(task.model.tok_emb.weight[n:n + 8], torch.zeros(8, lm_cfg.dim))  # new rows initialised
+    # a text LM with another text tokenizer
+    (tmp_path / "t2.txt").write_text("completely different words make another tokenizer here\n" * 50)
+    other = TextTokenizer.train([tmp_path / "t2.txt"], vocab_size=300)
+    save_checkpoint(tmp_path / "lm2" / CKPT_DIR, kind="transformer", config=to_dict(lm_cfg), modules={"model": lm},
+                    state={"step": 0}, vocab=text_vocab(other), tokenizers={"text": other})
+    cfg.init_from = str(tmp_path / "lm2")
+    with pytest.raises(VocabMismatchError, match="text tokenizer differs"):
+        UnifiedTask(cfg, Engine(cfg.run, cfg.optim, tmp_path / "run2", recipe={}), read_shards(shards))

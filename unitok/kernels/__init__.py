@@ -28,7 +28,7 @@ if not torch.cuda.is_available():
 from unitok.kernels.reference import (attention_mask, attention_reference, linear_cross_entropy_reference,
                                       rms_norm_reference)
 
-BACKENDS = ("sdpa", "triton", "auto")
+BACKENDS = ("sdpa", "flex", "triton", "auto")
 CE_BACKENDS = ("torch", "chunked", "triton", "auto")
 NORM_BACKENDS = ("torch", "triton", "auto")
 TRITON_HEAD_DIMS = (16, 32, 64, 128)  # head dims the fused attention kernels are built for
@@ -57,11 +57,37 @@ def attention(q, k, v, *, causal: bool = True, doc_ids=None, span_ids=None, scal
         backend = "triton" if _triton_ok(q) and half and q.shape[-1] in TRITON_HEAD_DIMS else "sdpa"
     if backend == "sdpa":
         return attention_reference(q, k, v, causal=causal, doc_ids=doc_ids, span_ids=span_ids, scale=scale)
+    if backend == "flex":
+        return flex_attention_masked(q, k, v, causal=causal, doc_ids=doc_ids, span_ids=span_ids, scale=scale)
     if backend == "triton":
         from unitok.kernels.triton_attention import flash_attention
 
         return flash_attention(q, k, v, causal=causal, doc_ids=doc_ids, span_ids=span_ids, scale=scale)
     raise ValueError(f"unknown attention backend {backend!r}; available: {', '.join(BACKENDS)}")
+
+
+def flex_attention_masked(q, k, v, *, causal: bool = True, doc_ids=None, span_ids=None, scale=None):
+    """The same mask through PyTorch's FlexAttention (a block mask built from doc_ids / span_ids; sparse
+    blocks are skipped). Compiled under `run.compile`; eager elsewhere (correct, not fast)."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, _, T, _ = q.shape
+
+    def mask_mod(b, h, qi, ki):
+        ok = (ki <= qi) if causal else (ki >= 0)
+        if span_ids is not None:
+            ok = ok | ((span_ids[b, qi] == span_ids[b, ki]) & (span_ids[b, qi] != 0))
+        if doc_ids is not None:
+            ok = ok & (doc_ids[b, qi] == doc_ids[b, ki])
+        return ok
+
+    block = create_block_mask(mask_mod, B if (doc_ids is not None or span_ids is not None) else None, None, T, T,
+                              device=q.device)
+    with warnings.catch_warnings():  # "called without torch.compile": the eager path is the reference path
+        warnings.simplefilter("ignore", UserWarning)
+        return flex_attention(q, k, v, block_mask=block, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = -100, label_smoothing: float = 0.0,

@@ -94,7 +94,14 @@ def base(**kw) -> ModelConfig:
                                max_seq_len=4096, tie_embeddings=False, z_loss=1e-4), **kw)
 
 
-PRESETS = {"debug": debug, "text": text, "small": small, "base": base}
+def large(**kw) -> ModelConfig:
+    """18 layers, dim 2048, 16 heads, GQA 8 kv heads, context 4096, untied 64k vocabulary (~1.1B params;
+    the unified GPU preset, configs/train/unified-1b.yaml)."""
+    return replace(ModelConfig(vocab_size=65536, dim=2048, n_layer=18, n_head=16, n_kv_head=8,
+                               max_seq_len=4096, tie_embeddings=False, z_loss=1e-4), **kw)
+
+
+PRESETS = {"debug": debug, "text": text, "small": small, "base": base, "large": large}
 
 
 def preset(name: str, **kw) -> ModelConfig:
