@@ -164,3 +164,13 @@ def test_init_from_a_text_lm_copies_text_rows(shards, corpus, tmp_path):  # noqa
     cfg.init_from = str(tmp_path / "lm2")
     with pytest.raises(VocabMismatchError, match="text tokenizer differs"):
         UnifiedTask(cfg, Engine(cfg.run, cfg.optim, tmp_path / "run2", recipe={}), read_shards(shards))
+
+
+def test_bench_train_reports_both_loops(tmp_path):
+    from unitok.cli import main
+
+    assert main(["bench", "train", str(DEBUG), "--steps", "3", "--repeats", "1", "--json", str(tmp_path / "b.json")]) == 0
+    r = json.loads((tmp_path / "b.json").read_text())
+    assert r["engine_tokens_per_s"] > 0 and r["bare_tokens_per_s"] > 0 and len(r["engine_runs"]) == 1
+    assert r["engine_vs_bare"] == pytest.approx(r["engine_tokens_per_s"] / r["bare_tokens_per_s"])
+    assert 0 <= r["data_wait_share"] < 1 and r["achieved_flops_per_s"] > 0 and r["peak_rss_mb"] > 0

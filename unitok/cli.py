@@ -119,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--config", default=None, help="run config (default: configs/train/text-lm.yaml)")
     p.add_argument("--seed", type=int, default=0)
+    p = _add(bench, "train", "unitok.training.train_bench:run", "training throughput: the engine vs a bare loop",
+             "Train the config's unified model for --steps steps with the engine and with a bare PyTorch loop\n"
+             "(same model, same batches), alternating --repeats times; report tokens/s of both, the engine's\n"
+             "data-wait share, peak memory and FLOP/s (MFU on a known GPU).")
+    p.add_argument("config", help="unified run config, e.g. configs/train/unified-cpu.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--steps", type=int, default=30, help="steps per run (the first is not timed; default: 30)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop (default: 3)")
+    p.add_argument("--data", default=None, help="token shards (default: synthetic documents)")
+    p.add_argument("--json", required=True, help="where to write the results")
     p = _add(bench, "kernels", "unitok.bench.kernels:run", "fused kernels vs. torch (timing needs a GPU)")
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--quick", action="store_true", help="fewer shapes")

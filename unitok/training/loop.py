@@ -450,6 +450,8 @@ class Engine:
         clip_params = list(task.model.parameters())  # model order: the norm's summation order is fixed
         last = run.max_steps if until is None else min(until, run.max_steps)
         bar = Progress(self, enabled=self.progress_enabled and self.main)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         log = open(self.out / "metrics.jsonl", "a") if self.main else None
         t0, elapsed0 = time.time(), self.elapsed
         last_ckpt = time.time()

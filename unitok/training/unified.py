@@ -126,7 +126,8 @@ class UnifiedTask(Task):
         return self.shards.vocab
 
     def tokenizers(self) -> dict:
-        return {d.name: d for d in sorted((self.shards.path / "tokenizers").iterdir())}
+        d = self.shards.path / "tokenizers"
+        return {t.name: t for t in sorted(d.iterdir())} if d.is_dir() else {}
 
     def extra_state(self) -> dict:
         return {"cond_dropout": self.cfg.cond_dropout, "shards_vocab_hash": self.shards.vocab.hash}
