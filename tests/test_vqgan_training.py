@@ -106,6 +106,14 @@ def test_bench_reports_codecs_and_skips_bad_files(tmp_path):
     assert r["ours"]["bpp"] == pytest.approx(4096 * 6 / 65536)
     assert {s["file"].split("/")[-1] for s in r["skipped"]} == {"broken.jpg", "readme.md"}
     assert abs(r["jpeg"]["bpp"] - 0.375) < 0.2 and r["webp"]["psnr"] > 15
+    # the LM's currency and the classical baselines that reach any rate (downscaled JPEG/WebP)
+    assert r["ours"]["bits_per_token"] == 6 and 0 < r["ours"]["ms_ssim"] <= 1
+    names = {c["name"] for c in r["classical"]}
+    assert names == {f"{c}{s}" for c in ("jpeg", "webp") for s in ("", "@1/2", "@1/4", "@1/8")}
+    best = r["classical_best"]
+    assert best["bpp"] <= r["ours"]["bpp"] * 1.0001 and best["psnr"] == max(
+        c["psnr"] for c in r["classical"] if c["bpp"] <= r["ours"]["bpp"] * 1.0001)
+    assert next(c for c in r["classical"] if c["name"] == "jpeg@1/8")["bpp"] < r["jpeg"]["bpp"]
     for f in ("table.md", "grid.png", "rd.png"):
         assert (tmp_path / f).is_file()
 

@@ -4,6 +4,8 @@ Images (uint8 (H, W, 3) arrays, peak 255):
 * `psnr(a, b)`: PSNR in dB, capped at 100 dB for identical inputs.
 * `ssim(a, b)`: SSIM (scikit-image, Gaussian window as Wang et al. 2004, mean over channels).
 * `psnr_from_mse(mse)`: PSNR in dB of a mean squared error measured on [-1, 1] signals (peak-to-peak 2).
+* `ms_ssim(a, b)`: multi-scale SSIM (Wang et al. 2003: 5 scales, their weights), images of at least
+  161 pixels a side; mean over channels.
 
 Audio (float tensors, time on the last axis):
 * `si_snr(y, x)`: scale-invariant SNR in dB per signal (differentiable; used as a loss too).
@@ -20,7 +22,8 @@ import torch
 
 from unitok.data.audio import log_mel
 
-__all__ = ["psnr", "psnr_from_mse", "ssim", "si_snr", "mel_distance", "stft_distance"]
+__all__ = ["psnr", "psnr_from_mse", "ssim", "ms_ssim", "MS_SSIM_MIN_SIZE", "si_snr", "mel_distance",
+           "stft_distance"]
 
 
 # ---------------------------------------------------------------- images
@@ -43,6 +46,37 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
     return float(structural_similarity(a, b, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5,
                                        use_sample_covariance=False))
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_MIN_SIZE = 161  # the coarsest of 5 scales (1/16) must hold the 11-tap window
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Multi-scale SSIM of two uint8 (H, W, C) images: contrast-structure at 5 scales (2x average
+    pooling between them), luminance at the coarsest, Gaussian window sigma 1.5 truncated at 11 taps."""
+    from scipy.ndimage import gaussian_filter
+
+    if min(a.shape[:2]) < MS_SSIM_MIN_SIZE:
+        raise ValueError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIZE} pixels a side, got {a.shape[:2]}")
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    # 11-tap Gaussian, statistics only where the window fits inside the image ("valid", as the paper)
+    blur = lambda z: gaussian_filter(z, sigma=(1.5, 1.5, 0), truncate=3.5)[5:-5, 5:-5]  # noqa: E731
+    out = 1.0
+    for i, w in enumerate(MS_SSIM_WEIGHTS):
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+        cs = np.mean((2 * cxy + c2) / (vx + vy + c2), axis=(0, 1))  # per channel
+        if i == len(MS_SSIM_WEIGHTS) - 1:
+            lum = np.mean((2 * mx * my + c1) / (mx ** 2 + my ** 2 + c1), axis=(0, 1))
+            out *= np.mean(np.clip(lum * cs, 0, None)) ** w
+        else:
+            out *= np.mean(np.clip(cs, 0, None)) ** w
+            H, W = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+            x = x[:H, :W].reshape(H // 2, 2, W // 2, 2, -1).mean((1, 3))
+            y = y[:H, :W].reshape(H // 2, 2, W // 2, 2, -1).mean((1, 3))
+    return float(out)
 
 
 # ---------------------------------------------------------------- audio
