@@ -143,6 +143,15 @@ def test_bench_writes_json_table_and_spectrograms(tmp_path, capsys):
     assert opus.get("missing") is None and opus["per_file"]["a.wav"]["si_snr"] > 0
     assert abs(opus["per_file"]["a.wav"]["lag_samples"]) <= 160
     assert (tmp_path / "r" / "bench.md").read_text().count("|") > 20
+    # the LM's currency, Codec2 at the highest rate <= ours, STOI, and the best classical codec
+    assert ours["tokens_per_second"] == 1000 and ours["bits_per_token"] == 6
+    c2 = r["codec2"]
+    assert "missing" not in c2 and c2["kbps"] == 3.2 and set(c2["per_file"]) == {"a.wav", "b.flac"}
+    for e in (ours, opus, c2):
+        assert -1 <= e["stoi"] <= 1 and e["mel_distance_4k"] > 0
+    best = r["classical_best"]
+    assert best["name"] in ("opus", "codec2") and best["kbps"] <= ours["kbps"]
+    assert best["mel_distance"] == min(opus["mel_distance"], c2["mel_distance"])
     assert (tmp_path / "r" / "spectrograms" / "a.png").stat().st_size > 1000
 
 
@@ -156,3 +165,18 @@ def test_shared_audio_folder_reads_and_round_trips(shared_data):
     tok = AudioTokenizer(AudioTokenizerConfig.tiny()).eval()
     x = clips.sample(2, 16000, torch.Generator().manual_seed(0))
     assert tok.decode(tok.encode(x), length=16000).shape == (2, 1, 16000)
+
+
+def test_codec2_and_band_limit_on_tiny_inputs():
+    from unitok.bench.audio import band_limit, codec2_mode, codec2_roundtrip
+
+    assert [codec2_mode(k) for k in (6.0, 3.2, 2.0, 1.25, 0.2)] == [3200, 3200, 1600, 1200, 700]
+    t = torch.arange(4000) / 16000
+    x = (0.3 * torch.sin(2 * math.pi * 300 * t) + 0.3 * torch.sin(2 * math.pi * 6000 * t))[None]
+    y = codec2_roundtrip(x, 16000, 700)
+    assert y.shape == x.shape and torch.isfinite(y).all() and y.abs().max() > 0.01
+    spec = lambda z: torch.fft.rfft(z[0]).abs()  # noqa: E731
+    b = spec(band_limit(x, 16000))
+    hz = torch.fft.rfftfreq(4000, 1 / 16000)
+    assert b[(hz > 5500) & (hz < 6500)].max() < 0.01 * spec(x)[(hz > 5500) & (hz < 6500)].max()
+    assert b[(hz > 250) & (hz < 350)].max() > 0.9 * spec(x)[(hz > 250) & (hz < 350)].max()

@@ -7,6 +7,10 @@ For every file of the folder (converted to the tokenizer's rate and channels), i
   decode real-time factors (seconds of compute per second of audio).
 * opus: libopus (through PyAV) at the same bitrate, at the lowest Opus rate (8/12/16/24/48 kHz)
   >= the model rate, decoded, resampled back to the model rate and aligned (see `opus_roundtrip`).
+* codec2: the 8 kHz speech codec (pycodec2) at the highest of its rates (0.7-3.2 kbps) at or below
+  ours; scored full band and, like ours and Opus, band-limited to 0-4 kHz (`mel_distance_4k`).
+* STOI (pystoi) for every system; `classical_best`: the lowest log-mel distance among the classical
+  codecs at or below our rate. Tokens per second and bits per token: what the language model pays.
 
 Metrics (all at the model rate, on every channel, averaged):
 * SI-SNR (dB): scale-invariant SNR of the reconstruction against the original.
@@ -102,6 +106,48 @@ def opus_roundtrip(x: torch.Tensor, sr: int, kbps: float) -> tuple[torch.Tensor,
     return y, info
 
 
+CODEC2_MODES = (3200, 2400, 1600, 1400, 1300, 1200, 700)  # bit/s; an 8 kHz speech codec
+
+
+def codec2_mode(kbps: float) -> int:
+    """The highest Codec2 rate at or below `kbps` (its lowest, 700 bit/s, below that)."""
+    return next((m for m in CODEC2_MODES if m <= kbps * 1000 + 1e-6), CODEC2_MODES[-1])
+
+
+def codec2_roundtrip(x: torch.Tensor, sr: int, mode: int) -> torch.Tensor:
+    """(C, N) at `sr` -> mono at 8 kHz -> Codec2 at `mode` bit/s -> back to (C, N) at `sr`, aligned."""
+    import pycodec2
+
+    c2 = pycodec2.Codec2(mode)
+    n8 = c2.samples_per_frame()
+    x8 = resample(x.mean(0, keepdim=True), sr, 8000)[0]
+    pcm = (x8.clamp(-1, 1) * 32767).round().to(torch.int16).numpy()
+    pcm = np.pad(pcm, (0, -len(pcm) % n8))
+    out = np.concatenate([c2.decode(c2.encode(pcm[i:i + n8])) for i in range(0, len(pcm), n8)])
+    y = resample(torch.from_numpy(out.astype(np.float32) / 32767)[None], 8000, sr)[:, :x.shape[-1]]
+    y, _ = align(y.expand(x.shape[0], -1).contiguous(), x, max_lag=int(0.02 * sr))
+    return y
+
+
+def band_limit(x: torch.Tensor, sr: int, hz: int = 4000) -> torch.Tensor:
+    """x with nothing above `hz` (through a 2 * hz sample rate and back)."""
+    return resample(resample(x, sr, 2 * hz), 2 * hz, sr)[..., :x.shape[-1]]
+
+
+def stoi(y: torch.Tensor, x: torch.Tensor, sr: int) -> float:
+    """Short-time objective intelligibility (pystoi; mono mix), in [0, 1] for speech."""
+    from pystoi import stoi as _stoi
+
+    return float(_stoi(x.mean(0).numpy().astype(np.float64), y.mean(0).numpy().astype(np.float64), sr))
+
+
+def _scores(y: torch.Tensor, x: torch.Tensor, sr: int, xb: torch.Tensor) -> dict:
+    """Full-band and 0-4 kHz scores of a reconstruction (xb: the band-limited original)."""
+    return {"si_snr": float(si_snr(y, x).mean()), "mel_distance": mel_distance(y, x, sr),
+            "stft_distance": stft_distance(y, x), "stoi": stoi(y, x, sr),
+            "mel_distance_4k": mel_distance(band_limit(y, sr), xb, sr)}
+
+
 def _opus_available() -> str | None:
     try:
         import av
@@ -149,8 +195,12 @@ def run(args, tokenizer) -> int:
     levels = tok.config.levels
     kbps = tok.config.kbps_per_level * levels
     opus_missing = _opus_available()
+    c2_rate = codec2_mode(kbps)
+    import importlib.util
 
-    ours, opus, skipped = {}, {}, {}
+    c2_missing = None if importlib.util.find_spec("pycodec2") else "pycodec2 is not installed (make setup installs it)"
+
+    ours, opus, codec2, skipped = {}, {}, {}, {}
     all_codes: list[torch.Tensor] = []  # (L, T') per file
     t_enc = t_dec = seconds = 0.0
     for i, path in enumerate(tqdm(files, desc="bench audio")):
@@ -176,14 +226,17 @@ def run(args, tokenizer) -> int:
             torch.cuda.synchronize()
         t_dec += time.perf_counter() - t
         all_codes.append(codes[0].cpu())
-        ours[path.name] = {"si_snr": float(si_snr(y, x).mean()), "mel_distance": mel_distance(y, x, sr),
-                           "stft_distance": stft_distance(y, x), "seconds": round(dur, 3)}
+        xb = band_limit(x, sr)
+        ours[path.name] = {**_scores(y, x, sr, xb), "seconds": round(dur, 3)}
         rows = [("original", x), (f"ours ({kbps:g} kbps)", y)]
         if opus_missing is None:
             yo, info = opus_roundtrip(x, sr, kbps)
-            opus[path.name] = {"si_snr": float(si_snr(yo, x).mean()), "mel_distance": mel_distance(yo, x, sr),
-                               "stft_distance": stft_distance(yo, x), **info}
+            opus[path.name] = {**_scores(yo, x, sr, xb), **info}
             rows.append((f"Opus ({kbps:g} kbps)", yo))
+        if c2_missing is None:
+            yc = codec2_roundtrip(x, sr, c2_rate)
+            codec2[path.name] = _scores(yc, x, sr, xb)
+            rows.append((f"Codec2 ({c2_rate / 1000:g} kbps)", yc))
         if i < 4:
             stem = path.name.rsplit(".", 1)[0]
             _spectrogram_png(out_dir / "spectrograms" / f"{stem}.png", path.name, rows, sr)
@@ -210,16 +263,31 @@ def run(args, tokenizer) -> int:
                     "stft_distance": "mean |log10 |STFT(y)| - log10 |STFT(x)||, n_fft 512/1024/2048, floor 1e-5",
                     "si_snr": "scale-invariant SNR in dB", "real_time_factor": "compute seconds / audio seconds"},
         "ours": {"kbps": round(kbps, 4), "frame_rate": tok.frame_rate, "levels": levels,
+                 "tokens_per_second": tok.frame_rate * levels, "bits_per_token": math.log2(tok.config.codebook_size),
                  "codebook_size": tok.config.codebook_size, "si_snr": mean(ours, "si_snr"),
                  "mel_distance": mean(ours, "mel_distance"), "stft_distance": mean(ours, "stft_distance"),
+                 "stoi": mean(ours, "stoi"), "mel_distance_4k": mean(ours, "mel_distance_4k"),
+                 "tokens_counted": int(flat.numel()),
                  "codebook_usage": usage, "codebook_perplexity": perplexity,
                  "real_time_factor": {"encode": t_enc / seconds, "decode": t_dec / seconds}, "per_file": ours},
         "opus": ({"kbps": round(kbps, 4), "si_snr": mean(opus, "si_snr"), "mel_distance": mean(opus, "mel_distance"),
-                  "stft_distance": mean(opus, "stft_distance"),
+                  "stft_distance": mean(opus, "stft_distance"), "stoi": mean(opus, "stoi"),
+                  "mel_distance_4k": mean(opus, "mel_distance_4k"),
                   "payload_kbps": mean(opus, "payload_kbps"), "per_file": opus}
                  if opus_missing is None else {"kbps": round(kbps, 4), "missing": opus_missing, "si_snr": None,
                                                "mel_distance": None, "per_file": {}}),
     }
+    result["codec2"] = ({"kbps": c2_rate / 1000, **{k: mean(codec2, k) for k in
+                                                     ("si_snr", "mel_distance", "stft_distance", "stoi",
+                                                      "mel_distance_4k")}, "per_file": codec2,
+                         "note": "8 kHz speech codec: compare mel_distance_4k (both band-limited to 0-4 kHz)"}
+                        if c2_missing is None else {"kbps": c2_rate / 1000, "missing": c2_missing})
+    cands = [(n, result[n]) for n in ("opus", "codec2")
+             if result[n].get("mel_distance") is not None and result[n]["kbps"] <= kbps + 1e-9]
+    if cands:
+        name, best = min(cands, key=lambda c: c[1]["mel_distance"])
+        result["classical_best"] = {"name": name, "mel_distance": best["mel_distance"], "kbps": best["kbps"],
+                                    "mel_distance_4k": best["mel_distance_4k"]}
     write_json(result, json_path)
     md = _markdown(result)
     (out_dir / "bench.md").write_text(md)
@@ -228,7 +296,7 @@ def run(args, tokenizer) -> int:
 
 
 def _markdown(r: dict) -> str:
-    o, p = r["ours"], r["opus"]
+    o, p, c = r["ours"], r["opus"], r["codec2"]
     f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     lines = [
         f"Audio benchmark: {r['files']} files, {r['seconds']:.1f} s at {r['sample_rate']} Hz ({r['device']}).",
@@ -239,6 +307,16 @@ def _markdown(r: dict) -> str:
         f"{f(o['mel_distance'])} | {f(o['stft_distance'])} |",
         f"| Opus (libopus) | {p['kbps']:g} | {f(p.get('si_snr'), 2)} | {f(p.get('mel_distance'))} | "
         f"{f(p.get('stft_distance'))} |" if "missing" not in p else f"| Opus | missing: {p['missing']} | | | |",
+        f"| Codec2 (8 kHz) | {c['kbps']:g} | {f(c.get('si_snr'), 2)} | {f(c.get('mel_distance'))} | "
+        f"{f(c.get('stft_distance'))} |" if "missing" not in c else f"| Codec2 | missing: {c['missing']} | | | |",
+        "",
+        "| codec | STOI ↑ | log-mel dist. 0-4 kHz ↓ |",
+        "| --- | --- | --- |",
+        *(f"| {n} | {f(e.get('stoi'))} | {f(e.get('mel_distance_4k'))} |" for n, e in
+          (("ours", o), ("Opus", p), ("Codec2", c)) if "missing" not in e),
+        "",
+        f"Tokens per second: {o['tokens_per_second']:g} ({o['levels']} levels x {o['frame_rate']:g} Hz), "
+        f"{o['bits_per_token']:g} bits per token.",
         "",
         "log-mel distance: mean absolute difference of log10 mel spectrograms (80 bands, n_fft 1024, hop 256).",
         "STFT distance: the same on log10 STFT magnitudes, averaged over n_fft 512/1024/2048.",
