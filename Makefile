@@ -1,10 +1,11 @@
 # make demo  - set up .venv on first use, then run the end-to-end text demo
 # make test  - set up .venv on first use, then run the test suite (CPU, < 10 min)
 # make test-slow - also the slow tests that read ../shared/data
+# make mutate - mutation testing of vocab, checkpoint, quantizers, resume helpers (~15 min, docs/mutation.md)
 PY := .venv/bin/python
 OUT ?= runs/demo
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-slow mutate clean
 setup:
 	@bash scripts/setup_env.sh
 
@@ -16,6 +17,9 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m "slow or not slow"
+
+mutate: setup
+	$(PY) scripts/mutate.py $(MODULES)
 
 clean:
 	rm -rf .venv runs .pytest_cache

@@ -121,6 +121,8 @@ def test_dead_code_guard_boundary_and_kinds():
     with pytest.raises(ConfigError, match="dead_code_threshold"):
         check_dead_code_threshold(QuantizerConfig(kind="rvq", levels=2, codebook_size=1024, dead_code_threshold=3.0),
                                   4096)
+    with pytest.raises(ConfigError, match="dead_code_threshold 0.6"):  # thresholds below 1 are checked too
+        check_dead_code_threshold(QuantizerConfig(codebook_size=1024, dead_code_threshold=0.6), 1024)
     # kinds without dead-code expiry, and expiry off, are never an error
     check_dead_code_threshold(QuantizerConfig(kind="fsq", dead_code_threshold=5.0), 1)
     check_dead_code_threshold(QuantizerConfig(kind="lfq", codebook_size=64, dead_code_threshold=5.0), 1)

@@ -162,6 +162,7 @@ def read_sharded_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     """Consolidate the model of a sharded (FSDP2) checkpoint in one process: build the model that
     model.json describes and let torch.distributed.checkpoint fill its full tensors (no process group)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     if not (ckpt / "dcp").is_dir():
         raise CheckpointError(f"{ckpt}: incomplete sharded checkpoint, dcp/ is missing")
@@ -171,7 +172,7 @@ def read_sharded_weights(ckpt: Path) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(state, checkpoint_id=str(ckpt / "dcp"), no_dist=True)
-    except Exception as e:  # DCP raises CheckpointException and others for missing or bad shards
+    except (Exception, CheckpointException) as e:  # CheckpointException derives from BaseException
         raise CheckpointError(f"{ckpt / 'dcp'}: cannot read the sharded weights ({type(e).__name__}: "
                               f"{' '.join(str(e).split())[:200]})") from None
     return state["model"]
