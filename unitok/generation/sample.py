@@ -38,12 +38,15 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 def generate(model: UnifiedTransformer, prompt: list[int] | torch.Tensor, max_new_tokens: int, *,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, stop_ids: set[int] | None = None,
-             allowed: tuple[int, int] | None = None) -> list[int]:
+             allowed: tuple[int, int] | None = None, grammar=None) -> list[int]:
     """Sample up to `max_new_tokens` ids after `prompt` (list of ids, or (T,) tensor).
 
     temperature 0 is greedy. `allowed` = [start, end) restricts sampling to an id
-    range (e.g. text ids only). Past the model's context (max_seq_len), the cache
-    is rebuilt from the last max_seq_len // 2 tokens (prefill again) and decoding goes on.
+    range (e.g. text ids only). `grammar`: a `unitok.grammar.GrammarState` positioned after the
+    prompt; each step samples only ids it allows (so every media span is whole) and advances it;
+    generation ends when it allows nothing (after <eos>), and a span still open at
+    `max_new_tokens` is finished the shortest allowed way. Past the model's context (max_seq_len),
+    the cache is rebuilt from the last max_seq_len // 2 tokens (prefill again) and decoding goes on.
     """
     model.eval()
     seq = torch.as_tensor(prompt, dtype=torch.long).flatten().tolist()
@@ -58,20 +61,30 @@ def generate(model: UnifiedTransformer, prompt: list[int] | torch.Tensor, max_ne
 
     cache, logits = prefill(seq[-max_len:])
     out: list[int] = []
-    for i in range(max_new_tokens):
+    while True:
+        over = len(out) >= max_new_tokens  # with a grammar, an open span is still finished
+        if over and (grammar is None or grammar.modality is None):
+            break
         if allowed is not None:
             logits[:, : allowed[0]] = float("-inf")
             logits[:, allowed[1]:] = float("-inf")
+        if grammar is not None:
+            ranges = grammar.closing() if over else grammar.allowed()
+            if not ranges:
+                break
+            logits = logits.masked_fill(~grammar.grammar.mask(ranges, logits.device), float("-inf"))
         if temperature <= 0:
             nxt = logits.argmax(-1)
         else:
             probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
             nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
         tok = int(nxt)
+        if grammar is not None:
+            grammar.push(tok)
         out.append(tok)
         seq.append(tok)
-        if (stop_ids and tok in stop_ids) or i + 1 == max_new_tokens:
-            break
+        if (stop_ids and tok in stop_ids) or (len(out) >= max_new_tokens and (grammar is None or grammar.modality is None)):
+            break  # (before the next forward: nothing is computed that is not used)
         if cache.pos == max_len:  # context full: slide the window
             cache, logits = prefill(seq[-(max_len // 2):])
         else:

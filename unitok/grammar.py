@@ -1,0 +1,139 @@
+"""What may follow a prefix of ids: the grammar of the unified vocabulary, for constrained decoding.
+
+    g = SpanGrammar(vocab)
+    st = g.start()              # outside any span, after <bos>
+    for t in prompt_ids[1:]:
+        st.push(t)              # ValueError for an id the grammar does not allow there
+    ranges = st.allowed()       # [(lo, hi), ...] half-open id ranges allowed next
+    mask = g.mask(ranges)       # (V,) bool, for logits.masked_fill(~mask, -inf)
+
+The rules follow `UnifiedVocab.pack`: outside a span, text ids, <eos> and the begin marker of every
+media modality the vocabulary has; an image span is <boi> <size:H> <size:W>, exactly H x W x levels
+codes (position-major, level-minor: each position takes its level's range in turn), then <eoi>;
+a video span the same with <size:T> first; an audio span is <boa>, codes frame by frame (level-minor),
+and <eoa> only at a frame boundary after at least one frame. So every span a sampler can produce
+decodes to a whole grid or whole frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["SpanGrammar", "GrammarState"]
+
+_HEADER = {"image": 2, "video": 3, "audio": 0}  # size tokens after the begin marker
+
+
+@dataclass
+class GrammarState:
+    grammar: "SpanGrammar"
+    modality: str | None = None  # the open span's modality; None outside spans
+    sizes: list[int] = field(default_factory=list)  # header sizes read so far
+    codes: int = 0  # codes read in the open span
+    ended: bool = False  # after <eos>
+
+    # ------------------------------------------------------------ queries
+    def expected_codes(self) -> int | None:
+        """Codes the open span needs in total (None: audio, open-ended; or the header is incomplete)."""
+        g = self.grammar
+        if self.modality is None or self.modality == "audio" or len(self.sizes) < _HEADER[self.modality]:
+            return None
+        n = g.levels[self.modality]
+        for s in self.sizes:
+            n *= s
+        return n
+
+    def allowed(self) -> list[tuple[int, int]]:
+        g, v = self.grammar, self.grammar.vocab
+        if self.ended:
+            return []
+        m = self.modality
+        if m is None:
+            return g.free
+        if len(self.sizes) < _HEADER[m]:
+            return [(v.size_start, v.size_start + v.max_size)]
+        level = self.codes % g.levels[m]
+        code = [v.code_range(m, level)]
+        if m == "audio":
+            return code + ([g.end[m]] if self.codes and level == 0 else [])
+        return code if self.codes < self.expected_codes() else [g.end[m]]
+
+    def closing(self) -> list[tuple[int, int]]:
+        """The ids allowed next on the shortest way out of the open span (a budget ran out): the end
+        marker as soon as the grammar allows it, else what `allowed` says."""
+        ranges = self.allowed()
+        if self.modality is not None:
+            end = self.grammar.end[self.modality]
+            if end in ranges:
+                return [end]
+        return ranges
+
+    def allows(self, t: int) -> bool:
+        return any(lo <= t < hi for lo, hi in self.allowed())
+
+    # ------------------------------------------------------------ transitions
+    def push(self, t: int) -> "GrammarState":
+        g, v = self.grammar, self.grammar.vocab
+        t = int(t)
+        if not self.allows(t):
+            raise ValueError(f"{v.token_name(t)} is not allowed here ({self.describe()})")
+        m = self.modality
+        if m is None:
+            if t == v.eos:
+                self.ended = True
+            elif t in g.begin_of:
+                self.modality, self.sizes, self.codes = g.begin_of[t], [], 0
+        elif len(self.sizes) < _HEADER[m]:
+            self.sizes.append(t - v.size_start + 1)
+        elif t == g.end[m][0]:
+            self.modality = None
+        else:
+            self.codes += 1
+        return self
+
+    def describe(self) -> str:
+        if self.ended:
+            return "after <eos>"
+        if self.modality is None:
+            return "outside spans"
+        need = self.expected_codes()
+        return (f"in a {self.modality} span, header {self.sizes}, {self.codes}"
+                f"{'' if need is None else f' of {need}'} codes")
+
+
+class SpanGrammar:
+    def __init__(self, vocab):
+        self.vocab = v = vocab
+        self.levels = {m: cb.levels for m, cb in v.codebooks.items()}
+        markers = {"image": ("<boi>", "<eoi>"), "video": ("<bov>", "<eov>"), "audio": ("<boa>", "<eoa>")}
+        self.begin_of = {v.special[markers[m][0]]: m for m in v.codebooks}
+        self.end = {m: (v.special[markers[m][1]], v.special[markers[m][1]] + 1) for m in v.codebooks}
+        self.free = _merge([(0, v.text_size), (v.eos, v.eos + 1)] + [(b, b + 1) for b in self.begin_of])
+
+    def start(self, prefix=None) -> GrammarState:
+        """The state after `prefix` (ids; a leading <bos> is accepted), or at the start of a document."""
+        st = GrammarState(self)
+        ids = [] if prefix is None else [int(t) for t in prefix]
+        if ids and ids[0] == self.vocab.bos:
+            ids = ids[1:]
+        for t in ids:
+            st.push(t)
+        return st
+
+    def mask(self, ranges: list[tuple[int, int]], device=None) -> torch.Tensor:
+        m = torch.zeros(self.vocab.size, dtype=torch.bool, device=device)
+        for lo, hi in ranges:
+            m[lo:hi] = True
+        return m
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(a, b) for a, b in out]
