@@ -73,20 +73,24 @@ def _losses(out):
     return {r["step"]: r["loss"] for r in recs if "loss" in r and not r.get("skipped")}
 
 
+def _flatten(x, prefix: str = "", out: dict | None = None) -> dict:
+    """Every tensor in nested dicts / lists, keyed by its path."""
+    out = {} if out is None else out
+    if isinstance(x, torch.Tensor):
+        out[prefix] = x
+    elif isinstance(x, dict):
+        for k, v in x.items():
+            _flatten(v, f"{prefix}/{k}", out)
+    elif isinstance(x, (list, tuple)):
+        for i, v in enumerate(x):
+            _flatten(v, f"{prefix}/{i}", out)
+    return out
+
+
 def _tensors(out):
     ck = Path(out) / "checkpoint"
     t = {f"{f.stem}/{k}": v for f in sorted(ck.glob("*.safetensors")) for k, v in read_weights(ck, f.stem).items()}
-    def walk(prefix, x):
-        if isinstance(x, torch.Tensor):
-            t[prefix] = x
-        elif isinstance(x, dict):
-            for k, v in x.items():
-                walk(f"{prefix}/{k}", v)
-        elif isinstance(x, (list, tuple)):
-            for i, v in enumerate(x):
-                walk(f"{prefix}/{i}", v)
-    walk("optimizer", read_optimizers(ck))
-    return t
+    return _flatten(read_optimizers(ck), "optimizer", t)
 
 
 @pytest.fixture(scope="module")
@@ -156,19 +160,7 @@ def _dcp_tensors(out, tmp):
 
     f = tmp / f"{Path(out).name}.pt"
     dcp_to_torch_save(str(Path(out) / "checkpoint" / "dcp"), str(f))
-    flat = {}
-
-    def walk(prefix, x):
-        if isinstance(x, torch.Tensor):
-            flat[prefix] = x
-        elif isinstance(x, dict):
-            for k, v in x.items():
-                walk(f"{prefix}/{k}", v)
-        elif isinstance(x, (list, tuple)):
-            for i, v in enumerate(x):
-                walk(f"{prefix}/{i}", v)
-    walk("", torch.load(f, weights_only=True))
-    return flat
+    return _flatten(torch.load(f, weights_only=True))
 
 
 def test_fsdp2_kill_resume_and_export(setups, tmp_path):

@@ -145,3 +145,26 @@ def test_interrupt_resume_and_workers_are_byte_identical(corpus, tmp_path):
     assert _files(tmp_path / "cut") == ref and _files(tmp_path / "w2") == ref
     strip = lambda p: {k: v for k, v in json.loads((p / "stats.json").read_text()).items() if k != "timings"}
     assert strip(tmp_path / "cut") == strip(tmp_path / "ref") == strip(tmp_path / "w2")
+
+
+def test_read_video_at_a_frame_rate_from_a_file_object(tmp_path):
+    import av
+
+    from unitok.data.media import read_video
+
+    with av.open(str(tmp_path / "c.mp4"), "w") as c:  # 2 s at 10 fps, the frame index in its brightness
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for t in range(20):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * t, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    every = read_video(tmp_path / "c.mp4")
+    at4 = read_video(io.BytesIO((tmp_path / "c.mp4").read_bytes()), fps=4, name="clip")
+    assert len(every) == 20 and len(at4) == 8  # ticks 0, 0.25, ..., 1.75 s
+    assert [int(round(f.mean() / 10)) for f in at4] == [0, 3, 5, 8, 10, 13, 15, 18]
+    from unitok.errors import DataError
+
+    with pytest.raises(DataError, match="clip: unreadable video"):
+        read_video(io.BytesIO(b"not a video"), fps=4, name="clip")

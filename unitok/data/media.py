@@ -83,24 +83,34 @@ def read_image(path: str | Path) -> np.ndarray:
     return arr
 
 
-def read_video(path: str | Path, max_frames: int | None = None, stride: int = 1) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB frames (every `stride`-th, at most `max_frames`). DataError if unreadable."""
+def read_video(path, max_frames: int | None = None, stride: int = 1, fps: float | None = None,
+               name: str | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames: every `stride`-th, or with `fps` one frame per 1/fps seconds (the
+    first at or after each tick), at most `max_frames`. `path` may be a file object (`name` for
+    messages). DataError if unreadable."""
     import av
 
-    frames = []
+    name = name or str(path)
+    frames, tick = [], 0.0
     try:
-        with av.open(str(path)) as c:
+        with av.open(path if hasattr(path, "read") else str(path)) as c:
             stream = c.streams.video[0]
             for i, fr in enumerate(c.decode(stream)):
-                if i % stride:
-                    continue
+                if fps is None:
+                    if i % stride:
+                        continue
+                else:
+                    t = float(fr.pts * stream.time_base) if fr.pts is not None else tick
+                    if t + 1e-6 < tick:
+                        continue
+                    tick += 1.0 / fps
                 frames.append(fr.to_ndarray(format="rgb24"))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
     except (av.error.FFmpegError, IndexError, OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable video ({str(e)[:120]})") from None
+        raise DataError(f"{name}: unreadable video ({str(e)[:120]})") from None
     if not frames:
-        raise DataError(f"{path}: no video frames")
+        raise DataError(f"{name}: no video frames")
     return np.stack(frames)
 
 

@@ -307,9 +307,9 @@ class Tokenizing:
     def _video(self, m: Media) -> list:
         import torch
 
-        from unitok.data.media import to_tensor
+        from unitok.data.media import read_video, to_tensor
 
-        frames = read_video_at(m.open(), m.name, self.cfg.video_fps)  # (T, H, W, 3)
+        frames = read_video(m.open(), max_frames=4096, fps=self.cfg.video_fps, name=m.name)  # (T, H, W, 3)
         F_ = self.cfg.video_frames
         if len(frames) < F_:
             raise DataError(f"video of {len(frames)} frames at {self.cfg.video_fps:g} fps < one clip ({F_})")
@@ -331,28 +331,6 @@ def _resize_crop(x, size: int):
     x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=s < 1, align_corners=False)
     t, l_ = (h - size) // 2, (w - size) // 2
     return x[..., t:t + size, l_:l_ + size].clamp(-1, 1)
-
-
-def read_video_at(src, name: str, fps: float, max_frames: int = 4096) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames sampled at `fps` (nearest earlier frame), from a path or file object."""
-    import av
-
-    frames, t_next = [], 0.0
-    try:
-        with av.open(src) as c:
-            stream = c.streams.video[0]
-            for fr in c.decode(stream):
-                t = float(fr.pts * stream.time_base) if fr.pts is not None else t_next
-                if t + 1e-6 >= t_next:
-                    frames.append(fr.to_ndarray(format="rgb24"))
-                    t_next += 1.0 / fps
-                    if len(frames) >= max_frames:
-                        break
-    except (av.error.FFmpegError, IndexError, OSError, ValueError) as e:
-        raise DataError(f"{name}: unreadable video ({str(e)[:120]})") from None
-    if not frames:
-        raise DataError(f"{name}: no video frames")
-    return np.stack(frames)
 
 
 # ------------------------------------------------------------------ the run
