@@ -296,9 +296,6 @@ def export(path, out) -> Path:
         from unitok.vocab import UnifiedVocab
 
         vocab = UnifiedVocab.load(ckpt / VOCAB_JSON)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.rmdir()
     return save_checkpoint(out, kind=meta["kind"], config=meta["config"], modules={"model": weights}, state=state,
                            vocab=vocab, tokenizers=tokenizers)
 
@@ -330,7 +327,8 @@ def convert(old, new) -> Path:
 
     tokenizers = {"text": src / "tokenizer"} if (src / "tokenizer").is_dir() else {}
     state = {"step": st.get("step", 0), "converted_from": str(src), "history": st.get("history", [])}
-    return save_checkpoint(Path(new) / CKPT_DIR if not str(new).endswith(CKPT_DIR) else new, kind="transformer",
+    dest = Path(new) if Path(new).name == CKPT_DIR else Path(new) / CKPT_DIR  # a run directory, or its checkpoint/
+    return save_checkpoint(dest, kind="transformer",
                            config=model_cfg, modules={"model": load_file(str(src / "model.safetensors"))},
                            state=state, vocab=UnifiedVocab.load(src / "vocab.json"), tokenizers=tokenizers)
 
