@@ -36,6 +36,16 @@ def _add(sub, name: str, handler: str, help: str, description: str | None = None
     return p
 
 
+def _train_args(p, config: str, data: str, out: str) -> None:
+    """The arguments every trainer takes: recipe, overrides, data, run directory, resume."""
+    p.add_argument("config", help=config)
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--data", required=True, help=data)
+    p.add_argument("--out", required=True, help=out)
+    p.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    p.add_argument("--allow-recipe-change", action="store_true", help=CHANGE_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unitok",
@@ -69,13 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm.required = True
     p = _add(lm, "train", "unitok.training.lm:run_cli", "train the transformer on a text file (or under torchrun)",
              epilog=LM_EPILOG)
-    p.add_argument("config", help="run config YAML, e.g. configs/train/text-lm.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.add_argument("--data", required=True, help="training text file")
+    _train_args(p, "run config YAML, e.g. configs/train/text-lm.yaml", "training text file",
+                "run directory (checkpoints, logs)")
     p.add_argument("--eval-data", default=None, help="evaluation text file (default: last 10%% of --data)")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
-    p.add_argument("--resume", action="store_true", help=RESUME_HELP)
-    p.add_argument("--allow-recipe-change", action="store_true", help=CHANGE_HELP)
     p = _add(lm, "sample", "unitok.generation.sample:run_cli", "generate text from a checkpoint")
     p.add_argument("checkpoint", help="run directory or checkpoint directory")
     p.add_argument("--prompt", default="", help="text prompt")
@@ -92,12 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
              "Train an image, video or audio tokenizer from a recipe (tokenizers/<name>/config.yaml).\n"
              "The recipe's `modality` picks the trainer. Unreadable files are skipped and counted.",
              epilog=TOKENIZER_EPILOG)
-    p.add_argument("config", help="recipe YAML, e.g. tokenizers/image-vqgan-f8/config.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.add_argument("--data", required=True, help="folder of images, videos or audio files")
-    p.add_argument("--out", required=True, help="output directory (checkpoints, samples, final tokenizer)")
-    p.add_argument("--resume", action="store_true", help=RESUME_HELP)
-    p.add_argument("--allow-recipe-change", action="store_true", help=CHANGE_HELP)
+    _train_args(p, "recipe YAML, e.g. tokenizers/image-vqgan-f8/config.yaml", "folder of images, videos or audio files",
+                "output directory (checkpoints, samples, final tokenizer)")
     p = _add(tk, "bench", "unitok.bench.tokenizer:run", "codebook reconstruction benchmark against classic codecs",
              "Reconstruct every file in --data with a trained tokenizer and report fidelity, codebook usage,\n"
              "rate and speed, next to JPEG/WebP (images) or Opus (audio) at the matched rate, in one run.")
@@ -158,12 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
              "Train one transformer on packed documents of every modality (from `unitok pretokenize`), with the\n"
              "loss per modality on training batches and on a held-out split. Also under torchrun\n"
              "(run.parallel=ddp or fsdp2).", epilog=LM_EPILOG)
-    p.add_argument("config", help="run config YAML, e.g. configs/train/unified-debug.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.add_argument("--data", required=True, help="token shard directory")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help=RESUME_HELP)
-    p.add_argument("--allow-recipe-change", action="store_true", help=CHANGE_HELP)
+    _train_args(p, "run config YAML, e.g. configs/train/unified-debug.yaml", "token shard directory", "run directory")
 
     # --- pretokenize and shards
     p = _add(sub, "pretokenize", "unitok.data.pretokenize:run_cli", "interleaved documents -> token shards",

@@ -45,6 +45,7 @@ from typing import Iterator
 import numpy as np
 
 from unitok.errors import ConfigError, DataError
+from unitok.vocab import Modality
 
 __all__ = ["PretokenizeConfig", "pretokenize", "read_shards", "Shards", "MEDIA_EXTS"]
 
@@ -406,12 +407,10 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         files[2].write(np.array([n_tokens], np.int64).tobytes())
         stats["documents"] += 1
         stats["tokens"] += len(packed.ids)
-        names = ["text", "image", "video", "audio"]
-        counts = np.bincount(packed.modality, minlength=4)
-        for i, c in enumerate(counts[:4]):
+        tpm = stats["tokens_per_modality"]
+        for m, c in zip(Modality, np.bincount(packed.modality, minlength=len(Modality))):
             if c:
-                tpm = stats["tokens_per_modality"]
-                tpm[names[i]] = tpm.get(names[i], 0) + int(c)
+                tpm[m.name.lower()] = tpm.get(m.name.lower(), 0) + int(c)
         return None
 
     pool = None

@@ -238,7 +238,7 @@ def train_from_recipe(args, data: dict) -> int:
 
 
 def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resume: bool = False, *,
-          allow_recipe_change: bool = False, progress_bar: bool = True, until: int | None = None) -> dict:
+          allow_recipe_change: bool = False, progress_bar: bool = True) -> dict:
     """Train and save OUT/final. Returns the summary dict (also written to OUT/summary.json)."""
     out = Path(out_dir)
     engine = Engine(recipe.run, recipe.optim, out, recipe=to_dict(recipe), resume=resume,
@@ -246,7 +246,7 @@ def train(recipe: EncodecRecipe, data_dir: str | Path, out_dir: str | Path, resu
     if engine.main:
         out.mkdir(parents=True, exist_ok=True)
     task = EncodecTask(recipe, engine, data_dir)
-    summary = engine.fit(task, until=until)
+    summary = engine.fit(task)
     if engine.main:
         task.model.eval().save_pretrained(out / "final")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

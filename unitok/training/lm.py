@@ -31,7 +31,7 @@ from unitok.data.text import TextWindows, encode_doc, read_text, split_text, tra
 from unitok.errors import CheckpointError, ConfigError, VocabMismatchError
 from unitok.model.config import ModelConfig, text
 from unitok.model.scoring import score_tokens
-from unitok.training.loop import Engine, OptimConfig, RunConfig, Task
+from unitok.training.loop import Engine, OptimConfig, RunConfig, Task, transformer_param_groups
 
 __all__ = ["TrainConfig", "TextLMTask", "text_vocab", "prepare", "run_cli", "train_text_lm"]
 
@@ -83,11 +83,7 @@ class TextLMTask(Task):
         self.eval_ids, self.eval_chars, self.data_hash = eval_ids, eval_chars, data_hash
         self.model = UnifiedTransformer(cfg.model).to(engine.device)
         self.model_train = engine.parallelize(self.model)
-        decay, no_decay = [], []  # weight decay on linear weights only (not norms, biases, embeddings)
-        for name, p in self.model.named_parameters():
-            (decay if p.dim() >= 2 and "tok_emb" not in name else no_decay).append(p)
-        self.param_groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}]
+        self.param_groups = transformer_param_groups(self.model, cfg.optim.weight_decay)
         self.windows = TextWindows(train_ids, cfg.batch_size, cfg.seq_len, cfg.run.seed + 1)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.optim.grad_accum
         self._t_last, self._tok_last = time.perf_counter(), 0
@@ -195,7 +191,7 @@ def prepare(cfg: TrainConfig, data: str, eval_data: str | None, out: Path, token
 
 
 def train_text_lm(cfg: TrainConfig, data, out, *, eval_data=None, resume: bool = False,
-                  allow_recipe_change: bool = False, progress: bool = True, until: int | None = None) -> tuple:
+                  allow_recipe_change: bool = False, progress: bool = True) -> tuple:
     """Prepare the data, train, save. Returns (task, summary)."""
     out = Path(out)
     engine = Engine(cfg.run, cfg.optim, out, recipe=to_dict(cfg), resume=resume,
@@ -213,7 +209,7 @@ def train_text_lm(cfg: TrainConfig, data, out, *, eval_data=None, resume: bool =
         print(f"model {task.model.num_params() / 1e6:.2f}M params, vocab {d['vocab'].size}, "
               f"{len(d['train_ids'])} train / {len(d['eval_ids'])} eval tokens "
               f"({d['eval_chars'] / max(1, len(d['eval_ids']) - 1):.2f} chars/token held out)", flush=True)
-    summary = engine.fit(task, until=until)
+    summary = engine.fit(task)
     if engine.main:
         write_history(engine.history, out)
     return task, summary

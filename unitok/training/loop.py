@@ -50,7 +50,8 @@ from torch import nn
 from unitok import checkpoint as ckpt_io
 from unitok.errors import CheckpointError, ConfigError, UnitokError
 
-__all__ = ["OptimConfig", "RunConfig", "Engine", "Task", "TrainingDiverged", "lr_factor", "recipe_diff"]
+__all__ = ["OptimConfig", "RunConfig", "Engine", "Task", "TrainingDiverged", "lr_factor", "recipe_diff",
+           "transformer_param_groups"]
 
 
 @dataclass
@@ -119,6 +120,15 @@ def lr_factor(opt: OptimConfig, step: int, progress: float) -> float:
         start = 1 - opt.decay_fraction
         return 1.0 if p <= start else 1 - (1 - opt.min_lr_ratio) * (p - start) / opt.decay_fraction
     return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def transformer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups for a UnifiedTransformer: weight decay on linear weights only (not norms, biases
+    or the embedding)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "tok_emb" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def recipe_diff(a: Any, b: Any, path: str = "") -> list[str]:
@@ -304,10 +314,11 @@ class Engine:
             for b in module.buffers():
                 dist.broadcast(b.data, 0)
 
-    def make_optimizer(self, groups, lr: float | None = None, betas=None) -> torch.optim.AdamW:
+    def make_optimizer(self, groups, lr: float | None = None, weight_decay: float | None = None) -> torch.optim.AdamW:
+        """AdamW with the recipe's settings; `lr` / `weight_decay` override them (e.g. a discriminator's)."""
         o = self.optim
-        return torch.optim.AdamW(groups, lr=o.lr if lr is None else lr, betas=tuple(betas or o.betas), eps=o.eps,
-                                 weight_decay=o.weight_decay)
+        return torch.optim.AdamW(groups, lr=o.lr if lr is None else lr, betas=tuple(o.betas), eps=o.eps,
+                                 weight_decay=o.weight_decay if weight_decay is None else weight_decay)
 
     # -------------------------------------------------------------- resume
     def _check_resume(self, resume: bool, allow_change: bool) -> Path | None:
@@ -407,10 +418,11 @@ class Engine:
         return path
 
     # -------------------------------------------------------------- the loop
-    def progress(self, elapsed: float | None = None) -> float:
+    def progress(self) -> float:
+        """Run progress in [0, 1+]: max(step / max_steps, elapsed / budget)."""
         p = self.step / self.run.max_steps
         if self.run.max_minutes:
-            p = max(p, (self.elapsed if elapsed is None else elapsed) / (self.run.max_minutes * 60))
+            p = max(p, self.elapsed / (self.run.max_minutes * 60))
         return p
 
     def _agree(self, flag: bool) -> bool:
@@ -433,8 +445,8 @@ class Engine:
         dist.all_reduce(t)
         return float(t.item()) / self.world
 
-    def fit(self, task: Task, until: int | None = None) -> dict:
-        """Train until max_steps, the time budget or step `until` (tests interrupt runs with it)."""
+    def fit(self, task: Task) -> dict:
+        """Train until max_steps or the time budget, then the task's finish() and a last checkpoint."""
         run, opt_cfg = self.run, self.optim
         if self.sharded and (set(task.modules()) != {"model"} or task.extra_optimizers):
             raise ConfigError("run.parallel=fsdp2 shards language models only; tokenizer trainers (EMA, "
@@ -448,7 +460,6 @@ class Engine:
             if self.main:
                 print(f"{self.name}: resumed from {self.resume_from} at step {self.step}", flush=True)
         clip_params = list(task.model.parameters())  # model order: the norm's summation order is fixed
-        last = run.max_steps if until is None else min(until, run.max_steps)
         bar = Progress(self, enabled=self.progress_enabled and self.main)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -458,14 +469,15 @@ class Engine:
         metrics: dict = {}
         while True:
             self.elapsed = elapsed0 + time.time() - t0
-            if self._agree(self.step >= last or self.progress() >= 1.0):
+            progress = self.progress()
+            if self._agree(self.step >= run.max_steps or progress >= 1.0):
                 break
             step = self.step
-            lr_f = lr_factor(opt_cfg, step, self.progress())
+            lr_f = lr_factor(opt_cfg, step, progress)
             for o in self.optimizers.values():
                 for g in o.param_groups:
                     g["lr"] = g["base_lr"] * lr_f
-            task.begin_step(step, self.progress())
+            task.begin_step(step, progress)
             for o in self.optimizers.values():
                 o.zero_grad(set_to_none=True)
             losses, metrics = [], {}

@@ -25,11 +25,12 @@ import torch
 from unitok.config import load_config, to_dict
 from unitok.errors import ConfigError, VocabMismatchError
 from unitok.model.config import ModelConfig, debug
-from unitok.training.loop import Engine, OptimConfig, RunConfig, Task
+from unitok.training.loop import Engine, OptimConfig, RunConfig, Task, transformer_param_groups
+from unitok.vocab import Modality
 
 __all__ = ["UnifiedConfig", "UnifiedTask", "train_unified", "run_cli", "MODALITIES"]
 
-MODALITIES = ("text", "image", "video", "audio")  # Modality values 0..3
+MODALITIES = tuple(m.name.lower() for m in Modality)  # "text", "image", "video", "audio": Modality values 0..3
 
 
 @dataclass
@@ -81,11 +82,7 @@ class UnifiedTask(Task):
 
             checkpoint_blocks(self.model)
         self.model_train = engine.parallelize(self.model)
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (decay if p.dim() >= 2 and "tok_emb" not in name else no_decay).append(p)
-        self.param_groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}]
+        self.param_groups = transformer_param_groups(self.model, cfg.optim.weight_decay)
         self.data = PackedBatches(shards, cfg.seq_len, cfg.batch_size, cfg.run.seed, cfg.eval_fraction,
                                   cfg.cond_dropout, cfg.bidirectional_images)
         w = torch.tensor([cfg.loss_weights.get(m, 1.0) for m in MODALITIES], dtype=torch.float32)

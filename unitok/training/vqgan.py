@@ -149,9 +149,8 @@ class VQGANTask(Task):
         self.param_groups = [{"params": list(model.parameters())}]
         self.extra_optimizers = {}
         if self.disc is not None:
-            self.extra_optimizers["disc"] = engine.make_optimizer(
-                self.disc.parameters(), lr=cfg.optim.lr * cfg.loss.disc_lr_mult)
-            self.extra_optimizers["disc"].param_groups[0]["weight_decay"] = 0.01  # AdamW's default, as before
+            self.extra_optimizers["disc"] = engine.make_optimizer(  # AdamW's default decay, as before the engine
+                self.disc.parameters(), lr=cfg.optim.lr * cfg.loss.disc_lr_mult, weight_decay=0.01)
         self.ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_weights > 0 else None
         self.quantizers = [q for m in (model, self.ema) if m is not None for q in m.modules() if isinstance(q, Quantizer)]
         self.model_train = engine.parallelize(model, broadcast_buffers=False,  # codebooks sync in the quantizer
@@ -264,7 +263,7 @@ def train_from_recipe(args, data: dict) -> int:
 
 
 def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, *, allow_recipe_change: bool = False,
-          progress: bool = True, until: int | None = None) -> dict:
+          progress: bool = True) -> dict:
     """Run the loop; returns a summary dict (steps, minutes, skipped files, last metrics)."""
     out = Path(out_dir)
     engine = Engine(cfg.run, cfg.optim, out, recipe=to_dict(cfg), resume=resume, allow_recipe_change=allow_recipe_change,
@@ -272,7 +271,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, resume: bool = False, *, allow_re
     task = VQGANTask(cfg, engine, data_dir)
     if engine.main:
         out.mkdir(parents=True, exist_ok=True)
-    summary = engine.fit(task, until=until)
+    summary = engine.fit(task)
     if engine.main:
         final = task.ema or task.model
         _save_samples(final, task.fixed, out / "samples" / "final.png")
