@@ -48,13 +48,15 @@ def test_generate_greedy_matches_full_forward_and_seed_is_reproducible():
     assert all(100 <= i < 200 for i in c)
 
 
-def test_generate_past_the_context_window():
+def test_generate_refuses_a_request_past_the_context_window():
+    """The window never slides (it could slide past a span's header): the request is refused."""
+    import pytest
+
+    from unitok.errors import ConfigError
+
     torch.manual_seed(0)
     m = UnifiedTransformer(debug()).eval()  # max_seq_len 64
-    ids = generate(m, list(range(1, 60)), 100, temperature=0)
-    assert len(ids) == 100
-    # after the window slides, the next token is greedy given the last 32 tokens
-    seq = list(range(1, 60)) + ids
-    k = 64 - 59 + 1  # tokens generated before the first slide (cache full at 64)
-    ctx = seq[59 + k - 32: 59 + k]
-    assert ids[k] == int(m(torch.tensor([ctx]))[0, -1].argmax())
+    with pytest.raises(ConfigError, match="59 tokens \\+ 100 new tokens = 159 exceeds the model's context of 64 "
+                                          "tokens.*at most 5 new tokens"):
+        generate(m, list(range(1, 60)), 100, temperature=0)
+    assert len(generate(m, list(range(1, 60)), 5, temperature=0)) == 5  # exactly full is fine

@@ -26,6 +26,10 @@ class DataError(UnitokError):
     """Input data is missing or unreadable."""
 
 
+class ContextLengthError(ConfigError, ValueError):
+    """A generation request does not fit the model's context (also a ValueError for library callers)."""
+
+
 def require_file(path, what: str = "file"):
     """Return `path` as a Path, raising a one-line `DataError` if it is not a file."""
     from pathlib import Path

@@ -5,6 +5,7 @@
     for t in prompt_ids[1:]:
         st.push(t)              # ValueError for an id the grammar does not allow there
     ranges = st.allowed()       # [(lo, hi), ...] half-open id ranges allowed next
+    ranges = st.fitting(ranges, room)   # ... of which a span can still end within `room` tokens
     mask = g.mask(ranges)       # (V,) bool, for logits.masked_fill(~mask, -inf)
 
 The rules follow `UnifiedVocab.pack`: outside a span, text ids, <eos> and the begin marker of every
@@ -70,6 +71,29 @@ class GrammarState:
                 return [end]
         return ranges
 
+    def fitting(self, ranges: list[tuple[int, int]], room: int) -> list[tuple[int, int]]:
+        """`ranges` (from `allowed` or `closing`) less the ids after which the open span, or a span
+        this id opens, could not end within `room` more tokens (this one included): begin markers
+        whose shortest span is longer, header sizes whose grid would be too large, and a new audio
+        frame without room for it and <eoa>. A sampler that keeps to them never runs out of context
+        inside a span."""
+        g, v, m = self.grammar, self.grammar.vocab, self.modality
+        if room < 1:
+            return []
+        if m is None:  # a span opened now needs its marker, header, one position of codes and its end
+            too_long = [b for b, mb in g.begin_of.items() if 2 + _HEADER[mb] + g.levels[mb] > room]
+            return _cut(ranges, [(b, b + 1) for b in too_long])
+        levels = g.levels[m]
+        if len(self.sizes) < _HEADER[m]:  # this size token, the sizes after it (>= 1 each), the codes, the end
+            grid = levels
+            for n in self.sizes:
+                grid *= n
+            most = (room - 2 - (_HEADER[m] - len(self.sizes) - 1)) // grid  # largest size that fits
+            return _cut(ranges, [(v.size_start + max(most, 0), v.size_start + v.max_size)])
+        if m == "audio" and self.codes % levels == 0 and levels + 1 > room:  # no room for a frame and <eoa>
+            return _cut(ranges, [v.code_range(m, 0)])
+        return ranges
+
     def allows(self, t: int) -> bool:
         return any(lo <= t < hi for lo, hi in self.allowed())
 
@@ -127,6 +151,14 @@ class SpanGrammar:
         for lo, hi in ranges:
             m[lo:hi] = True
         return m
+
+
+def _cut(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Half-open `ranges` without the ids in `holes`."""
+    out = list(ranges)
+    for a, b in holes:
+        out = [piece for lo, hi in out for piece in ((lo, min(hi, a)), (max(lo, b), hi)) if piece[0] < piece[1]]
+    return out
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ Single-device code: parallelism is applied from outside.
     loss = model(ids, targets)                 # ids, targets: (B, T); -100 targets are skipped
     logits = model(ids)                        # (B, T, V)
     cache = model.new_cache(B, max_len)
-    logits = model(prompt, cache=cache)        # prefill
+    logits = model(prompt, cache=cache, valid=valid)  # prefill; valid (B, T) False at left padding
     logits = model(next_ids[:, None], cache=cache)   # one-token decode steps
 """
 
@@ -25,7 +25,7 @@ from torch import nn
 from unitok.kernels import attention, linear_cross_entropy, rms_norm
 from unitok.model.config import ModelConfig
 
-__all__ = ["UnifiedTransformer", "KVCache", "RMSNorm", "doc_positions"]
+__all__ = ["UnifiedTransformer", "KVCache", "RMSNorm", "doc_positions", "cached_attention"]
 
 
 def doc_positions(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -55,15 +55,55 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class KVCache:
     """Keys and values of every layer for generation: prefill once, then one token per step.
 
-    k, v: (n_layer, B, Hkv, max_len, D); `pos` tokens are filled.
+    k, v: (n_layer, B, Hkv, max_len, D); slots [0, pos) are filled, the same number in every row.
+    Prompts of different lengths are left-padded: `valid` (B, max_len) is False at padding, no real
+    token attends to a padding slot, and a row's RoPE positions count only its real tokens
+    (`seen`, (B,)), so they start at 0 at its first real token as in training.
     """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
         shape = (cfg.n_layer, batch, cfg.kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+        self.seen = torch.zeros(batch, dtype=torch.long, device=device)  # real tokens per row so far
+        self.padded = False  # some slot in [0, pos) is padding: attention needs a mask
         self.max_len = max_len
         self.pos = 0
+        self.doc_ids = self.mask = None  # this forward's prefill doc ids / decode mask (set by `begin`)
+
+    def begin(self, T: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Before a forward of T tokens per row: record which are real (valid (B, T) bool, None = all)
+        and return their RoPE positions (B, T); also set the attention mask the layers read."""
+        start, end = self.pos, self.pos + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {start} + {T} > {self.max_len} tokens")
+        if valid is None and T == 1 and start > 0 and not self.padded:  # the plain decode step
+            pos = self.seen[:, None].clone()
+            self.seen += 1
+            self.mask = None
+            return pos
+        if valid is not None:
+            valid = valid.to(device=self.valid.device, dtype=torch.bool)
+            if start == 0 and bool((valid[:, 1:] < valid[:, :-1]).any()):
+                raise ValueError("prompts must be left-padded: valid is False before a row's first real "
+                                 "token and True after it")
+            self.valid[:, start:end] = valid
+            self.padded = self.padded or not bool(valid.all())
+        real = self.valid[:, start:end].long()  # (B, T)
+        pos = (self.seen[:, None] + real.cumsum(1) - 1).clamp(min=0)  # padding gets position 0 (masked anyway)
+        self.seen += real.sum(1)
+        if start == 0:  # prefill: causal attention; padding is a document of its own (doc 0), never seen
+            self.doc_ids, self.mask = (real if self.padded else None), None
+        elif self.padded or T > 1:  # queries [start, end) against keys [0, end)
+            j = torch.arange(end, device=real.device)
+            i = torch.arange(start, end, device=real.device)
+            causal = j[None, :] <= i[:, None]  # (T, end)
+            self_slot = j[None, :] == i[:, None]  # a padding query attends to itself: no empty softmax row
+            self.mask = ((self.valid[:, None, :end] | self_slot) & causal)[:, None]  # (B, 1, T, end)
+        else:
+            self.mask = None
+        return pos
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, Hkv, t, D) at the current position; return everything so far."""
@@ -74,6 +114,54 @@ class KVCache:
         self.v[layer, :, :, self.pos:self.pos + t] = v
         end = self.pos + t
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def grow(self, max_len: int) -> None:
+        """Make room for `max_len` slots in all (the filled ones are kept)."""
+        if max_len <= self.max_len:
+            return
+        n, B, H, _, D = self.k.shape
+        k = self.k.new_zeros(n, B, H, max_len, D)
+        v = self.v.new_zeros(n, B, H, max_len, D)
+        valid = self.valid.new_ones(B, max_len)
+        k[:, :, :, :self.pos], v[:, :, :, :self.pos] = self.k[:, :, :, :self.pos], self.v[:, :, :, :self.pos]
+        valid[:, :self.pos] = self.valid[:, :self.pos]
+        self.k, self.v, self.valid, self.max_len = k, v, valid, max_len
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` (B',) in that order, e.g. the surviving hypotheses of a beam search."""
+        self.k, self.v = self.k[:, index], self.v[:, index]
+        self.valid, self.seen = self.valid[index], self.seen[index]
+
+    def load_row(self, row: int, src: "KVCache") -> None:
+        """Replace row `row` by the one-row cache `src` (its n tokens right-aligned at slots
+        [pos - n, pos), the slots before them padding): a row's sequence changes mid-generation,
+        e.g. classifier-free guidance rebuilding the unconditional stream when a span opens."""
+        n = src.pos
+        if n > self.pos or src.k.shape[1] != 1:
+            raise ValueError(f"load_row needs a one-row cache of at most {self.pos} tokens, got {n}")
+        lo = self.pos - n
+        self.k[:, row, :, lo:self.pos] = src.k[:, 0, :, :n]
+        self.v[:, row, :, lo:self.pos] = src.v[:, 0, :, :n]
+        self.valid[row, :lo] = False
+        self.valid[row, lo:self.pos] = src.valid[0, :n]
+        self.seen[row] = src.seen[0]
+        self.padded = self.padded or lo > 0 or not bool(src.valid[0, :n].all())
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """q: (B, Hq, T, D) against cached k, v: (B, Hkv, L, D); mask None (every key) or (B, 1, T, L) bool.
+
+    The query heads that share a kv head are folded into the query length, (B, Hkv, g*T, D), so the
+    cache is read in place instead of being repeated g times per step. A few query rows against the
+    cache are not a flash-attention workload: plain SDPA.
+    """
+    B, Hq, T, D = q.shape
+    Hkv, L = k.shape[1], k.shape[2]
+    g = Hq // Hkv
+    q = q.reshape(B, Hkv, g * T, D)  # head h uses kv head h // g, as repeat_interleave does
+    if mask is not None and g > 1:
+        mask = mask[:, :, None].expand(B, 1, g, T, L).reshape(B, 1, g * T, L)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(B, Hq, T, D)
 
 
 class RMSNorm(nn.Module):
@@ -116,13 +204,10 @@ class Attention(nn.Module):
         else:
             first = cache.pos == 0
             k, v = cache.update(layer, k, v)
-            if first:  # prefill: ordinary causal attention over the prompt
-                y = attention(q, k, v, causal=True, backend=cfg.attention)
-            else:  # decode: T new queries see the whole cache (T == 1 in practice: no mask needed)
-                if T != 1:
-                    raise ValueError("after prefill, decode one token at a time")
-                # One query row against the cache is not a flash-attention workload: plain SDPA.
-                y = attention(q, k, v, causal=False, backend="sdpa")
+            if first:  # prefill: causal attention over the prompts (left padding as a document of its own)
+                y = attention(q, k, v, causal=True, doc_ids=cache.doc_ids, backend=cfg.attention)
+            else:  # decode: the new queries see the whole cache (mask: padding, and causal when T > 1)
+                y = cached_attention(q, k, v, cache.mask)
         y = y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_dim)
         return self.wo(y)
 
@@ -189,19 +274,35 @@ class UnifiedTransformer(nn.Module):
         p = self.tok_emb.weight
         return KVCache(self.cfg, batch, max_len or self.cfg.max_seq_len, device=p.device, dtype=p.dtype)
 
-    def hidden(self, ids, doc_ids=None, span_ids=None, cache: KVCache | None = None) -> torch.Tensor:
-        """ids: (B, T) -> final-normed hidden states (B, T, dim)."""
+    def hidden(self, ids, doc_ids=None, span_ids=None, cache: KVCache | None = None,
+               valid: torch.Tensor | None = None) -> torch.Tensor:
+        """ids: (B, T) -> final-normed hidden states (B, T, dim).
+
+        valid: (B, T) bool, False at left padding (prompts of different lengths in one batch): padding
+        is never attended to and each row's positions start at 0 at its first real token."""
         B, T = ids.shape
         start = 0 if cache is None else cache.pos
-        if start + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-        if doc_ids is not None:
-            if cache is not None:
+        # With a cache, slots may outnumber positions (padding, finished rows fed as padding): the
+        # positions are checked then, only past max_seq_len slots (one host sync).
+        n = start + T
+        if n > self.cfg.max_seq_len and cache is not None:
+            n = int(cache.seen.max()) + T
+        if n > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {n} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        if valid is not None and cache is None:
+            if doc_ids is not None:
+                raise ValueError("pass doc_ids or valid, not both")
+            doc_ids = valid.long()  # padding and real tokens as two documents: the same masks and positions
+        if cache is not None:
+            if doc_ids is not None:
                 raise ValueError("doc_ids are for packed training sequences, not cached generation")
+            pos = cache.begin(T, valid)  # (B, T): per-row positions that skip left padding
+            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, D/2)
+        elif doc_ids is not None:
             pos = doc_positions(doc_ids)  # (B, T): RoPE restarts in every packed document
             cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, D/2)
         else:
-            cos, sin = self.rope_cos[start:start + T][None, None], self.rope_sin[start:start + T][None, None]
+            cos, sin = self.rope_cos[:T][None, None], self.rope_sin[:T][None, None]
         x = self.tok_emb(ids)  # (B, T, dim)
         x = F.dropout(x, self.cfg.dropout, self.training)
         for i, block in enumerate(self.blocks):
@@ -211,11 +312,11 @@ class UnifiedTransformer(nn.Module):
         return self.norm(x)
 
     def forward(self, ids, targets=None, doc_ids=None, span_ids=None, cache: KVCache | None = None,
-                reduction: str = "mean", z_loss: float | None = None):
+                reduction: str = "mean", z_loss: float | None = None, valid: torch.Tensor | None = None):
         """Without targets: logits (B, T, V) in fp32. With targets (B, T): the loss
         (mean over non-ignored tokens, plus z-loss; `reduction="sum"`/`"none"` and
-        `z_loss=0` give plain token NLLs for evaluation)."""
-        h = self.hidden(ids, doc_ids, span_ids, cache)
+        `z_loss=0` give plain token NLLs for evaluation). `valid`: see `hidden`."""
+        h = self.hidden(ids, doc_ids, span_ids, cache, valid)
         if targets is None:
             return (h @ self.output_weight.t()).float()
         return linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.output_weight, targets.reshape(-1),

@@ -1,0 +1,136 @@
+"""`unitok bench generate`: decode speed of the sampler with its KV cache, without it (every step
+recomputes the whole sequence), and of Hugging Face transformers' `LlamaForCausalLM.generate` at the
+same dimensions, side by side in one run.
+
+    unitok bench generate --preset small --new-tokens 256 --prompt-len 32 --batch-sizes 1,8 --repeats 3 \
+        --json out/generate.json [--device cuda --dtype bfloat16]
+
+Both models are randomly initialised from the preset: dim, layers, heads, kv heads, vocabulary, FFN
+width, max positions, RoPE theta, norm eps and tied embeddings are the same; ours also has QK-norm
+where the preset has it (Llama has none). Greedy decoding of exactly --new-tokens tokens per row (no
+end-of-sequence stop), random prompt ids (the same for all three), `use_cache=True` for
+transformers. A run is one whole `generate` call, prefill included; new tokens/s = batch x
+new tokens / seconds. Runs alternate (cache, full, transformers, rotating the order every repeat)
+after one untimed warm-up of each, so a noisy machine hurts all alike; the JSON keeps every run and
+reports medians. `cache_equals_full` checks that both of our paths produced the same ids.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+__all__ = ["run", "llama_twin"]
+
+IMPLS = ("cache", "full", "transformers")
+
+
+def llama_twin(cfg, dtype=torch.float32):
+    """A randomly initialised `LlamaForCausalLM` with the dimensions of a `ModelConfig`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    lc = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim,
+                     num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                     num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len,
+                     rms_norm_eps=cfg.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                     tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    lc._attn_implementation = "sdpa"
+    return LlamaForCausalLM(lc).to(dtype).eval()
+
+
+def _timed(fn, device) -> tuple[float, object]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t, out
+
+
+def run(args) -> int:
+    from unitok.bench.common import markdown_table, write_json
+    from unitok.errors import ConfigError
+    from unitok.generation.sample import check_context, generate_batch
+    from unitok.model.config import preset
+    from unitok.model.transformer import UnifiedTransformer
+
+    try:
+        cfg = preset(args.preset)
+        batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"bench generate: {e}") from None
+    if not batch_sizes or min(batch_sizes) < 1 or args.repeats < 1 or args.prompt_len < 1:
+        raise ConfigError("bench generate: --batch-sizes, --repeats and --prompt-len must be >= 1")
+    check_context([args.prompt_len], args.new_tokens, cfg.max_seq_len)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("bench generate: --device cuda but CUDA is not available")
+    import transformers
+
+    torch.manual_seed(0)
+    ours = UnifiedTransformer(cfg).to(device=device, dtype=dtype).eval()
+    hf = llama_twin(cfg, dtype).to(device)
+    rng = np.random.default_rng(0)
+    prompts = {B: rng.integers(0, cfg.vocab_size, (B, args.prompt_len)).tolist() for B in batch_sizes}
+    N = args.new_tokens
+
+    def call(impl: str, B: int, n: int):
+        p = prompts[B]
+        if impl == "transformers":
+            ids = torch.tensor(p, device=device)
+            with torch.no_grad():
+                out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                  do_sample=False, use_cache=True, pad_token_id=0)
+            return out[:, ids.shape[1]:].tolist()
+        return generate_batch(ours, p, n, temperature=0, use_cache=impl == "cache")
+
+    for B in batch_sizes:  # warm-up: allocator, kernels, lazy imports
+        for impl in IMPLS:
+            call(impl, B, min(N, 4))
+    runs = {(impl, B): [] for impl in IMPLS for B in batch_sizes}
+    ids = {}
+    for r in range(args.repeats):
+        order = IMPLS[r % 3:] + IMPLS[:r % 3]
+        for B in batch_sizes:
+            for impl in order:
+                dt, out = _timed(lambda: call(impl, B, N), device)
+                runs[(impl, B)].append(B * N / dt)
+                ids[(impl, B)] = out
+                if any(len(o) != N for o in out):
+                    raise RuntimeError(f"{impl} produced {[len(o) for o in out]} tokens, not {N} per row")
+        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(
+                f"B={B} {impl} {runs[(impl, B)][-1]:.1f}" for B in batch_sizes for impl in IMPLS) + " tokens/s")
+    rows = []
+    for B in batch_sizes:
+        med = {impl: float(np.median(runs[(impl, B)])) for impl in IMPLS}
+        rows.append({"batch": B, "cache_tokens_per_s": med["cache"], "full_tokens_per_s": med["full"],
+                     "transformers_tokens_per_s": med["transformers"], "cache_vs_full": med["cache"] / med["full"],
+                     "cache_vs_transformers": med["cache"] / med["transformers"],
+                     "cache_runs": runs[("cache", B)], "full_runs": runs[("full", B)],
+                     "transformers_runs": runs[("transformers", B)],
+                     "cache_equals_full": ids[("cache", B)] == ids[("full", B)]})
+    out = {
+        "preset": args.preset,
+        "model": {"dim": cfg.dim, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_kv_head": cfg.kv_heads,
+                  "vocab_size": cfg.vocab_size, "ffn_hidden": cfg.hidden_dim, "max_seq_len": cfg.max_seq_len,
+                  "qk_norm": cfg.qk_norm, "tie_embeddings": cfg.tie_embeddings, "params": ours.num_params(),
+                  "transformers_params": sum(p.numel() for p in hf.parameters())},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": args.dtype, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "new_tokens": N, "prompt_len": args.prompt_len,
+        "batch_sizes": batch_sizes, "repeats": args.repeats, "results": rows,
+        "timing": "one whole greedy generate call per run (prefill included), new tokens/s = batch x new tokens / "
+                  "seconds; medians over alternating runs after one warm-up each",
+    }
+    write_json(out, args.json)
+    print(markdown_table(rows, ["batch", "cache_tokens_per_s", "full_tokens_per_s", "transformers_tokens_per_s",
+                                "cache_vs_full", "cache_vs_transformers", "cache_equals_full"],
+                         {"cache_tokens_per_s": ".1f", "full_tokens_per_s": ".1f",
+                          "transformers_tokens_per_s": ".1f", "cache_vs_full": ".2f", "cache_vs_transformers": ".2f"}),
+          end="")
+    print(f"-> {args.json}")
+    return 0
