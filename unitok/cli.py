@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(lm, "sample", "unitok.generation.sample:run_cli", "generate text from a checkpoint")
     p.add_argument("checkpoint", help="run directory or checkpoint directory")
     p.add_argument("--prompt", default="", help="text prompt")
-    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens to generate (default: what the context has room for after the prompt)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True, help="where to write the JSON results")
     p.add_argument("--out", default=None, help="folder for the table, plots and grids (default: beside --json)")
     p.add_argument("--max-files", type=int, default=None, help="use at most this many files")
+    p.add_argument("--usage-data", default=None,
+                   help="images or audio for the codebook-usage figure when --data gives fewer than --usage-tokens "
+                        "tokens per level (e.g. the training folder; default: --data)")
+    p.add_argument("--usage-tokens", type=int, default=None,
+                   help="tokens per level the usage figure counts at least (default: 20 x codebook size)")
 
     # --- bench
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", metavar="COMMAND")
@@ -130,6 +136,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30, help="steps per run (the first is not timed; default: 30)")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop (default: 3)")
     p.add_argument("--data", default=None, help="token shards (default: synthetic documents)")
+    p.add_argument("--json", required=True, help="where to write the results")
+    p = _add(bench, "rd", "unitok.bench.rd:run", "rate-distortion figure: our presets and the classical curves",
+             "Plot the tokenizers' points from `unitok tokenizer bench` JSON files (measured on --data) beside the\n"
+             "classical curves computed here on the same material: JPEG/WebP at full size and downscaled 2/4/8x\n"
+             "(image, PSNR), Opus and Codec2 (audio, log-mel distance full band and 0-4 kHz), H.264 over a CRF\n"
+             "sweep (video, PSNR). Writes OUT/rd.png and OUT/rd.json.")
+    p.add_argument("modality", choices=["image", "audio", "video"])
+    p.add_argument("--data", required=True, help="the held-out folder the bench JSON files were measured on")
+    p.add_argument("--results", nargs="+", required=True, metavar="LABEL=JSON",
+                   help="our points: a label and a `unitok tokenizer bench` JSON file, e.g. f16=runs/f16/heldout.json")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--max-files", type=int, default=None, help="use at most this many files")
+    p = _add(bench, "generate", "unitok.bench.generate:run", "decode speed: KV cache vs recomputation vs transformers",
+             "Greedy decoding of --new-tokens tokens from random prompts with the sampler's KV cache, with full\n"
+             "recomputation every step, and with transformers' LlamaForCausalLM.generate (use_cache=True) at the\n"
+             "preset's dimensions (randomly initialised), per batch size, alternating --repeats times; prints a\n"
+             "table of new tokens/s and writes every run to --json.")
+    p.add_argument("--preset", default="small", help="model preset (unitok/model/config.py; default: small)")
+    p.add_argument("--new-tokens", type=int, default=256, help="new tokens per row (default: 256)")
+    p.add_argument("--prompt-len", type=int, default=16, help="prompt tokens per row (default: 16)")
+    p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default: 1,8)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each (default: 3)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", required=True, help="where to write the results")
     p = _add(bench, "kernels", "unitok.bench.kernels:run", "fused kernels vs. torch (timing needs a GPU)")
     p.add_argument("--json", required=True, help="where to write the results")

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from unitok.bench.common import write_json
-from unitok.data.audio import list_audio_files, log_mel, read_audio, resample, to_model_format, write_wav
+from unitok.bench.image import level_stats
+from unitok.data.audio import check_duration, list_audio_files, log_mel, read_audio, resample, to_model_format, write_wav
 from unitok.errors import DataError
 from unitok.metrics import mel_distance, si_snr, stft_distance
 
@@ -212,6 +213,12 @@ def run(args, tokenizer) -> int:
             continue
         x = to_model_format(wav, fsr, sr, C)  # (C, N)
         n = x.shape[-1]
+        try:
+            check_duration(n, sr)
+        except DataError as e:
+            skipped[path.name] = str(e)
+            print(f"skipped {path.name}: {e}", flush=True)
+            continue
         dur = n / sr
         seconds += dur
         xb = x[None].to(device)
@@ -245,13 +252,14 @@ def run(args, tokenizer) -> int:
     if not ours:
         raise DataError(f"{args.data}: no readable audio files ({len(skipped)} unreadable)")
 
-    usage, perplexity = [], []
     flat = torch.cat(all_codes, -1)  # (L, total frames)
-    for lvl in range(flat.shape[0]):
-        counts = torch.bincount(flat[lvl], minlength=tok.config.codebook_size).double()
-        p = counts / counts.sum()
-        usage.append(float((counts > 0).double().mean()))
-        perplexity.append(float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())))
+    usage, perplexity = level_stats(flat, tok.config.codebook_size)
+    need = getattr(args, "usage_tokens", None) or 20 * tok.config.codebook_size
+    usage_block = {"source": str(args.data), "tokens_per_level": int(flat.shape[1]), "enough": flat.shape[1] >= need,
+                   "codebook_usage": usage, "perplexity": perplexity}
+    if flat.shape[1] < need:  # too few held-out frames: whole files of --usage-data (or --data) on top
+        usage_block = usage_sweep(tok, getattr(args, "usage_data", None) or args.data, need, device, flat,
+                                  exclude={p.resolve() for p in files})
 
     def mean(d, k):
         return float(np.mean([v[k] for v in d.values()])) if d else None
@@ -268,7 +276,7 @@ def run(args, tokenizer) -> int:
                  "mel_distance": mean(ours, "mel_distance"), "stft_distance": mean(ours, "stft_distance"),
                  "stoi": mean(ours, "stoi"), "mel_distance_4k": mean(ours, "mel_distance_4k"),
                  "tokens_counted": int(flat.numel()),
-                 "codebook_usage": usage, "codebook_perplexity": perplexity,
+                 "codebook_usage": usage, "codebook_perplexity": perplexity, "usage": usage_block,
                  "real_time_factor": {"encode": t_enc / seconds, "decode": t_dec / seconds}, "per_file": ours},
         "opus": ({"kbps": round(kbps, 4), "si_snr": mean(opus, "si_snr"), "mel_distance": mean(opus, "mel_distance"),
                   "stft_distance": mean(opus, "stft_distance"), "stoi": mean(opus, "stoi"),
@@ -293,6 +301,33 @@ def run(args, tokenizer) -> int:
     (out_dir / "bench.md").write_text(md)
     print(md)
     return 0
+
+
+@torch.no_grad()
+def usage_sweep(tok, directory, min_tokens: int, device, held_out: torch.Tensor, exclude=frozenset()) -> dict:
+    """Codebook usage per level over the held-out codes plus whole files of `directory` (in sorted
+    order, until at least `min_tokens` frames; files in `exclude`, the held-out ones, are not read
+    twice), for the usage figure alone."""
+    codes, used = [held_out], []
+    for path in list_audio_files(directory):
+        if sum(c.shape[1] for c in codes) >= min_tokens:
+            break
+        if path.resolve() in exclude:
+            continue
+        try:
+            wav, fsr = read_audio(path)
+        except DataError:
+            continue
+        x = to_model_format(wav, fsr, tok.sample_rate, tok.channels)
+        if x.shape[-1] < tok.hop_length:
+            continue
+        codes.append(tok.encode(x[None].to(device))[0].cpu())
+        used.append(path.name)
+    flat = torch.cat(codes, -1)
+    usage, ppl = level_stats(flat, tok.config.codebook_size)
+    return {"source": f"held-out files + {directory}", "files": used, "tokens_per_level": int(flat.shape[1]),
+            "enough": flat.shape[1] >= min_tokens, "codebook_usage": usage, "perplexity": ppl,
+            "protocol": "whole files, mono at the model's rate, all levels"}
 
 
 def _markdown(r: dict) -> str:
@@ -323,6 +358,9 @@ def _markdown(r: dict) -> str:
         "",
         f"Codebook usage per level: {', '.join(f'{u:.0%}' for u in o['codebook_usage'])}",
         f"Codebook perplexity per level: {', '.join(f'{q:.0f}' for q in o['codebook_perplexity'])}",
+        f"Codebook usage per level over {o['usage']['tokens_per_level']:,} frames ({o['usage']['source']}"
+        f"{'' if o['usage']['enough'] else '; fewer than 20 x codebook size'}): "
+        f"{', '.join(f'{u:.0%}' for u in o['usage']['codebook_usage'])}",
         f"Real-time factor (compute s / audio s): encode {o['real_time_factor']['encode']:.4f}, "
         f"decode {o['real_time_factor']['decode']:.4f}",
         "",

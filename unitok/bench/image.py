@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from unitok.bench.common import markdown_table, write_json
-from unitok.data.media import SkipLog, list_media, read_image, read_video, save_grid, to_tensor, to_uint8
+from unitok.bench.h264 import video_fps
+from unitok.data.media import MIN_IMAGE_SIDE, SkipLog, list_media, read_image, read_video, save_grid, to_tensor, to_uint8
 from unitok.errors import DataError
 from unitok.metrics import MS_SSIM_MIN_SIZE, ms_ssim, psnr, ssim
 
@@ -157,6 +158,66 @@ def classical_best(tiles: list[np.ndarray], target_bpp: float) -> tuple[dict, li
 # ---------------------------------------------------------------- the benchmark
 
 
+def level_stats(codes: torch.Tensor, size: int) -> tuple[list[float], list[float]]:
+    """(usage, perplexity) per level of (L, N) codes."""
+    usage, ppl = [], []
+    for lv in codes:
+        cnt = torch.bincount(lv.long(), minlength=size).float()
+        p = cnt[cnt > 0] / cnt.sum()
+        usage.append((cnt > 0).float().mean().item())
+        ppl.append(torch.exp(-(p * p.log()).sum()).item())
+    return usage, ppl
+
+
+def _levels_first(codes: torch.Tensor, levels: int) -> torch.Tensor:
+    """Codes of a batch (B, [L,] ...) -> (L, N)."""
+    if levels > 1:
+        return codes.transpose(0, 1).flatten(1)
+    return codes.reshape(1, -1)
+
+
+@torch.no_grad()
+def usage_sweep(tok, directory, min_tokens: int, seed: int = 0, batch: int = 16) -> dict:
+    """Codebook usage over at least `min_tokens` tokens per level from `directory`: 256x256 crops of
+    its images at scales 1, 3/4 and 1/2, on a 64-pixel grid, plain and mirrored, in a seeded random
+    order (encode only). For usage and perplexity alone, where held-out tiles give too few tokens."""
+    from PIL import Image
+
+    skips = SkipLog()
+    images = []
+    for p in list_media(directory, "image", skips):
+        try:
+            img = read_image(p)
+        except DataError as e:
+            skips.add(p, str(e).split(": ", 1)[-1])
+            continue
+        for scale in (1.0, 0.75, 0.5):
+            h, w = round(img.shape[0] * scale), round(img.shape[1] * scale)
+            if min(h, w) < TILE:
+                continue
+            images.append(np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC)) if scale != 1 else img)
+    crops = [(i, y, x, flip) for i, im in enumerate(images)
+             for y in range(0, im.shape[0] - TILE + 1, 64) for x in range(0, im.shape[1] - TILE + 1, 64)
+             for flip in (False, True)]
+    order = np.random.default_rng(seed).permutation(len(crops))
+    per_crop = tok.num_tokens(TILE, TILE) // tok.num_levels
+    chosen = [crops[k] for k in order[:-(-min_tokens // per_crop)]]
+    codes = []
+    for b in range(0, len(chosen), batch):
+        tiles = []
+        for i, y, x, flip in chosen[b:b + batch]:
+            t = images[i][y:y + TILE, x:x + TILE]
+            tiles.append(t[:, ::-1] if flip else t)
+        codes.append(_levels_first(tok.encode(to_tensor(np.ascontiguousarray(np.stack(tiles)))), tok.num_levels))
+    flat = torch.cat(codes, 1) if codes else torch.zeros(tok.num_levels, 0, dtype=torch.long)
+    usage, ppl = level_stats(flat, tok.codebook_size)
+    return {"source": str(directory), "crops": len(chosen), "crops_available": len(crops),
+            "tokens_per_level": int(flat.shape[1]), "enough": flat.shape[1] >= min_tokens,
+            "codebook_usage": float(np.mean(usage)), "perplexity": float(np.mean(ppl)),
+            "usage_per_level": usage, "perplexity_per_level": ppl,
+            "protocol": "256x256 crops at scales 1, 3/4, 1/2 on a 64-px grid, plain and mirrored, seeded order"}
+
+
 def _lpips_model():
     path = os.environ.get("UNITOK_LPIPS_WEIGHTS")
     if not path or not Path(path).is_file():
@@ -198,14 +259,15 @@ def run(args, tokenizer) -> int:
     files = list_media(args.data, "video" if video else "image", skips)
     if args.max_files:
         files = files[:args.max_files]
-    items, names = [], []
+    items, names, fps = [], [], []
     for p in tqdm(files, desc="reading", disable=len(files) < 20):
         try:
             if video:
                 items.append(_video_clip(p, getattr(tok, "bench_frames", 17)))
                 names.append(p.name)
+                fps.append(video_fps(p))
             else:
-                for t in image_tiles(read_image(p)):
+                for t in image_tiles(read_image(p, MIN_IMAGE_SIDE)):
                     items.append(t)
                     names.append(p.name)
         except DataError as e:
@@ -224,19 +286,8 @@ def run(args, tokenizer) -> int:
     ss = [ssim(a, b) for a, b in zip(orig, rec)]
     cat = torch.cat([c.flatten(1) for c in codes])  # (items, tokens per item)
     size = tok.codebook_size
-    counts = torch.bincount(cat.flatten().long(), minlength=size).float()
-    usage_levels, ppl_levels = [], []
-    if tok.num_levels > 1:  # (B, L, ...) codes: stats per level
-        per_level = torch.cat([c.transpose(0, 1).flatten(1) for c in codes], dim=1)  # (L, N)
-        for lv in per_level:
-            cnt = torch.bincount(lv.long(), minlength=size).float()
-            p = cnt / cnt.sum()
-            usage_levels.append((cnt > 0).float().mean().item())
-            ppl_levels.append(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item())
-    else:
-        p = counts / counts.sum()
-        usage_levels.append((counts > 0).float().mean().item())
-        ppl_levels.append(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item())
+    per_level = torch.cat([_levels_first(c, tok.num_levels) for c in codes], dim=1)  # (L, N)
+    usage_levels, ppl_levels = level_stats(per_level, size)
     tokens_per_item = cat.shape[1]
     pixels = orig[0].shape[0] * orig[0].shape[1]
     tokens_per_image = tokens_per_item / frames_per_item
@@ -247,6 +298,13 @@ def run(args, tokenizer) -> int:
             "bits_per_token": math.log2(size), "usage_per_level": usage_levels, "perplexity_per_level": ppl_levels,
             "tokens_counted": int(cat.numel()),
             "encode_images_per_s": n_img / max(t_enc, 1e-9), "decode_images_per_s": n_img / max(t_dec, 1e-9)}
+    need = getattr(args, "usage_tokens", None) or 20 * size
+    if per_level.shape[1] >= need or video:
+        ours["usage"] = {"source": str(args.data), "tokens_per_level": int(per_level.shape[1]),
+                         "enough": per_level.shape[1] >= need, "codebook_usage": ours["codebook_usage"],
+                         "perplexity": ours["perplexity"]}
+    else:  # too few held-out tokens for a usage figure: crops of --usage-data (or --data) on top
+        ours["usage"] = usage_sweep(tok, getattr(args, "usage_data", None) or args.data, need)
     notes = ["rFID skipped: no local Inception weights (none are shipped; nothing is downloaded)"]
     lp = _lpips_model()
     if lp is not None:
@@ -254,6 +312,22 @@ def run(args, tokenizer) -> int:
     else:
         notes.append("LPIPS skipped: set UNITOK_LPIPS_WEIGHTS to a local VGG16(+LPIPS) weights file to report it")
     if video:
+        from unitok.bench.h264 import h264_matched
+
+        T = frames_per_item
+        seconds = [T / r for r in fps]
+        ours["fps"] = float(np.mean(fps))
+        ours["tokens_per_second"] = float(np.mean([tok.tokens_per_second(r, TILE, TILE) for r in fps]))
+        ours["tokens_per_clip"] = tokens_per_item
+        ours["kbps"] = float(np.mean([tokens_per_item * math.log2(size) / s / 1000 for s in seconds]))
+        h = h264_matched(items, fps, tokens_per_item * math.log2(size))
+        h_frames = [f for clip in h.pop("recs") for f in clip]
+        h.update(psnr=float(np.mean([psnr(a, b) for a, b in zip(orig, h_frames)])),
+                 ssim=float(np.mean([ssim(a, b) for a, b in zip(orig, h_frames)])),
+                 kbps=float(np.mean([h["bits_per_clip"] / s / 1000 for s in seconds])),
+                 bpp=h["bits_per_clip"] / (T * pixels))
+        if "note" in h:
+            notes.append(h["note"])
         tc_o = [np.abs(np.diff(o.astype(np.float32), axis=0) - np.diff(r.astype(np.float32), axis=0)).mean()
                 for o, r in zip(items, recs)]
         ours["temporal_diff_l1"] = float(np.mean(tc_o))
@@ -262,7 +336,7 @@ def run(args, tokenizer) -> int:
     results = {"protocol": PROTOCOL if not video else "videos: first frames, shorter side to 256, centre 256x256 crop",
                "files": len(files) - sum(1 for p, _ in skips.items if Path(p) in set(files)),
                "images": n_img, "skipped": [{"file": p, "reason": r} for p, r in skips.items],
-               "ours": ours}
+               "ours": ours, **({"h264": h} if video else {})}
     if min(orig[0].shape[:2]) >= MS_SSIM_MIN_SIZE:
         ours["ms_ssim"] = float(np.mean([ms_ssim(a, b) for a, b in zip(orig, rec)]))
     best, cands = classical_best(orig, bpp)
@@ -296,7 +370,16 @@ def run(args, tokenizer) -> int:
              f"{tokens_per_image:g} tokens per image, {math.log2(size):g} bits per token; encode {ours['encode_images_per_s']:.1f} img/s, "
              f"decode {ours['decode_images_per_s']:.1f} img/s ({torch.get_num_threads()} threads, "
              f"{'cuda' if next(tok.parameters()).is_cuda else 'cpu'}).\nProtocol: {results['protocol']}.\n")
+    u = ours["usage"]
+    extra += (f"Codebook usage over {u['tokens_per_level']:,} tokens per level ({u['source']}"
+              f"{'' if u['enough'] else '; fewer than 20 x codebook size'}): {u['codebook_usage']:.1%}, "
+              f"perplexity {u['perplexity']:.0f}\n")
     if video:
+        hh = results["h264"]
+        extra += (f"Video: {ours['tokens_per_second']:,.0f} tokens per second of 256x256 video at {ours['fps']:g} fps "
+                  f"({tokens_per_item} tokens per {frames_per_item}-frame clip, {ours['kbps']:.1f} kbps); "
+                  f"H.264 (libx264, CRF {hh['crf']}) at {hh['kbps']:.1f} kbps: PSNR {hh['psnr']:.2f} dB, "
+                  f"SSIM {hh['ssim']:.4f} (ours {ours['psnr']:.2f} dB, {ours['ssim']:.4f})\n")
         extra += f"Temporal consistency (mean |d/dt rec - d/dt orig|, 8-bit levels): {ours['temporal_diff_l1']:.2f}\n"
     extra += "".join(f"Note: {n}\n" for n in notes)
     if skips.count:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from unitok.data.media import AUDIO_EXTS, list_media
 from unitok.errors import DataError
 
-__all__ = ["AUDIO_EXTENSIONS", "list_audio_files", "read_audio", "to_model_format", "resample",
+__all__ = ["AUDIO_EXTENSIONS", "MIN_AUDIO_SECONDS", "check_duration", "list_audio_files", "read_audio", "to_model_format", "resample",
            "mel_filterbank", "mel_spectrogram", "log_mel", "write_wav"]
 
 AUDIO_EXTENSIONS = tuple(sorted(AUDIO_EXTS))
@@ -81,6 +81,15 @@ def _read_av(src, path) -> tuple[torch.Tensor, int]:
         raise DataError(f"{path}: no audio stream") from None
     except Exception as e:  # av.error.*, ValueError, OSError
         raise DataError(f"{path}: unreadable audio ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+MIN_AUDIO_SECONDS = 0.1  # shorter audio is skipped by the benchmark and pretokenization
+
+
+def check_duration(num_samples: int, sr: int, min_seconds: float = MIN_AUDIO_SECONDS) -> None:
+    """DataError for audio shorter than `min_seconds` (a user mistake, not a crash)."""
+    if num_samples < min_seconds * sr:
+        raise DataError(f"too short ({num_samples / sr * 1000:.0f} ms; at least {min_seconds * 1000:.0f} ms)")
 
 
 def to_model_format(wav: torch.Tensor, sr: int, target_sr: int, channels: int) -> torch.Tensor:

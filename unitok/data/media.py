@@ -18,7 +18,7 @@ import torch
 
 from unitok.errors import DataError
 
-__all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "AUDIO_EXTS", "list_media", "SkipLog", "read_image", "read_video",
+__all__ = ["IMAGE_EXTS", "MIN_IMAGE_SIDE", "VIDEO_EXTS", "AUDIO_EXTS", "list_media", "SkipLog", "read_image", "read_video",
            "to_tensor", "to_uint8", "save_grid"]
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -65,8 +65,12 @@ class SkipLog:
         return f"skipped {self.count} unreadable file(s): {shown}{more}"
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB. Raises DataError for anything Pillow cannot decode."""
+MIN_IMAGE_SIDE = 16  # smaller images are skipped by the benchmarks and pretokenization (a user mistake)
+
+
+def read_image(path: str | Path, min_side: int = 1) -> np.ndarray:
+    """(H, W, 3) uint8 RGB. Raises DataError for anything Pillow cannot decode or smaller than
+    `min_side` pixels a side."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -80,6 +84,8 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable image ({str(e)[:120]})") from None
     if arr.ndim != 3 or min(arr.shape[:2]) < 1:
         raise DataError(f"{path}: empty image")
+    if min(arr.shape[:2]) < min_side:
+        raise DataError(f"{path}: too small ({arr.shape[1]}x{arr.shape[0]} px; at least {min_side} px a side)")
     return arr
 
 

@@ -268,15 +268,16 @@ class Tokenizing:
         import torch
         from PIL import Image
 
-        from unitok.data.media import read_image, to_tensor
+        from unitok.data.media import MIN_IMAGE_SIDE, read_image, to_tensor
 
         Image.MAX_IMAGE_PIXELS = self.cfg.max_image_pixels
         try:
-            img = read_image(m.open())
+            img = read_image(m.open(), MIN_IMAGE_SIDE)
         except Image.DecompressionBombError as e:
             raise DataError(f"refused: {e}") from None
         except DataError as e:
-            raise DataError(f"unreadable image ({str(e).split('(', 1)[-1].rstrip(')')})") from None
+            why = str(e).split(": ", 1)[-1]
+            raise DataError(why if why.startswith("too small") else f"unreadable image ({why.split('(', 1)[-1].rstrip(')')})") from None
         s = self.cfg.image_size
         x = _resize_crop(to_tensor(img)[None], s)
         with torch.no_grad():
@@ -286,7 +287,7 @@ class Tokenizing:
     def _audio(self, m: Media) -> list:
         import torch
 
-        from unitok.data.audio import decode_audio, to_model_format
+        from unitok.data.audio import check_duration, decode_audio, to_model_format
 
         tok = self.toks["audio"]
         wav, sr = decode_audio(m.open(), m.name)
@@ -295,8 +296,7 @@ class Tokenizing:
             raise DataError("silent audio")
         n = int(self.cfg.audio_max_seconds * tok.config.sample_rate)
         hop = math.prod(tok.config.upsampling_ratios)
-        if wav.shape[-1] < hop:
-            raise DataError(f"audio of {wav.shape[-1]} samples is shorter than one frame ({hop})")
+        check_duration(wav.shape[-1], tok.config.sample_rate)
         out = []
         with torch.no_grad():
             for s in range(0, wav.shape[-1], n):

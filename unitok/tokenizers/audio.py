@@ -37,6 +37,7 @@ from unitok.config import from_dict
 from unitok.errors import CheckpointError, ConfigError, read_json
 from unitok.foreign import load_torch_file, state_dict_from
 from unitok.tokenizers.base import NeuralTokenizer
+from unitok.tokenizers.quantizers import kmeans
 
 __all__ = ["AudioTokenizerConfig", "AudioTokenizer", "hf_to_encodec_state_dict", "encodec_to_hf_state_dict"]
 
@@ -220,6 +221,14 @@ class AudioTokenizer(NeuralTokenizer):
     def num_frames(self, num_samples: int) -> int:
         return -(-num_samples // self.hop_length)
 
+    def num_tokens(self, num_samples: int) -> int:
+        """Tokens `encode` writes for `num_samples` samples (frames x levels)."""
+        return self.num_frames(num_samples) * self.config.levels
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.frame_rate * self.config.levels
+
     # --- latent path ----------------------------------------------------------------------------
     def _check_wav(self, wav: torch.Tensor) -> torch.Tensor:
         if wav.dim() == 2:
@@ -291,7 +300,7 @@ class AudioTokenizer(NeuralTokenizer):
         for layer in self.quantizer.layers:
             cb = layer._codebook
             k = cb.embed.shape[-2]
-            embed, counts = _kmeans(residual, k, iters)
+            embed, counts = kmeans(residual, k, iters)
             cb.embed.data.copy_(embed[None])
             cb.embed_avg.data.copy_((embed * counts[:, None].clamp_min(1e-3))[None])
             cb.cluster_size.data.copy_(counts.clamp_min(1e-3)[None])
@@ -499,27 +508,6 @@ class AudioTokenizer(NeuralTokenizer):
             if own[k].shape != v.shape:
                 raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
         self.load_state_dict({**own, **ours}, strict=True)
-
-
-def _kmeans(x: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means of x (M, D) with k-means++-style seeding; empty clusters are re-seeded
-    from the points farthest from their centre. Returns (centres (k, D), counts (k,))."""
-    g = torch.Generator(device=x.device).manual_seed(0)
-    c = x[torch.randperm(x.shape[0], generator=g, device=x.device)[:k]].clone()
-    if c.shape[0] < k:
-        c = torch.cat([c, c[torch.randint(0, c.shape[0], (k - c.shape[0],), generator=g, device=x.device)]])
-    for _ in range(iters):
-        d = torch.cdist(x, c)  # (M, k)
-        idx = d.argmin(-1)
-        counts = torch.bincount(idx, minlength=k).float()
-        sums = torch.zeros_like(c).index_add_(0, idx, x)
-        c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
-        empty = (counts == 0).nonzero().flatten()
-        if len(empty):
-            far = d.gather(1, idx[:, None]).squeeze(1).topk(min(len(empty), x.shape[0])).indices
-            c[empty[: len(far)]] = x[far]
-    idx = torch.cdist(x, c).argmin(-1)
-    return c, torch.bincount(idx, minlength=k).float()
 
 
 # --- state-dict conversion ---------------------------------------------------------------------

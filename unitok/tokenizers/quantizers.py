@@ -37,7 +37,7 @@ from torch import nn
 from unitok.errors import ConfigError
 
 __all__ = ["QuantizerConfig", "Quantizer", "QuantOut", "build_quantizer", "check_dead_code_threshold",
-           "code_stats"]
+           "code_stats", "kmeans"]
 
 
 @dataclass
@@ -104,6 +104,36 @@ def check_dead_code_threshold(cfg: QuantizerConfig, tokens_per_step: int, source
             f"per step ({tokens_per_step} tokens / {cfg.size} codes = {mean_hits:.2f}); use at most {0.25 * mean_hits:.2f}")
 
 
+@torch.no_grad()
+def kmeans(x: torch.Tensor, k: int, iters: int, cosine: bool = False, chunk: int | None = None,
+           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means of x (M, D) from k random points; empty clusters are re-seeded from the
+    points farthest from their centre. `cosine`: unit-norm centres (spherical k-means, x should be
+    unit-norm too). `chunk`: assign that many points at a time (bounds the (chunk, k) distance
+    matrix; None = all at once). Returns (centres (k, D), counts (k,))."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    c = x[torch.randperm(x.shape[0], generator=g, device=x.device)[:k]].clone()
+    if c.shape[0] < k:
+        c = torch.cat([c, c[torch.randint(0, c.shape[0], (k - c.shape[0],), generator=g, device=x.device)]])
+
+    def assign(c):  # -> (nearest centre, distance to it) of every point
+        parts = [torch.cdist(xs, c).min(-1) for xs in (x.split(chunk) if chunk else [x])]
+        return torch.cat([p.indices for p in parts]), torch.cat([p.values for p in parts])
+
+    for _ in range(iters):
+        idx, dist = assign(c)
+        counts = torch.bincount(idx, minlength=k).float()
+        sums = torch.zeros_like(c).index_add_(0, idx, x)
+        c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
+        if cosine:
+            c = torch.nn.functional.normalize(c, dim=-1)
+        empty = (counts == 0).nonzero().flatten()
+        if len(empty):
+            far = dist.topk(min(len(empty), x.shape[0])).indices
+            c[empty[: len(far)]] = x[far]
+    return c, torch.bincount(assign(c)[0], minlength=k).float()
+
+
 class Quantizer(nn.Module):
     """One of the quantizers above behind one forward: (B, N, D) -> QuantOut."""
 
@@ -113,6 +143,7 @@ class Quantizer(nn.Module):
 
         self.cfg, self.dim = cfg, dim
         self.bypass = False  # trainer warm-up: pass z through unquantised (codebooks untouched)
+        self.frozen = False  # after `refit`: codebook fixed (no EMA, no dead-code expiry), even in train()
         vq_kwargs = dict(
             codebook_size=cfg.codebook_size, codebook_dim=cfg.codebook_dim, decay=cfg.decay,
             kmeans_init=cfg.kmeans_init, use_cosine_sim=cfg.cosine,
@@ -138,6 +169,26 @@ class Quantizer(nn.Module):
     @property
     def size(self) -> int:
         return self.cfg.size
+
+    def train(self, mode: bool = True):
+        return super().train(mode and not self.frozen)
+
+    @torch.no_grad()
+    def refit(self, z: torch.Tensor, iters: int = 20) -> float:
+        """Refit the codebook by k-means on z (M, D), this quantizer's inputs (e.g. the latents of
+        many crops under the current encoder), in its lookup space (after the low-dimensional
+        projection, unit-norm for cosine codes); EMA state is reset to the fit. Returns the fraction
+        of codes with at least one vector of z. `kind: vq` only."""
+        if self.cfg.kind != "vq":
+            raise ConfigError(f"codebook refit is implemented for kind 'vq', not {self.cfg.kind!r}")
+        cb = self.vq._codebook
+        x = cb.transform_input(self.vq.project_in(z.float()))  # l2-normalised for cosine codes
+        centres, counts = kmeans(x, self.cfg.codebook_size, iters, cosine=self.cfg.cosine, chunk=4096)
+        cb.embed.copy_(centres[None].to(cb.embed))
+        cb.embed_avg.copy_((centres * counts.clamp_min(1e-3)[:, None])[None].to(cb.embed_avg))
+        cb.cluster_size.copy_(counts.clamp_min(1e-3)[None].to(cb.cluster_size))
+        cb.initted.fill_(True)
+        return float((counts > 0).float().mean())
 
     @torch.no_grad()
     def _init_for_eval(self) -> None:

@@ -211,6 +211,17 @@ class VideoTokenizer(NeuralTokenizer):
     def latent_frames(self, frames: int) -> int:
         return 1 + (frames - 1) // self.config.temporal_factor
 
+    def num_tokens(self, frames: int, height: int = 256, width: int = 256) -> int:
+        """Tokens `encode` writes for one clip of `frames` (1 + k * temporal_factor) frames."""
+        f = self.downsample
+        t = frames if self.config.mode == "per-frame" else self.latent_frames(frames)
+        return t * (height // f) * (width // f) * self.num_levels
+
+    def tokens_per_second(self, fps: float, height: int = 256, width: int = 256) -> float:
+        """Tokens per second of height x width video at `fps` (latent frames at fps / temporal factor)."""
+        tf = 1 if self.config.mode == "per-frame" else self.config.temporal_factor
+        return fps / tf * (height // self.downsample) * (width // self.downsample) * self.num_levels
+
     def _check(self, x):
         f, tf = self.downsample, self.config.temporal_factor
         if x.dim() != 5 or x.shape[1] != 3:

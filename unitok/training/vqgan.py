@@ -65,6 +65,11 @@ class TrainConfig:
     # bypassed; k-means codebooks then initialise on the trained latents. Colour and brightness are
     # learned in a few hundred unquantised steps but slowly through a cold codebook.
     quant_warmup: float = 0.0
+    # codebook refit: at this fraction of the run, refit the codebook by k-means on the latents of
+    # `refit_tokens` tokens of training crops, then train only the decoder on the frozen codes (every
+    # code the fit gave a vector stays in use; no codebook drift). null: never. kind vq only.
+    refit_at: float | None = None
+    refit_tokens: int = 65536
     ema_weights: float = 0.999  # decay of the EMA of the model weights (0 = none); codebooks: model.quantizer.decay
     sample_every: int = 500
     channels_last: bool = False
@@ -117,6 +122,8 @@ class VQGANTask(Task):
         dev = engine.device
         if not 0 <= cfg.quant_warmup < 1:
             raise ConfigError(f"{cfg.name}: quant_warmup must be a fraction in [0, 1), got {cfg.quant_warmup}")
+        if cfg.refit_at is not None and not cfg.quant_warmup < cfg.refit_at < 1:
+            raise ConfigError(f"{cfg.name}: refit_at must be a fraction in (quant_warmup, 1), got {cfg.refit_at}")
         if cfg.data.batch_size % engine.world:
             raise ConfigError(f"{cfg.name}: data.batch_size {cfg.data.batch_size} must be a multiple of the "
                               f"{engine.world} processes")
@@ -129,8 +136,12 @@ class VQGANTask(Task):
         tokens = cfg.data.batch_size * (cfg.data.crop // f) ** 2
         if cfg.modality == "video":
             tokens = cfg.data.batch_size * model.latent_frames(cfg.data.frames) * (cfg.data.crop // f) ** 2
-        check_dead_code_threshold(getattr(model, "qcfg", None) or model.config.quantizer, tokens,
-                                  source=f"{cfg.name}: model.quantizer")
+        qcfg = getattr(model, "qcfg", None) or model.config.quantizer
+        check_dead_code_threshold(qcfg, tokens, source=f"{cfg.name}: model.quantizer")
+        if cfg.refit_at is not None and qcfg.kind != "vq":
+            raise ConfigError(f"{cfg.name}: refit_at needs model.quantizer.kind 'vq', not {qcfg.kind!r}")
+        self.tokens_per_batch = tokens
+        self.frozen = False
         sampler_cls = ImageCropSampler if cfg.modality == "image" else VideoClipSampler
         self.sampler = sampler_cls(data_dir, cfg.data, seed=cfg.run.seed * 1000)
         if cfg.channels_last:
@@ -178,12 +189,60 @@ class VQGANTask(Task):
 
         self.sampler.rng.setstate(_to_tuple(state))
 
+    def extra_state(self) -> dict:
+        return {"frozen": self.frozen}
+
+    def load_extra_state(self, state: dict) -> None:
+        if state.get("frozen", False):
+            self._freeze()
+
+    # phases
+    def _freeze(self) -> None:
+        """Decoder-only phase: encoder, quant_conv and codebook fixed (in the model and its EMA copy)."""
+        self.frozen = True
+        trainable = ("decoder.", "post_quant_conv.", "image.decoder.", "image.post_quant_conv.")
+        for m in (self.model, self.ema):
+            if m is None:
+                continue
+            for name, p in m.named_parameters():
+                if not name.startswith(trainable):
+                    p.requires_grad_(False)
+        for q in self.quantizers:
+            q.frozen = True
+            q.train(False)
+
+    @torch.no_grad()
+    def _refit(self) -> float:
+        """k-means codebook on the latents of >= refit_tokens tokens of training crops (rank 0's fit
+        is broadcast: every rank holds the same codebook)."""
+        model = self.model
+        q = next(m for m in model.modules() if isinstance(m, Quantizer))
+        was = model.training
+        model.eval()
+        enc = getattr(model, "image", model)  # a per-frame video tokenizer wraps an image tokenizer
+        zs, n = [], 0
+        while n < self.cfg.refit_tokens:
+            x = self.sampler.batch().to(self.engine.device)
+            z = enc.quant_conv(enc.encoder(_frames(x) if enc is not model else x)).float()  # (B, E, [T,] h, w)
+            zs.append(z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1]))
+            n += zs[-1].shape[0]
+        usage = q.refit(torch.cat(zs))
+        model.train(was)
+        self.engine.broadcast_buffers(model)
+        return usage
+
     # the step
     def begin_step(self, step: int, progress: float) -> None:
         if not self.engine.run.threads and self.engine.device.type == "cpu" and step % 25 == 0:
             _adapt_threads()
         for q in self.quantizers:
             q.bypass = progress < self.cfg.quant_warmup
+        if self.cfg.refit_at is not None and progress >= self.cfg.refit_at and not self.frozen:
+            usage = self._refit()
+            self._freeze()
+            if self.engine.main:
+                print(f"\nrefit the codebook on {self.cfg.refit_tokens:,} tokens of training crops (usage on the fit "
+                      f"data {usage:.1%}); training the decoder only from now on", flush=True)
 
     def forward_backward(self, scale: float) -> dict:
         cfg, e = self.cfg, self.engine
@@ -191,8 +250,8 @@ class VQGANTask(Task):
         if cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         self.model.train()
-        with e.autocast():
-            rec, q = self.model_train(x)
+        with e.autocast():  # the decoder-only phase bypasses DDP (sync_grads averages its gradients)
+            rec, q = (self.model if self.frozen else self.model_train)(x)
         rec = rec.float()
         rec_loss = cfg.loss.l1 * (rec - x).abs().mean() + cfg.loss.l2 * F.mse_loss(rec, x)
         if self.perc is not None:
@@ -214,6 +273,10 @@ class VQGANTask(Task):
         if math.isnan(q.usage):
             m["phase"] = "autoencoder warm-up"
         return m
+
+    def sync_grads(self) -> None:
+        if self.frozen:
+            self.engine.all_reduce_grads(p for p in self.model.parameters() if p.requires_grad)
 
     def end_step(self, step: int) -> dict:
         m = {}
