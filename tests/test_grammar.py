@@ -100,3 +100,24 @@ def test_constrained_sampling_from_an_untrained_model_always_decodes():
         for s in un.segments:
             if "audio" in s:
                 assert s["audio"].shape[0] == 3
+
+
+def test_text_only_grammar_and_fixed_audio_length():
+    """`spans=()` opens no span (a prefix may still hold one); `frames` closes an audio span at exactly
+    that many frames, not before."""
+    t = SpanGrammar(VOCAB, spans=())
+    img = VOCAB.pack([{"image": np.zeros((2, 1, 1), np.int64)}], bos=False, eos=False).ids
+    st = t.start([VOCAB.bos, *img, 3])
+    assert st.allowed() == [(0, 50), (VOCAB.eos, VOCAB.eos + 1)]
+    assert SpanGrammar(VOCAB, spans=("audio",)).start().allows(VOCAB.special["<boa>"])
+    with pytest.raises(ValueError, match="no smell codebook"):
+        SpanGrammar(VOCAB, spans=("smell",))
+    a = SpanGrammar(VOCAB).start([VOCAB.bos, VOCAB.special["<boa>"]])
+    a.frames = 2
+    eoa = (VOCAB.special["<eoa>"], VOCAB.special["<eoa>"] + 1)
+    for i in range(6):
+        assert eoa not in a.allowed() and a.expected_codes() == 6
+        a.push(VOCAB.code_range("audio", i % 3)[0])
+    assert a.allowed() == [eoa]
+    a.push(eoa[0])
+    assert a.modality is None and a.frames is None

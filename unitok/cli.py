@@ -185,6 +185,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("old", help="old run directory or checkpoint directory")
     p.add_argument("new", help="directory to write the converted run into")
 
+    # --- generate (any-to-any, from a unified checkpoint)
+    p = _add(sub, "generate", "unitok.generation.pipeline:run_cli",
+             "generate text, images, audio or video from a checkpoint",
+             "Run one task with a unified checkpoint and write the outputs to --out: PNG (images), WAV (audio),\n"
+             "MP4 or GIF (video), TXT (text) and generation.json (ids, span shapes, settings, timings).\n"
+             "Media spans have exactly the requested size (their header is written for the model) and always\n"
+             "decode. Inputs are resized, cropped and resampled as pretokenization did.\n\n"
+             "tasks:\n"
+             "  text-to-text        continue the prompt\n"
+             "  text-to-image       an image for the prompt (--size)\n"
+             "  image-to-text       caption --image (the prompt, if any, starts the caption)\n"
+             "  text-to-audio       speech for the prompt (--seconds)\n"
+             "  audio-to-text       transcribe --audio\n"
+             "  image-to-image      complete the lower half of --image from its upper half\n"
+             "  video-continuation  continue the clip --video (--frames in all)",
+             epilog="examples:\n"
+                    "  unitok generate runs/u --task text-to-image --prompt 'a red square' --cfg 3 --out out/t2i\n"
+                    "  unitok generate runs/u --task image-to-text --image cat.png --out out/caption\n"
+                    "  unitok generate runs/u --task text-to-audio --prompt 'hello world' --seconds 2 --out out/tts")
+    p.add_argument("run", help="run directory or checkpoint directory")
+    p.add_argument("--task", required=True, metavar="TASK", help="one of the tasks above")
+    p.add_argument("--prompt", default="", help="text prompt (default: none)")
+    p.add_argument("--image", default=None, metavar="FILE", help="input image (image-to-text, image-to-image)")
+    p.add_argument("--audio", default=None, metavar="FILE", help="input audio (audio-to-text)")
+    p.add_argument("--video", default=None, metavar="FILE", help="input video (video-continuation)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="text-to-audio: duration (default: the model ends the span, within the training chunk length)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image / video side in pixels, a multiple of the tokenizer's downsampling (default: the "
+                        "training policy's)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="video-continuation: frames in all, 1 + k x the tokenizer's temporal factor (default: the "
+                        "input clip and as many again)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=1, help="samples, one batch (default: 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg", type=float, default=1.0,
+                   help="classifier-free guidance scale inside media spans (default: 1 = off)")
+    p.add_argument("--temperature", type=float, default=None, help="override in every modality (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="override in every modality (0 = off)")
+    p.add_argument("--top-p", type=float, default=None, help="override in every modality (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="override in every modality (1 = off)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="text output only (default: what the context holds; <eos> ends it)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
     # --- unified pretraining
     p = _add(sub, "train", "unitok.training.unified:run_cli", "pretrain the unified model on token shards",
              "Train one transformer on packed documents of every modality (from `unitok pretokenize`), with the\n"

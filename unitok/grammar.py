@@ -14,6 +14,10 @@ codes (position-major, level-minor: each position takes its level's range in tur
 a video span the same with <size:T> first; an audio span is <boa>, codes frame by frame (level-minor),
 and <eoa> only at a frame boundary after at least one frame. So every span a sampler can produce
 decodes to a whole grid or whole frames.
+
+Two restrictions serve tasks (`unitok.generation.pipeline`): `SpanGrammar(vocab, spans=())` opens no
+media span outside spans (text and <eos> only; a prefix given to `start` may still hold spans), and
+`GrammarState.frames` makes the open audio span exactly that many frames long (<eoa> then, not before).
 """
 
 from __future__ import annotations
@@ -34,11 +38,15 @@ class GrammarState:
     sizes: list[int] = field(default_factory=list)  # header sizes read so far
     codes: int = 0  # codes read in the open span
     ended: bool = False  # after <eos>
+    frames: int | None = None  # the open audio span's length in frames (None: it may end at any frame boundary)
 
     # ------------------------------------------------------------ queries
     def expected_codes(self) -> int | None:
-        """Codes the open span needs in total (None: audio, open-ended; or the header is incomplete)."""
+        """Codes the open span needs in total (None: audio without `frames`, open-ended; or the header
+        is incomplete)."""
         g = self.grammar
+        if self.modality == "audio" and self.frames is not None:
+            return self.frames * g.levels["audio"]
         if self.modality is None or self.modality == "audio" or len(self.sizes) < _HEADER[self.modality]:
             return None
         n = g.levels[self.modality]
@@ -57,7 +65,7 @@ class GrammarState:
             return [(v.size_start, v.size_start + v.max_size)]
         level = self.codes % g.levels[m]
         code = [v.code_range(m, level)]
-        if m == "audio":
+        if m == "audio" and self.frames is None:
             return code + ([g.end[m]] if self.codes and level == 0 else [])
         return code if self.codes < self.expected_codes() else [g.end[m]]
 
@@ -112,7 +120,7 @@ class GrammarState:
         elif len(self.sizes) < _HEADER[m]:
             self.sizes.append(t - v.size_start + 1)
         elif t == g.end[m][0]:
-            self.modality = None
+            self.modality, self.frames = None, None
         else:
             self.codes += 1
         return self
@@ -128,22 +136,33 @@ class GrammarState:
 
 
 class SpanGrammar:
-    def __init__(self, vocab):
+    """`spans`: the media modalities whose spans may be opened outside a span (None: every one the
+    vocabulary has; () = text and <eos> only)."""
+
+    def __init__(self, vocab, spans=None):
         self.vocab = v = vocab
         self.levels = {m: cb.levels for m, cb in v.codebooks.items()}
         markers = {"image": ("<boi>", "<eoi>"), "video": ("<bov>", "<eov>"), "audio": ("<boa>", "<eoa>")}
         self.begin_of = {v.special[markers[m][0]]: m for m in v.codebooks}
         self.end = {m: (v.special[markers[m][1]], v.special[markers[m][1]] + 1) for m in v.codebooks}
-        self.free = _merge([(0, v.text_size), (v.eos, v.eos + 1)] + [(b, b + 1) for b in self.begin_of])
+        self.spans = None if spans is None else tuple(spans)
+        unknown = set(self.spans or ()) - set(v.codebooks)
+        if unknown:
+            raise ValueError(f"spans: this vocabulary has no {sorted(unknown)[0]} codebook")
+        opens = [b for b, m in self.begin_of.items() if self.spans is None or m in self.spans]
+        self.free = _merge([(0, v.text_size), (v.eos, v.eos + 1)] + [(b, b + 1) for b in opens])
 
     def start(self, prefix=None) -> GrammarState:
-        """The state after `prefix` (ids; a leading <bos> is accepted), or at the start of a document."""
-        st = GrammarState(self)
+        """The state after `prefix` (ids; a leading <bos> is accepted), or at the start of a document.
+        The prefix is read by the full rules (any span), what follows by this grammar's."""
+        full = self if self.spans is None else SpanGrammar(self.vocab)
+        st = GrammarState(full)
         ids = [] if prefix is None else [int(t) for t in prefix]
         if ids and ids[0] == self.vocab.bos:
             ids = ids[1:]
         for t in ids:
             st.push(t)
+        st.grammar = self
         return st
 
     def mask(self, ranges: list[tuple[int, int]], device=None) -> torch.Tensor:

@@ -236,7 +236,7 @@ def generate_batch(model: UnifiedTransformer, prompts, max_new_tokens: int, *, s
                    temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                    repetition_penalty: float | None = None, seed: int | None = None, eos_id: int | None = None,
                    stop_ids=None, allowed: tuple[int, int] | None = None, grammar=None, cfg_scale: float = 1.0,
-                   uncond_prompts=None, use_cache: bool = True) -> list[list[int]]:
+                   uncond_prompts=None, use_cache: bool = True, progress=None) -> list[list[int]]:
     """Sample up to `max_new_tokens` ids after each prompt (lists of ids, any lengths); returns the new
     ids of each row.
 
@@ -250,7 +250,8 @@ def generate_batch(model: UnifiedTransformer, prompts, max_new_tokens: int, *, s
     classifier-free guidance inside media spans (needs a grammar); the unconditional prompts default
     to `guidance.unconditional_prompt` of each prompt, rebuilt by that rule when a span opens
     (`uncond_prompts` given are kept as they are). use_cache=False recomputes the whole sequences
-    every step (for tests and the benchmark).
+    every step (for tests and the benchmark). progress: called with the number of steps done (new
+    tokens per row so far) after each step, e.g. to drive a progress bar.
     """
     from unitok.grammar import SpanGrammar
 
@@ -302,6 +303,7 @@ def generate_batch(model: UnifiedTransformer, prompts, max_new_tokens: int, *, s
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
     last = [r[-1] for r in rows]
+    steps = 0
     while True:
         cond = logits[:B]
         mods = [("text" if grammar is None or grammar[b].modality is None else grammar[b].modality) for b in range(B)]
@@ -351,6 +353,9 @@ def generate_batch(model: UnifiedTransformer, prompts, max_new_tokens: int, *, s
                 rebuild.append(b)
         if penal:
             seen[torch.tensor(active, device=device), torch.tensor([toks[b] for b in active], device=device)] = True
+        steps += 1
+        if progress is not None:
+            progress(steps)
         if all(done):
             break  # before the next forward: nothing is computed that is not used
         for b in rebuild:  # a span opened: this row's unconditional stream by the training rule

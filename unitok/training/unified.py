@@ -127,7 +127,8 @@ class UnifiedTask(Task):
         return {t.name: t for t in sorted(d.iterdir())} if d.is_dir() else {}
 
     def extra_state(self) -> dict:
-        return {"cond_dropout": self.cfg.cond_dropout, "shards_vocab_hash": self.shards.vocab.hash}
+        return {"cond_dropout": self.cfg.cond_dropout, "shards_vocab_hash": self.shards.vocab.hash,
+                "policy": self.shards.stats.get("policy")}  # how media were sized: generation prompts match it
 
     def data_state(self):
         return dict(self.data.state)
