@@ -1,16 +1,17 @@
-# make demo  - set up .venv on first use, then run the end-to-end text demo
+# make demo  - set up .venv on first use, then run the multimodal demo (docs/demo.md; DEMO_ARGS=--tiny: < 1 min)
 # make test  - set up .venv on first use, then run the test suite (CPU, < 10 min)
 # make test-slow - also the slow tests that read ../shared/data
 # make mutate - mutation testing of vocab, checkpoint, quantizers, resume helpers (~15 min, docs/mutation.md)
 PY := .venv/bin/python
 OUT ?= runs/demo
+DEMO_ARGS ?=
 
 .PHONY: setup demo test test-slow mutate clean
 setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
-	$(PY) -m unitok.cli demo --out $(OUT)
+	$(PY) -m unitok.cli demo --out $(OUT) $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -q

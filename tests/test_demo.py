@@ -1,16 +1,150 @@
+"""`unitok demo --tiny`: every stage runs; every generation task's files exist and decode to the sizes
+the training policy asks for; the report links only files that exist and every number in its Figures
+section is finite; without eSpeak NG the demo says so on one line and runs without speech. Also the
+pieces: the eSpeak NG binding, the embedded data and the character error rate."""
+
+import json
+import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
 ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("data", "text tokenizer", "image tokenizer", "audio tokenizer", "video tokenizer", "vocabulary and shards",
+          "unified model", "generation", "report")
 
 
-def test_demo_writes_report_and_plot(tmp_path):
-    out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "unitok.cli", "demo", "--out", str(out), "--minutes", "0.1"],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
+def _demo(out: Path, env=None) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "unitok.cli", "demo", "--tiny", "--out", str(out)], capture_output=True,
+                       text=True, cwd=ROOT, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    pytest.importorskip("espeakng_loader")
+    out = tmp_path_factory.mktemp("demo") / "out"
+    return out, _demo(out)
+
+
+def _figure_cells(report: str) -> list[str]:
+    """Every cell but the first of every table's data rows in the report's Figures section."""
+    lines = report.split("\n## Figures\n", 1)[1].split("\n## ", 1)[0].splitlines()
+    cells = []
+    for i, line in enumerate(lines):
+        header = i + 1 < len(lines) and lines[i + 1].startswith("| ---")
+        if line.startswith("|") and not line.startswith("| ---") and not header:
+            cells += [c.strip() for c in line.strip("|").split("|")[1:]]
+    return cells
+
+
+def test_stages_report_and_figures(demo):
+    out, r = demo
+    for stage in STAGES:
+        assert re.search(rf"^demo: {stage} took \d+\.\d s", r.stdout, re.M), stage
     report = (out / "report.md").read_text()
-    assert "![loss curve](loss.png)" in report and "nats/char" in report and "Sample" in report
-    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "checkpoint" / "model.safetensors").is_file()
+    links = re.findall(r"\]\(([^)#]+)\)", report)
+    assert "loss.png" in links and "pictures/text-to-image.png" in links and "audio/spectrograms.png" in links
+    for link in links:  # every picture, sound and output the report shows exists
+        assert (out / link).is_file(), link
+    for png in ("loss.png", "pictures/text-to-image.png", "pictures/image-to-image.png",
+                "pictures/video-continuation.png", "audio/spectrograms.png"):
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and min(im.size) > 100, png
+    cells = _figure_cells(report)
+    assert len(cells) >= 30
+    for c in cells:
+        assert math.isfinite(float(c.replace(",", ""))), c
+    figures = json.loads((out / "figures.json").read_text())
+    for k, v in figures.items():
+        assert isinstance(v, (int, float)) and math.isfinite(v), k
+    for m in ("text", "image", "video", "audio"):  # every modality trained and evaluated on held-out documents
+        assert figures[f"heldout_loss_{m}"] > 0 and figures[f"unigram_entropy_{m}"] > 0, m
+        assert re.search(rf"^\| {m} \| [\d,]+ \| \d", report, re.M), m
+    assert 0 < figures["audio_log_mel_distance"] and 0 < figures["image_psnr_db"] < 100
+    assert (out / "runs" / "unified" / "checkpoint" / "README.md").is_file()
+
+
+def test_every_task_output_decodes(demo):
+    from unitok.data.media import read_video
+    from unitok.generation import TASKS
+
+    out, _ = demo
+    policy = json.loads((out / "shards" / "stats.json").read_text())["policy"]
+    for task, spec in TASKS.items():
+        g = json.loads((out / "generate" / task / "generation.json").read_text())
+        assert g["task"] == task and len(g["samples"]) == 1
+        f = out / "generate" / task / g["samples"][0]["file"]
+        s = g["settings"]
+        if spec.output == "image":
+            with Image.open(f) as im:
+                assert im.format == "PNG" and im.size == (policy["image_size"], policy["image_size"]), task
+                assert np.asarray(im.convert("RGB")).std() >= 0
+        elif spec.output == "audio":
+            y, sr = sf.read(f, always_2d=True)
+            assert sr == s["sample_rate"] and y.shape == (round(s["seconds"] * sr), 1) and np.isfinite(y).all()
+        elif spec.output == "video":
+            v = read_video(f)
+            assert v.shape == (s["frames"], policy["video_size"], policy["video_size"], 3), v.shape
+            assert s["frames"] == policy["video_frames"] and s["input_frames"] < s["frames"]
+        else:
+            text = f.read_text(encoding="utf-8")
+            assert text.endswith("\n") and g["samples"][0]["text"] == text[:-1]
+
+
+def test_demo_without_espeak_says_so_and_runs_without_speech(tmp_path):
+    fake = tmp_path / "fake"
+    fake.mkdir()  # an espeakng_loader whose library cannot be loaded
+    (fake / "espeakng_loader.py").write_text("def get_library_path():\n    return '/nonexistent/libespeak-ng.so'\n\n"
+                                             "def get_data_path():\n    return '/nonexistent'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)])}
+    out = tmp_path / "out"
+    r = _demo(out, env)
+    said = [line for line in r.stdout.splitlines() if "no speech" in line]
+    assert said[0].startswith("demo: data: no speech: cannot load the eSpeak NG library") and "continuing" in said[0]
+    assert "Traceback" not in r.stderr
+    assert "demo: audio tokenizer" not in r.stdout and "demo: video tokenizer took" in r.stdout
+    assert not (out / "generate" / "text-to-audio").exists() and not (out / "generate" / "audio-to-text").exists()
+    report = (out / "report.md").read_text()
+    assert "text-to-audio and audio-to-text were skipped" in report
+    for c in _figure_cells(report):
+        assert math.isfinite(float(c.replace(",", ""))), c
+    assert (out / "generate" / "text-to-image" / "sample0.png").is_file()
+
+
+def test_espeak_speaks():
+    pytest.importorskip("espeakng_loader")
+    from unitok.data.speech import Espeak, SpeechUnavailable
+
+    tts = Espeak()
+    pcm, sr = tts.say("The cat sat on the mat.", voice="en-us+f3", rate=160)
+    assert sr == 22050 and pcm.dtype == np.int16 and 0.8 < len(pcm) / sr < 4 and np.abs(pcm).max() > 3000
+    slow, _ = tts.say("The cat sat on the mat.", rate=100)
+    assert len(slow) > 1.3 * len(pcm)  # the rate is words per minute
+    with pytest.raises(SpeechUnavailable, match="no voice"):
+        tts.say("hello", voice="no-such-voice")
+
+
+def test_embedded_data_pieces():
+    from unitok.data.embedded import PHOTOS, load_photo, make_clip, pydoc_documents, square_crops
+
+    img = load_photo("camera")  # grey: expanded to RGB
+    assert img.shape == (512, 512, 3) and img.dtype == np.uint8
+    clip = make_clip(load_photo("chelsea"), "zoom-in", PHOTOS[0].focus, frames=9, px=32)
+    assert clip.shape == (9, 32, 32, 3)
+    assert np.abs(clip[0].astype(int) - clip[-1]).mean() > 5  # the view moves
+    import random
+
+    crops = square_crops(load_photo("horse"), 3, 48, random.Random(0), flip=True)  # binary picture
+    assert len(crops) == 3 and all(c.shape == (48, 48, 3) for c in crops)
+    docs = pydoc_documents(10_000)
+    assert 5 <= len(docs) <= 12 and all(d.strip() == d and d for d in docs)
+    assert len({p.name for p in PHOTOS}) == len(PHOTOS)

@@ -89,3 +89,14 @@ def test_ms_ssim_identity_noise_order_and_size_limit():
     assert vals[0] == pytest.approx(0.98184, abs=2e-4) and vals[2] == pytest.approx(0.67606, abs=2e-4)
     with pytest.raises(ValueError, match="161"):
         ms_ssim(a[:100, :100], a[:100, :100])
+
+
+def test_cer_counts_edits_over_the_reference_length():
+    from unitok.metrics import cer
+
+    assert cer("a cat", "a cat") == 0.0
+    assert cer("a bat", "a cat") == pytest.approx(1 / 5)  # one substitution
+    assert cer("a cats", "a cat") == pytest.approx(1 / 5) and cer("a ca", "a cat") == pytest.approx(1 / 5)
+    assert cer("kitten", "sitting") == pytest.approx(3 / 7)  # the textbook Levenshtein distance
+    assert cer("", "abc") == 1.0 and cer("", "") == 0.0 and cer("x", "") == 1.0
+    assert cer("a much longer guess", "ab") > 1  # insertions count: a rate, not a fraction

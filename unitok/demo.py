@@ -1,130 +1,387 @@
-"""`unitok demo`: the end-to-end text path on data that ships with Python.
+"""`unitok demo`: the whole multimodal path on data that ships with the installed packages.
 
-The English prose of the pydoc topics (`pydoc_data.topics`, ~0.8 MB in the
-standard library) is split 90/10; a SentencePiece tokenizer is trained on the
-90%, then a small transformer for --minutes; DIR/report.md gets the loss curve
-(DIR/loss.png), a generated sample and the key figures.
+    unitok demo --out runs/demo                 # --minutes 9 of stages: meant to end within 10 minutes on 2 CPU cores
+    unitok demo --out /tmp/demo --tiny          # the same stages with tiny budgets (well under a minute)
+
+Stages (each prints its budget and the time it took):
+1. data: scikit-image's photos with captions, 9-frame pan / zoom clips of them, the captions spoken
+   by eSpeak NG, the pydoc topics' prose (`unitok.data.embedded`), written as folders and a JSONL
+   manifest; a text tokenizer (SentencePiece) on the text and captions;
+2. tokenizers: image (VQ-GAN, the `debug` preset), audio (a small EnCodec) and video (the `debug`
+   causal 3D VQ) trainers, each for its share of the budget;
+3. vocabulary and shards: `UnifiedVocab.from_tokenizers` (what `unitok vocab build` writes) and
+   `unitok pretokenize` of every input;
+4. the unified model: `unitok train`'s trainer, loss per modality on training and held-out batches,
+   for what is left of the budget after the other stages and the generation reserve;
+5. generation: every task of `unitok.generation.Pipeline`, files in DIR/generate/<task>/;
+6. report: DIR/report.md, DIR/figures.json and the pictures, sounds and curves it shows
+   (`unitok.demo_report`).
+
+Without eSpeak NG the demo says so on one line and runs without speech (no audio tokenizer, no
+audio tasks).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from unitok.config import to_dict
+from unitok.data.embedded import EmbeddedConfig
+from unitok.data.pretokenize import PretokenizeConfig
+
+__all__ = ["DemoPlan", "plan", "SHARES", "run"]
+
+# Shares of --minutes. The tokenizers stop at their share; the unified model gets what is left when
+# it starts, less the generation reserve, so an overrun elsewhere shortens it rather than the run.
+# The unbudgeted stages (data, text tokenizer, shards) take the rest (~5%). Measured with the full
+# plan on 1 busy core (docs/demo.md): data 3 s, shards 10.5 s, generation 2 s, report 5 s; a training
+# step of the image tokenizer 0.4 s, audio 0.7 s, video 0.4 s, unified model < 0.9 s (4,096 tokens).
+SHARES = {"image tokenizer": 0.17, "audio tokenizer": 0.14, "video tokenizer": 0.12, "unified model": 0.46,
+          "generation and report": 0.06}
+OUTPUTS = ("data", "runs", "shards", "generate", "pictures", "audio")  # folders the demo owns in --out
 
 
-def demo_config(minutes: float, seed: int):
-    """The default text run (configs/train/text-lm.yaml's values) with a time budget."""
-    from unitok.training.lm import TrainConfig
-    from unitok.training.loop import RunConfig
+@dataclass
+class DemoPlan:
+    """Everything one demo run does, by stage; `plan()` builds the full and the tiny one."""
 
-    # At most 600 steps (~3.7 passes over the 0.75 MB of training text): on a quiet 2-core machine 4
-    # minutes fit ~1,370 steps, which overfit (held-out 1.41 nats/char, the same before and after the
-    # training engine; 1.15 at ~520 steps; docs/LOG.md).
-    return TrainConfig(eval_every=100, eval_tokens=8192,
-                       run=RunConfig(max_steps=600, max_minutes=minutes, ckpt_every=0, log_every=5, seed=seed))
+    minutes: float
+    tiny: bool
+    seed: int
+    data: EmbeddedConfig
+    policy: PretokenizeConfig
+    text_vocab: int
+    image: object  # unitok.training.vqgan.TrainConfig
+    video: object  # unitok.training.vqgan.TrainConfig
+    audio: object  # unitok.training.encodec.EncodecRecipe
+    lm: object  # unitok.training.unified.UnifiedConfig
+    eval_fraction: float = 0.1  # at least; raised until every modality has held-out documents
+    text_tokens: int = 48  # text-to-text
+    caption_tokens: int = 32  # image-to-text, audio-to-text
+    cfg_scale: float = 3.0  # guidance in text-to-image and text-to-audio
+    shares: dict = field(default_factory=lambda: dict(SHARES))
+    threads: int = 1  # torch CPU threads of the run (set by `run`)
 
 
-def plot_losses(history: list[dict], path: Path) -> None:
-    import matplotlib
+def plan(minutes: float = 9.0, *, tiny: bool = False, seed: int = 0, threads: int | None = None) -> DemoPlan:
+    """The stages' settings. Full: 64 px images (16 x 16 codes), 32 px clips of 9 frames (3 x 8 x 8),
+    speech at 100 tokens/s, a 4-layer dim-128 model. Tiny: 32 px images, 16 px clips, two photos,
+    a 2-layer dim-32 model and a few steps of everything."""
+    from unitok.data.crops import CropConfig
+    from unitok.model.config import ModelConfig
+    from unitok.tokenizers.audio import AudioTokenizerConfig
+    from unitok.training.encodec import AudioDataConfig, AudioLossConfig, EncodecRecipe
+    from unitok.training.loop import OptimConfig, RunConfig
+    from unitok.training.unified import UnifiedConfig
+    from unitok.training.vqgan import LossConfig, TrainConfig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def run(steps: int, log_every: int) -> RunConfig:
+        return RunConfig(max_steps=steps if tiny else 1_000_000, seed=seed, threads=threads, log_every=log_every)
 
-    tr = [(r["tokens"], r["loss"]) for r in history if r.get("loss") is not None and r.get("lr") is not None]
-    ev = [(r["tokens"], r["eval_loss"]) for r in history if r.get("eval_loss") is not None and not r.get("final_eval")]
-    # The final score covers the whole held-out text (sliding windows); periodic evals use its first
-    # `eval_tokens` tokens, so the two are different measurements and are drawn apart.
-    fin = [(r["tokens"], r["eval_loss"]) for r in history if r.get("final_eval")]
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    if tr:
-        ax.plot(*zip(*tr), lw=1, label="train (batch)")
-    if ev:
-        ax.plot(*zip(*ev), "o-", ms=4, label="held-out (periodic, first tokens)")
-    if fin:
-        ax.plot(*zip(*fin), "*", ms=10, label="held-out (final, all tokens)")
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    if tiny:
+        data = EmbeddedConfig(photos=2, crops=2, motions=["zoom-in", "pan-right"], voices_per_sentence=1,
+                              pydoc_chars=20_000, seed=seed)
+        image_px, video_px = 32, 16
+    else:
+        data = EmbeddedConfig(seed=seed)
+        image_px, video_px = 64, 32
+    policy = PretokenizeConfig(image_size=image_px, video_size=video_px, video_fps=data.clip_fps,
+                               video_frames=data.clip_frames, audio_max_seconds=5.0, seed=seed)
+    # image: the debug preset (f4: 64 px -> 16 x 16 codes) with 128 codes, no GroupNorm statistics (they
+    # remove each crop's brightness and tint), autoencoder warm-up, then a k-means refit and decoder-only.
+    image = TrainConfig(
+        modality="image", name="image-tokenizer", preset="debug",
+        model={"norm_groups": 0, "quantizer": {"codebook_size": 128, "codebook_dim": 4, "decay": 0.8}},
+        data=CropConfig(crop=image_px, batch_size=8, min_scale=0.5), loss=LossConfig(l1=0.2, l2=1.0),
+        quant_warmup=0.3, refit_at=0.7, refit_tokens=512 if tiny else 16384, ema_weights=0.0, sample_every=0,
+        optim=OptimConfig(lr=2e-3, betas=(0.9, 0.99), warmup_steps=2 if tiny else 20),
+        run=run(5, 1 if tiny else 20))
+    video = TrainConfig(
+        modality="video", name="video-tokenizer", preset="debug",
+        model={"quantizer": {"codebook_size": 128, "codebook_dim": 4, "decay": 0.8}},
+        data=CropConfig(crop=video_px, batch_size=4, min_scale=0.5, frames=data.clip_frames, frame_stride=1),
+        loss=LossConfig(l1=0.2, l2=1.0), quant_warmup=0.3, ema_weights=0.0, sample_every=0,
+        optim=OptimConfig(lr=2e-3, betas=(0.9, 0.99), warmup_steps=2 if tiny else 20),
+        run=run(4, 1 if tiny else 10))
+    # audio: 16 kHz, hop 320 (50 frames/s), 2 RVQ levels x 256 codes = 100 tokens/s (0.8 kbps), 24k params
+    audio = EncodecRecipe(
+        name="audio-tokenizer",
+        model=AudioTokenizerConfig(sample_rate=16000, num_filters=8, upsampling_ratios=[8, 5, 4, 2], hidden_size=32,
+                                   num_lstm_layers=1, codebook_size=256, levels=2, latent_compand=0.25, decay=0.95,
+                                   dead_code_threshold=0.25, quantize_dropout=False),
+        data=AudioDataConfig(batch_size=8, segment_s=1.0, file_weighting="file"),
+        loss=AudioLossConfig(l1=0.1, mel=1.0, corr=4.0, disc=False),
+        refit_at=0.75, refit_batches=2 if tiny else 24, calibration_batches=2 if tiny else 16,
+        optim=OptimConfig(lr=2e-3, betas=(0.5, 0.9), warmup_steps=2 if tiny else 20),
+        run=run(4, 1 if tiny else 25))
+    if tiny:
+        model = ModelConfig(dim=32, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=640)
+        lm = UnifiedConfig(model=model, seq_len=256, batch_size=4, eval_every=5, eval_batches=4,
+                           optim=OptimConfig(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1, warmup_steps=2),
+                           run=replace(run(12, 1), ckpt_every=0))
+    else:
+        model = ModelConfig(dim=128, n_layer=4, n_head=4, n_kv_head=2, max_seq_len=640, z_loss=1e-4)
+        lm = UnifiedConfig(model=model, seq_len=512, batch_size=8, eval_every=100, eval_batches=8,
+                           optim=OptimConfig(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1, warmup_steps=30),
+                           run=replace(run(0, 20), ckpt_every=0, ckpt_every_min=0.0))
+    return DemoPlan(minutes=minutes, tiny=tiny, seed=seed, data=data, policy=policy,
+                    text_vocab=512 if tiny else 2048, image=image, video=video, audio=audio, lm=lm,
+                    text_tokens=16 if tiny else 48, caption_tokens=16 if tiny else 32)
+
+
+class Stages:
+    """Wall-clock time per stage against the run's budget; prints a line at each start and end."""
+
+    def __init__(self, minutes: float, threads: int):
+        self.total_s, self.t0, self.rows, self.threads = minutes * 60, time.perf_counter(), [], threads
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def left(self) -> float:
+        return self.total_s - self.elapsed()
+
+    @contextmanager
+    def stage(self, name: str, budget_s: float | None = None):
+        import torch
+
+        torch.set_num_threads(self.threads)  # pretokenize and the adaptive tokenizer trainers change it
+        b = f" (budget {budget_s:.0f} s)" if budget_s is not None else ""
+        print(f"demo: {name}{b} ...", flush=True)
+        t = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t
+        self.rows.append({"stage": name, "budget_s": budget_s, "seconds": round(dt, 1)})
+        print(f"demo: {name} took {dt:.1f} s ({self.elapsed() / 60:.1f} min so far)", flush=True)
+
+
+def _with_budget(cfg, seconds: float):
+    """cfg with run.max_minutes = seconds (tiny runs stop at their step counts first; there it is a guard)."""
+    return replace(cfg, run=replace(cfg.run, max_minutes=max(seconds, 1.0) / 60))
 
 
 def run(args) -> int:
-    from pydoc_data.topics import topics
+    import torch
 
-    from unitok.data.text import encode_doc, split_text, train_text_tokenizer
-    from unitok.generation.sample import generate
-    from unitok.training.lm import TextLMTask, text_vocab, write_history
-    from unitok.training.loop import Engine
+    from unitok.data.embedded import write_embedded_data
+    from unitok.errors import ConfigError
 
+    tiny = bool(getattr(args, "tiny", False))
+    minutes = args.minutes if args.minutes is not None else (1.0 if tiny else 9.0)
+    if not minutes > 0:
+        raise ConfigError(f"--minutes must be positive, got {minutes:g}")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    p = plan(minutes, tiny=tiny, seed=args.seed, threads=threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    raw = "\n\n".join(topics[k] for k in sorted(topics))
-    train_text, held_text = split_text(raw, 0.1)
-    cfg = demo_config(args.minutes, args.seed)
-    tok = train_text_tokenizer(train_text, cfg.text_vocab_size, out)
-    vocab = text_vocab(tok)
-    cfg.model.vocab_size = vocab.size
-    train_ids, held_ids = encode_doc(tok, vocab, train_text), encode_doc(tok, vocab, held_text)
-    cfg.run.max_minutes = args.minutes - (time.perf_counter() - t_start) / 60
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the demo starts afresh each time
-    engine = Engine(cfg.run, cfg.optim, out, recipe=to_dict(cfg), name="demo")
-    t = TextLMTask(cfg, engine, train_ids, held_ids, vocab, tok, eval_chars=len(held_text))
-    print(f"demo: {len(raw) / 1e6:.2f}M chars of pydoc topics, {tok.vocab_size}-piece BPE, "
-          f"{t.model.num_params() / 1e6:.2f}M-param model, {args.minutes:g} min")
-    res = engine.fit(t)  # ends with the held-out score of the whole text (res["eval_nll"])
-    write_history(engine.history, out)
-    nll, n = res["eval_nll"], res["eval_tokens"]
-    train_loss = next((r["loss"] for r in reversed(engine.history) if r.get("lr") is not None), float("nan"))
-    tokens = engine.step * t.tokens_per_step
-    plot_losses(engine.history, out / "loss.png")
-    prompt = "The for statement"
-    ids = generate(t.model, [vocab.bos] + tok.encode(prompt), 120, temperature=0.8, top_p=0.95, seed=args.seed,
-                   allowed=(0, vocab.text_size))
-    sample = prompt + tok.decode(ids)
-    figures = {
-        "params": t.model.num_params(), "steps": engine.step, "train_tokens": tokens,
-        "train_minutes": round(engine.elapsed / 60, 2), "final_train_loss": train_loss,
-        "held_out_loss": nll / n, "held_out_nats_per_char": nll / len(held_text),
-        "chars_per_token": len(held_text) / n,
-    }
-    (out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
-    fence = "```"
-    report = f"""# unitok demo: text LM on the pydoc topics
+    for d in OUTPUTS:  # the demo starts afresh; nothing else in --out is touched
+        shutil.rmtree(out / d, ignore_errors=True)
+    for f in ("report.md", "figures.json", "vocab.json", "loss.png"):
+        (out / f).unlink(missing_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    p.threads = torch.get_num_threads()
+    st = Stages(minutes, p.threads)
+    print(f"demo: {'tiny mode, ' if tiny else ''}budget {minutes:g} min: " +
+          ", ".join(f"{k} {v:.0%}" for k, v in p.shares.items()) + "; data, text tokenizer and shards unbudgeted",
+          flush=True)
+    S = st.total_s
 
-Data: the English prose of Python's `pydoc_data.topics` ({len(raw):,} characters), first 90% for training
-(tokenizer and model), last 10% held out. Tokenizer: SentencePiece BPE, {tok.vocab_size} pieces
-({figures['chars_per_token']:.2f} characters per token on the held-out text).
+    with st.stage("data"):
+        index = write_embedded_data(out / "data", p.data, log=lambda s: print(f"demo: {s}", flush=True))
+        speech = index["speech_error"] is None
+        print(f"demo: {len(index['images'])} images of {p.data.photos} photos, {len(index['video'])} clips, "
+              f"{len(index['speech'])} utterances ({sum(s['seconds'] for s in index['speech']):.0f} s), "
+              f"{index['text_documents']} text documents ({index['text_chars'] / 1e3:.0f}k characters)", flush=True)
+    with st.stage("text tokenizer"):
+        text_dir = _train_text_tokenizer(out, index, p.text_vocab)
+    tok_dirs = {"text": text_dir}
+    with st.stage("image tokenizer", p.shares["image tokenizer"] * S):
+        tok_dirs["image"] = _train_vqgan(_with_budget(p.image, p.shares["image tokenizer"] * S),
+                                         out / "data" / "images", out / "runs" / "image-tokenizer")
+    if speech:
+        with st.stage("audio tokenizer", p.shares["audio tokenizer"] * S):
+            tok_dirs["audio"] = _train_encodec(_with_budget(p.audio, p.shares["audio tokenizer"] * S),
+                                               out / "data" / "speech", out / "runs" / "audio-tokenizer")
+    with st.stage("video tokenizer", p.shares["video tokenizer"] * S):
+        tok_dirs["video"] = _train_vqgan(_with_budget(p.video, p.shares["video tokenizer"] * S),
+                                         out / "data" / "video", out / "runs" / "video-tokenizer")
 
-| figure | value |
-| --- | --- |
-| parameters | {figures['params']:,} |
-| steps | {engine.step} (batch {cfg.batch_size} x {cfg.seq_len} tokens) |
-| training tokens | {tokens:,} |
-| training time | {figures['train_minutes']} min (budget {args.minutes:g} min, tokenizer included) |
-| final train loss (last logged batch) | {train_loss:.3f} nats/token |
-| held-out loss | {figures['held_out_loss']:.3f} nats/token |
-| held-out nats/char | {figures['held_out_nats_per_char']:.3f} |
+    with st.stage("vocabulary and shards"):
+        shards = _shards(out, p, tok_dirs, speech)
+    budget = max(st.left() - p.shares["generation and report"] * S, 0.25 * p.shares["unified model"] * S)
+    with st.stage("unified model", budget):
+        lm_cfg, heldout = _lm_config(p, shards, budget)
+        task, summary = _train_lm(lm_cfg, shards, out / "runs" / "unified")
+    with st.stage("generation"):
+        results = _generate(out, p, index, speech)
+    with st.stage("report"):
+        from unitok.demo_report import write_report
 
-![loss curve](loss.png)
-
-Sample (prompt `{prompt}`, temperature 0.8, top-p 0.95, seed {args.seed}):
-
-{fence}text
-{sample}
-{fence}
-
-Model config: `{json.dumps(to_dict(cfg.model))}`
-
-Reproduce: `unitok demo --out {args.out} --minutes {args.minutes:g} --seed {args.seed}`.
-"""
-    (out / "report.md").write_text(report)
-    print(f"held-out {figures['held_out_nats_per_char']:.3f} nats/char; report -> {out / 'report.md'}")
+        figures = write_report(out, p, index, tok_dirs, shards, task, summary, results, st.rows, heldout)
+    total = st.elapsed()
+    figures["seconds_total"] = round(total, 1)
+    (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
+    print(f"demo: done in {total / 60:.1f} min (budget {minutes:g}); report -> {out / 'report.md'}", flush=True)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def _train_text_tokenizer(out: Path, index: dict, vocab_size: int) -> Path:
+    """SentencePiece on the pydoc documents and every caption and transcript."""
+    from unitok.data.text import train_text_tokenizer
+
+    texts = [json.loads(line)["segments"][0]["text"] for line in (out / "data" / "text.jsonl").read_text().splitlines()]
+    texts += sorted({x["caption"] for x in index["images"] + index["video"]} | {x["text"] for x in index["speech"]})
+    tok = train_text_tokenizer("\n".join(texts), vocab_size, out / "runs" / "text-tokenizer")
+    d = out / "runs" / "text-tokenizer"
+    tok.save_pretrained(d)
+    print(f"demo: text tokenizer: {tok.vocab_size} pieces", flush=True)
+    return d
+
+
+def _train_vqgan(cfg, data_dir: Path, run_dir: Path) -> Path:
+    from unitok.training.vqgan import train
+
+    train(cfg, data_dir, run_dir)
+    return run_dir / "final"
+
+
+def _train_encodec(recipe, data_dir: Path, run_dir: Path) -> Path:
+    from unitok.training.encodec import train
+
+    train(recipe, data_dir, run_dir)
+    return run_dir / "final"
+
+
+def _shards(out: Path, p: DemoPlan, tok_dirs: dict, speech: bool) -> Path:
+    """vocab.json (what `unitok vocab build` writes), then `unitok pretokenize` of every input."""
+    from unitok.data.pretokenize import _print_stats, pretokenize
+    from unitok.tokenizers.base import load_tokenizer
+    from unitok.vocab import UnifiedVocab
+
+    dirs = [tok_dirs[m] for m in ("text", "image", "video", "audio") if m in tok_dirs]
+    vocab = UnifiedVocab.from_tokenizers([load_tokenizer(d) for d in dirs])
+    vocab.save(out / "vocab.json")
+    print(f"demo: {vocab}", flush=True)
+    data = out / "data"
+    inputs = [data / "text.jsonl", data / "images", data / "video"] + ([data / "speech"] if speech else [])
+    stats = pretokenize(inputs, dirs, out / "shards", p.policy)
+    _print_stats(stats, out / "shards")
+    saved = json.loads((out / "shards" / "vocab.json").read_text())["hash"]
+    if saved != vocab.hash:
+        raise RuntimeError("the shards' vocabulary differs from vocab.json")  # one code path: never expected
+    return out / "shards"
+
+
+def held_out_fraction(shards, want: float, seed: int) -> float:
+    """The smallest fraction >= want (steps of 0.05) whose seeded held-out split (`split_documents`)
+    holds documents of every modality of the shards and leaves some of each for training."""
+    import numpy as np
+
+    from unitok.data.packed import split_documents
+
+    n = len(shards)
+    kinds = np.array([int(np.bincount(shards.document(i)[1], minlength=4)[1:].argmax()) + 1
+                      if (shards.document(i)[1] > 0).any() else 0 for i in range(n)])
+    present = set(kinds.tolist())
+    f = want
+    while f < 0.9:
+        tr, ev = split_documents(n, f, seed)
+        if set(kinds[ev].tolist()) == present and set(kinds[tr].tolist()) == present:
+            return round(f, 4)
+        f += 0.05
+    return want  # not reachable with these documents: keep the asked fraction
+
+
+def _lm_config(p: DemoPlan, shards_dir: Path, budget_s: float):
+    """The unified config for these shards: held-out fraction covering every modality, evaluation
+    batches covering the held-out documents, the time budget."""
+    from unitok.data.packed import split_documents
+    from unitok.data.pretokenize import read_shards
+
+    sh = read_shards(shards_dir)
+    f = held_out_fraction(sh, p.eval_fraction, p.lm.run.seed)
+    _, ev = split_documents(len(sh), f, p.lm.run.seed)
+    held_tokens = int(sum(sh.offsets[i + 1] - sh.offsets[i] for i in ev))
+    batches = min(16, math.ceil(held_tokens / (p.lm.batch_size * p.lm.seq_len)) + 1)
+    cfg = replace(_with_budget(p.lm, budget_s), eval_fraction=f, eval_batches=batches)
+    cfg.model = replace(cfg.model)  # the trainer sets vocab_size on it
+    print(f"demo: held out {len(ev)} of {len(sh)} documents ({f:.0%}, {held_tokens:,} tokens; every modality has "
+          f"some), evaluated in {batches} batches", flush=True)
+    return cfg, {"fraction": f, "documents": int(len(ev)), "tokens": held_tokens,
+                 "train_documents": int(len(sh) - len(ev))}
+
+
+def _train_lm(cfg, shards: Path, run_dir: Path):
+    from unitok.training.unified import train_unified
+
+    return train_unified(cfg, shards, run_dir)
+
+
+# ---------------------------------------------------------------------------------------------- generation
+def generation_requests(out: Path, p: DemoPlan, index: dict, speech: bool) -> list[dict]:
+    """One request per task: its inputs come from the training data (the photo, clip and sentence
+    shown in the report); text-to-audio asks for the duration of the spoken caption."""
+    from unitok.data.media import read_video
+    from unitok.generation.pipeline import write_video
+
+    first = index["images"][0]  # the centre crop of the first photo (the cat)
+    other = next(x for x in index["images"] if x["centre"] and x["photo"] != first["photo"])
+    clip = index["video"][0]
+    inputs = out / "generate" / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    given = p.policy.video_frames // 2 // 4 * 4 + 1  # 5 of 9 frames: 1 + k x the temporal factor (4)
+    frames = read_video(out / "data" / clip["file"], max_frames=given, fps=p.policy.video_fps)
+    clip_in = write_video(inputs / "clip_start", frames, p.policy.video_fps)
+    reqs = [
+        dict(task="text-to-text", kw=dict(prompt="The for statement", max_new_tokens=p.text_tokens)),
+        dict(task="text-to-image", kw=dict(prompt=first["caption"], cfg=p.cfg_scale), photo=first),
+        dict(task="image-to-text", kw=dict(image=out / "data" / first["file"], max_new_tokens=p.caption_tokens),
+             reference=first["caption"]),
+        dict(task="image-to-image", kw=dict(image=out / "data" / other["file"]), photo=other),
+        dict(task="video-continuation", kw=dict(video=clip_in, frames=p.policy.video_frames), clip=clip,
+             given_frames=given),
+    ]
+    if speech:
+        said = index["speech"][0]  # the first caption, spoken
+        heard = next((s for s in index["speech"] if s["text"] != said["text"]), said)
+        seconds = min(math.ceil(said["seconds"] * 10) / 10, p.policy.audio_max_seconds)
+        reqs[3:3] = [
+            dict(task="text-to-audio", kw=dict(prompt=said["text"], seconds=seconds, cfg=p.cfg_scale), speech=said),
+            dict(task="audio-to-text", kw=dict(audio=out / "data" / heard["file"], max_new_tokens=p.caption_tokens),
+                 reference=heard["text"], speech=heard),
+        ]
+    return reqs
+
+
+def _generate(out: Path, p: DemoPlan, index: dict, speech: bool) -> list[dict]:
+    from unitok.generation import Pipeline
+
+    pipe = Pipeline.from_pretrained(out / "runs" / "unified")
+    results = []
+    for r in generation_requests(out, p, index, speech):
+        res = pipe(r["task"], **r["kw"], seed=p.seed, out=out / "generate" / r["task"], progress=True)
+        s = res.samples[0]
+        what = repr(s.text[:70]) if s.text is not None else "x".join(map(str, s.media.shape))
+        print(f"demo: {r['task']}: {what} in {res.timings['total_s']:.2f} s "
+              f"({res.timings['tokens_per_s']:g} tokens/s) -> {s.file}", flush=True)
+        results.append({**r, "result": res})
+    for task in ("text-to-audio", "audio-to-text"):
+        if not speech:
+            print(f"demo: {task} skipped (no speech: {index['speech_error']})", flush=True)
+    return results
+
+
+if __name__ == "__main__":  # python -m unitok.demo: the same as `unitok demo`
+    from unitok.cli import main
+
+    sys.exit(main(["demo", *sys.argv[1:]]))

@@ -11,6 +11,10 @@ Audio (float tensors, time on the last axis):
 * `si_snr(y, x)`: scale-invariant SNR in dB per signal (differentiable; used as a loss too).
 * `mel_distance(y, x, sr)`: mean |log10 mel(y) - log10 mel(x)|, 80 bands, n_fft 1024, hop 256, floor 1e-5.
 * `stft_distance(y, x)`: mean |log10 |STFT(y)| - log10 |STFT(x)||, n_fft 512/1024/2048, hop n_fft/4, floor 1e-5.
+
+Text:
+* `cer(hyp, ref)`: character error rate, Levenshtein distance / len(ref) (1.0 for an empty reference
+  unless both are empty).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from unitok.data.audio import log_mel
 
 __all__ = ["psnr", "psnr_from_mse", "ssim", "ms_ssim", "MS_SSIM_MIN_SIZE", "si_snr", "mel_distance",
-           "stft_distance"]
+           "stft_distance", "cer"]
 
 
 # ---------------------------------------------------------------- images
@@ -105,3 +109,19 @@ def stft_distance(y: torch.Tensor, x: torch.Tensor) -> float:
         sx = torch.stft(x.reshape(-1, x.shape[-1]), n, n // 4, window=w, return_complex=True).abs().clamp_min(1e-5)
         out.append(float((sy.log10() - sx.log10()).abs().mean()))
     return sum(out) / len(out)
+
+
+# ---------------------------------------------------------------- text
+
+
+def cer(hyp: str, ref: str) -> float:
+    """Character error rate: edits (insertions, deletions, substitutions) turning ref into hyp, over len(ref)."""
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i]
+        for j, h in enumerate(hyp, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
+        prev = cur
+    return prev[-1] / len(ref)
