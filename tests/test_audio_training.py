@@ -151,7 +151,8 @@ def test_bench_writes_json_table_and_spectrograms(tmp_path, capsys):
         assert -1 <= e["stoi"] <= 1 and e["mel_distance_4k"] > 0
     best = r["classical_best"]
     assert best["name"] in ("opus", "codec2") and best["kbps"] <= ours["kbps"]
-    assert best["mel_distance"] == min(opus["mel_distance"], c2["mel_distance"])
+    assert best["mel_distance"] == min(e["mel_distance"] for e in (opus, c2) if e["kbps"] <= ours["kbps"])
+    assert opus["kbps"] == pytest.approx(opus["payload_kbps"]) and opus["requested_kbps"] == 6.0  # what it spent
     assert (tmp_path / "r" / "spectrograms" / "a.png").stat().st_size > 1000
 
 
