@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import os
 import time
 from pathlib import Path
@@ -260,7 +261,7 @@ def run(args, tokenizer) -> int:
     if args.max_files:
         files = files[:args.max_files]
     items, names, fps = [], [], []
-    for p in tqdm(files, desc="reading", disable=len(files) < 20):
+    for p in tqdm(files, desc="reading", disable=len(files) < 20 or not sys.stderr.isatty()):
         try:
             if video:
                 items.append(_video_clip(p, getattr(tok, "bench_frames", 17)))

@@ -12,6 +12,7 @@ an MP4) falls back to PyAV. Unreadable files raise `DataError` naming the file.
 from __future__ import annotations
 
 import math
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -200,7 +201,7 @@ class AudioClips:
         self.clips: list[torch.Tensor] = []
         self.names: list[str] = []
         self.skipped: dict[str, str] = {}
-        for p in tqdm(self.files, desc="reading audio", disable=not progress, leave=False):
+        for p in tqdm(self.files, desc="reading audio", disable=not progress or not sys.stderr.isatty(), leave=False):
             try:
                 wav, sr = read_audio(p)
             except DataError as e:

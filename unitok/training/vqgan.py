@@ -19,6 +19,7 @@ when ema_weights > 0), OUT/train_summary.json.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -213,19 +214,25 @@ class VQGANTask(Task):
 
     @torch.no_grad()
     def _refit(self) -> float:
-        """k-means codebook on the latents of >= refit_tokens tokens of training crops (rank 0's fit
-        is broadcast: every rank holds the same codebook)."""
+        """k-means codebook on the latents of >= refit_tokens tokens of training crops without colour
+        augmentation (the codes are for natural colours, not permuted channels); rank 0's fit is
+        broadcast: every rank holds the same codebook."""
         model = self.model
         q = next(m for m in model.modules() if isinstance(m, Quantizer))
         was = model.training
         model.eval()
         enc = getattr(model, "image", model)  # a per-frame video tokenizer wraps an image tokenizer
         zs, n = [], 0
-        while n < self.cfg.refit_tokens:
-            x = self.sampler.batch().to(self.engine.device)
-            z = enc.quant_conv(enc.encoder(_frames(x) if enc is not model else x)).float()  # (B, E, [T,] h, w)
-            zs.append(z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1]))
-            n += zs[-1].shape[0]
+        crop_cfg = self.sampler.cfg
+        self.sampler.cfg = dataclasses.replace(crop_cfg, color_aug=0.0)
+        try:
+            while n < self.cfg.refit_tokens:
+                x = self.sampler.batch().to(self.engine.device)
+                z = enc.quant_conv(enc.encoder(_frames(x) if enc is not model else x)).float()  # (B, E, [T,] h, w)
+                zs.append(z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1]))
+                n += zs[-1].shape[0]
+        finally:
+            self.sampler.cfg = crop_cfg
         usage = q.refit(torch.cat(zs))
         model.train(was)
         self.engine.broadcast_buffers(model)
