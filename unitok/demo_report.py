@@ -139,29 +139,6 @@ def _grid(rows: list[tuple[str, list[np.ndarray]]], titles: list[str] | None, pa
     plt.close(fig)
 
 
-def _loss_curves(history: list[dict], entropy: dict, tokens_per_step: int, path: Path) -> None:
-    """Training (thin) and held-out (dots) loss per modality against training tokens, with each
-    modality's unigram entropy (dashed): below it, the model knows more than token frequencies."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, m in enumerate(MODALITIES):
-        tr = [(r["step"] * tokens_per_step, r[f"loss_{m}"]) for r in history if f"loss_{m}" in r]
-        ev = [(r["step"] * tokens_per_step, r[f"eval_loss_{m}"]) for r in history if f"eval_loss_{m}" in r]
-        if tr:
-            ax.plot(*zip(*tr), color=f"C{i}", lw=0.8, alpha=0.6, label=f"{m} (train)")
-        if ev:
-            ax.plot(*zip(*ev), "o", color=f"C{i}", ms=4, label=f"{m} (held out)")
-        if m in entropy:
-            ax.axhline(entropy[m][1], color=f"C{i}", ls="--", lw=0.8)
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("loss (nats/token); dashed: unigram entropy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _spectrograms(items: list[tuple[str, torch.Tensor, int]], path: Path) -> None:
     from unitok.data.audio import log_mel
 
@@ -213,6 +190,7 @@ def write_report(out: Path, p, index: dict, tok_dirs: dict, shards_dir: Path, ta
     from unitok.data.pretokenize import read_shards
     from unitok.metrics import cer, psnr
     from unitok.tokenizers.base import load_tokenizer
+    from unitok.training.unified import plot_curves
 
     toks = {m: load_tokenizer(d) for m, d in tok_dirs.items()}
     for t in toks.values():
@@ -233,7 +211,7 @@ def write_report(out: Path, p, index: dict, tok_dirs: dict, shards_dir: Path, ta
             fig[f"train_loss_{m}"] = last
     fig.update(lm_params=task.model.num_params(), lm_steps=summary["steps"], lm_minutes=summary["minutes"],
                lm_tokens=summary["steps"] * task.tokens_per_step)
-    _loss_curves(hist, ent, task.tokens_per_step, out / "loss.png")
+    plot_curves(hist, out / "loss.png", {m: e[1] for m, e in ent.items()}, task.tokens_per_step)
 
     # generation: outputs next to what they were asked for
     by = {r["task"]: r for r in results}
