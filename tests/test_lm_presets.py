@@ -130,7 +130,10 @@ def test_usage_sweep_counts_what_it_encodes(tmp_path):
     assert u["crops"] == 3 and u["tokens_per_level"] == 3 * 4096 and u["enough"]
     u = usage_sweep(tok, d, min_tokens=10 ** 6)  # 2 x 2 positions x 2 mirrors = 8 crops at most
     assert u["crops"] == u["crops_available"] == 8 and not u["enough"]
-
+    # a large image does not outweigh a small one: crops are taken round-robin over the images
+    Image.fromarray(rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8)).save(d / "big.png")
+    u = usage_sweep(tok, d, min_tokens=6 * 4096)
+    assert u["crops_per_image"] == {"big.png": 3, "n.png": 3} and u["crops_available"] > 300
 
 def test_audio_bench_skips_10_ms_and_counts_usage(tmp_path):
     d = tmp_path / "a"

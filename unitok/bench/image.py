@@ -180,13 +180,16 @@ def _levels_first(codes: torch.Tensor, levels: int) -> torch.Tensor:
 @torch.no_grad()
 def usage_sweep(tok, directory, min_tokens: int, seed: int = 0, batch: int = 16) -> dict:
     """Codebook usage over at least `min_tokens` tokens per level from `directory`: 256x256 crops of
-    its images at scales 1, 3/4 and 1/2, on a 64-pixel grid, plain and mirrored, in a seeded random
-    order (encode only). For usage and perplexity alone, where held-out tiles give too few tokens."""
+    its images at scales 1, 3/4 and 1/2, on a 64-pixel grid, plain and mirrored (encode only), taken
+    round-robin over the images (each image's crops in a seeded random order), so every image has
+    an equal share as in training, however large it is. For usage and perplexity alone, where
+    held-out tiles give too few tokens."""
     from PIL import Image
 
     skips = SkipLog()
-    images = []
-    for p in list_media(directory, "image", skips):
+    images, owner, names = [], [], []  # every scaled copy, the index of its file, file names
+    for fi, p in enumerate(list_media(directory, "image", skips)):
+        names.append(p.name)
         try:
             img = read_image(p)
         except DataError as e:
@@ -197,12 +200,17 @@ def usage_sweep(tok, directory, min_tokens: int, seed: int = 0, batch: int = 16)
             if min(h, w) < TILE:
                 continue
             images.append(np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC)) if scale != 1 else img)
-    crops = [(i, y, x, flip) for i, im in enumerate(images)
-             for y in range(0, im.shape[0] - TILE + 1, 64) for x in range(0, im.shape[1] - TILE + 1, 64)
-             for flip in (False, True)]
-    order = np.random.default_rng(seed).permutation(len(crops))
+            owner.append(fi)
+    rng = np.random.default_rng(seed)
+    per_file: dict[int, list] = {}
+    for i, im in enumerate(images):
+        per_file.setdefault(owner[i], []).extend(
+            (i, y, x, flip) for y in range(0, im.shape[0] - TILE + 1, 64)
+            for x in range(0, im.shape[1] - TILE + 1, 64) for flip in (False, True))
+    queues = [[c[k] for k in rng.permutation(len(c))] for c in per_file.values()]
+    crops = [q[j] for j in range(max(map(len, queues), default=0)) for q in queues if j < len(q)]  # round-robin
     per_crop = tok.num_tokens(TILE, TILE) // tok.num_levels
-    chosen = [crops[k] for k in order[:-(-min_tokens // per_crop)]]
+    chosen = crops[:-(-min_tokens // per_crop)]
     codes = []
     for b in range(0, len(chosen), batch):
         tiles = []
@@ -212,11 +220,15 @@ def usage_sweep(tok, directory, min_tokens: int, seed: int = 0, batch: int = 16)
         codes.append(_levels_first(tok.encode(to_tensor(np.ascontiguousarray(np.stack(tiles)))), tok.num_levels))
     flat = torch.cat(codes, 1) if codes else torch.zeros(tok.num_levels, 0, dtype=torch.long)
     usage, ppl = level_stats(flat, tok.codebook_size)
-    return {"source": str(directory), "crops": len(chosen), "crops_available": len(crops),
+    share: dict[str, int] = {}
+    for i, *_ in chosen:
+        share[names[owner[i]]] = share.get(names[owner[i]], 0) + 1
+    return {"source": str(directory), "crops": len(chosen), "crops_available": len(crops), "crops_per_image": share,
             "tokens_per_level": int(flat.shape[1]), "enough": flat.shape[1] >= min_tokens,
             "codebook_usage": float(np.mean(usage)), "perplexity": float(np.mean(ppl)),
             "usage_per_level": usage, "perplexity_per_level": ppl,
-            "protocol": "256x256 crops at scales 1, 3/4, 1/2 on a 64-px grid, plain and mirrored, seeded order"}
+            "protocol": "256x256 crops at scales 1, 3/4, 1/2 on a 64-px grid, plain and mirrored, round-robin over "
+                        "the images (equal share each), seeded order within an image"}
 
 
 def _lpips_model():
