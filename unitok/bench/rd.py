@@ -45,7 +45,17 @@ def audio_curves(clips: list, sr: int) -> dict[str, list[dict]]:
         s = [_scores(fn(x), x, sr, band_limit(x, sr)) for x in clips]
         return {k: float(np.mean([d[k] for d in s])) for k in ("mel_distance", "mel_distance_4k", "si_snr", "stoi")}
 
-    out = {"opus": [{"kbps": float(k), **mean_scores(lambda x, k=k: opus_roundtrip(x, sr, k)[0])} for k in OPUS_KBPS]}
+    def opus(k: float) -> dict:  # at the rate Opus spent (its payload), not the one it was asked for
+        spent = []
+
+        def run(x):
+            y, info = opus_roundtrip(x, sr, k)
+            spent.append(info["payload_kbps"])
+            return y
+        scores = mean_scores(run)
+        return {"kbps": float(np.mean(spent)), "requested_kbps": float(k), **scores}
+
+    out = {"opus": [opus(k) for k in OPUS_KBPS]}
     out["codec2"] = [{"kbps": m / 1000, **mean_scores(lambda x, m=m: codec2_roundtrip(x, sr, m))}
                      for m in sorted(CODEC2_MODES)]
     return out
