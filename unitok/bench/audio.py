@@ -205,7 +205,7 @@ def run(args, tokenizer) -> int:
     ours, opus, codec2, skipped = {}, {}, {}, {}
     all_codes: list[torch.Tensor] = []  # (L, T') per file
     t_enc = t_dec = seconds = 0.0
-    for i, path in enumerate(tqdm(files, desc="bench audio", disable=not sys.stderr.isatty())  # a bar on a terminal only):
+    for i, path in enumerate(tqdm(files, desc="bench audio", disable=not sys.stderr.isatty())):  # a bar on a tty only
         try:
             wav, fsr = read_audio(path)
         except DataError as e:
