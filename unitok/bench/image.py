@@ -117,8 +117,10 @@ def codec_at(tiles: list[np.ndarray], codec: str, q: int, metrics: bool = True, 
     return out
 
 
-def codec_matched(tiles: list[np.ndarray], codec: str, target_bpp: float, scale: int = 1) -> dict:
-    """The quality whose mean bpp over `tiles` is closest to target_bpp (bpp rises with quality)."""
+def codec_matched(tiles: list[np.ndarray], codec: str, target_bpp: float, scale: int = 1,
+                  at_or_below: bool = False) -> dict:
+    """The quality whose mean bpp over `tiles` is closest to target_bpp (bpp rises with quality);
+    `at_or_below`: the highest quality whose bpp does not exceed it, where there is one."""
     lo, hi = (1, 95) if codec == "jpeg" else (0, 100)
     cache: dict[int, float] = {}
 
@@ -132,6 +134,8 @@ def codec_matched(tiles: list[np.ndarray], codec: str, target_bpp: float, scale:
         m = (a + b) // 2
         a, b = (m, b) if bpp(m) <= target_bpp else (a, m)
     best = min({a, b}, key=lambda q: abs(bpp(q) - target_bpp))
+    if at_or_below and bpp(a) <= target_bpp:
+        best = a
     res = codec_at(tiles, codec, best, scale=scale)
     floor = bpp(lo)
     if floor > target_bpp:
@@ -141,12 +145,12 @@ def codec_matched(tiles: list[np.ndarray], codec: str, target_bpp: float, scale:
 
 
 def classical_best(tiles: list[np.ndarray], target_bpp: float) -> tuple[dict, list[dict]]:
-    """JPEG and WebP at full size and downscaled by 2, 4 and 8, each at the rate closest to target_bpp;
-    the best PSNR among those at or below the target. Returns (best, all candidates)."""
+    """JPEG and WebP at full size and downscaled by 2, 4 and 8, each at its highest quality at or below
+    target_bpp (or its floor); the best PSNR among those at or below the target. Returns (best, all candidates)."""
     cands = []
     for scale in (1, 2, 4, 8):
         for codec in ("jpeg", "webp"):
-            r = codec_matched(tiles, codec, target_bpp, scale=scale)
+            r = codec_matched(tiles, codec, target_bpp, scale=scale, at_or_below=True)
             r["name"] = codec if scale == 1 else f"{codec}@1/{scale}"
             cands.append(r)
     ok = [c for c in cands if c["bpp"] <= target_bpp * 1.0001]
