@@ -266,7 +266,8 @@ def test_bench_generate_writes_its_fields(tmp_path):
 
     out = tmp_path / "gen.json"
     assert main(["bench", "generate", "--preset", "debug", "--new-tokens", "4", "--prompt-len", "3",
-                 "--batch-sizes", "1,2", "--repeats", "1", "--device", "cpu", "--json", str(out)]) == 0
+                 "--batch-sizes", "1,2", "--full-batch-sizes", "1,2", "--repeats", "1", "--device", "cpu",
+                 "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["preset"] == "debug" and r["new_tokens"] == 4 and r["batch_sizes"] == [1, 2] and r["device"] == "cpu"
     assert r["model"]["dim"] == 32 and r["model"]["n_kv_head"] == 2
@@ -276,5 +277,10 @@ def test_bench_generate_writes_its_fields(tmp_path):
         for k in ("cache", "full", "transformers"):
             assert x[f"{k}_tokens_per_s"] > 0 and len(x[f"{k}_runs"]) == 1
         assert x["cache_equals_full"] is True and x["cache_vs_transformers"] > 0
+    assert main(["bench", "generate", "--preset", "debug", "--new-tokens", "4", "--prompt-len", "3",
+                 "--batch-sizes", "1,2", "--repeats", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())  # full recomputation by default only at batch 1
+    assert r["full_batch_sizes"] == [1] and r["results"][1]["full_runs"] == []
+    assert r["results"][1]["cache_equals_full"] is None and r["results"][0]["cache_equals_full"] is True
     assert main(["bench", "generate", "--preset", "debug", "--new-tokens", "60", "--prompt-len", "8",
                  "--json", str(out)]) == 2  # 68 > 64: refused in one line

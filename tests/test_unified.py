@@ -11,8 +11,8 @@ import torch
 
 from test_engine import ENV, ROOT, _free_port, _losses
 from test_pretokenize import CFG, corpus  # noqa: F401  (fixture)
-from unitok.data.packed import PackedBatches, drop_conditions
-from unitok.data.pretokenize import pretokenize, read_shards
+from unitok.data.packed import PackedBatches, drop_conditions, split_documents
+from unitok.data.pretokenize import document_kinds, pretokenize, read_shards, unigram_entropy
 from unitok.vocab import Modality
 
 DEBUG = ROOT / "configs" / "train" / "unified-debug.yaml"
@@ -49,6 +49,38 @@ def test_packed_rows_keep_documents_apart_on_the_model(shards):
                 m = b.doc_ids[r] == d
                 alone = model(b.ids[r][m][None], b.targets[r][m][None], reduction="none").view(-1)
                 assert torch.allclose(packed[r][m], alone, atol=1e-5), (r, int(d))
+
+
+def test_split_is_seeded_and_stratified_by_document_kind():
+    kinds = np.array([0] * 200 + [1] * 5 + [3] * 2 + [2])
+    tr, ev = split_documents(len(kinds), 0.05, seed=3, kinds=kinds)
+    assert sorted(np.concatenate([tr, ev]).tolist()) == list(range(len(kinds)))
+    for k in (0, 1, 3):  # each kind with two or more documents: some held out, some trained on
+        assert (kinds[ev] == k).any() and (kinds[tr] == k).any(), k
+    assert not (kinds[ev] == 2).any()  # a lone document trains
+    assert 5 <= (kinds[ev] == 0).sum() <= 20  # the fraction holds where documents are many
+    again = split_documents(len(kinds), 0.05, seed=3, kinds=kinds)
+    assert ev.tolist() == again[1].tolist() and ev.tolist() != split_documents(len(kinds), 0.05, 4, kinds)[1].tolist()
+    assert split_documents(10, 0.99, 0)[0].size == 1  # never everything held out
+
+
+def test_document_kinds_and_unigram_entropy(shards):
+    sh = read_shards(shards)
+    kinds = document_kinds(sh, chunk=2)  # several chunks
+    for i in range(len(sh)):
+        mod = np.asarray(sh.document(i)[1])
+        media = np.bincount(mod, minlength=4)[1:]
+        assert kinds[i] == (media.argmax() + 1 if media.any() else 0)
+    assert {1, 3} <= set(kinds.tolist())  # image and audio documents (this corpus has no text-only one)
+    ent = unigram_entropy(sh)
+    for m, (n, h, h_level) in ent.items():
+        ids = np.concatenate([np.asarray(sh.document(i)[0])[np.asarray(sh.document(i)[1]) == Modality[m.upper()]]
+                              for i in range(len(sh))])
+        q = np.unique(ids, return_counts=True)[1] / len(ids)
+        assert n == len(ids) and np.isclose(h, -(q * np.log(q)).sum()) and 0 <= h_level <= h + 1e-9
+    cb = sh.vocab.codebooks["audio"]
+    assert cb.levels > 1 and ent["audio"][2] < ent["audio"][1]  # the level of each code is known: less entropy
+    assert ent["image"][2] <= ent["image"][1]
 
 
 def test_drop_conditions_removes_the_text_before_each_media_span():
@@ -88,7 +120,11 @@ def test_train_logs_losses_per_modality_and_loads(shards, tmp_path):
     assert any("eval_loss_image" in x for x in recs)
     assert (tmp_path / "run" / "loss.png").stat().st_size > 5000
     card = (tmp_path / "run" / "checkpoint" / "README.md").read_text()
-    assert "| image |" in card and "condition dropout 0.1" in card
+    assert "| image |" in card and "condition dropout 0.1" in card and "unigram entropy" in card
+    summ = json.loads((tmp_path / "run" / "summary.json").read_text())
+    ent = unigram_entropy(read_shards(shards), PackedBatches(read_shards(shards), 64, 8, 0, 0.2).train_docs)
+    assert np.isclose(summ["unigram_entropy_image"], ent["image"][1]) and "eval_loss_image" in summ
+    assert "per level" in r.stdout
     m = load_model(tmp_path / "run")
     assert set(m.tokenizers) == {"text", "image", "audio"} and m.vocab.hash == read_shards(shards).vocab.hash
     st = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())

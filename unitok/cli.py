@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=256, help="new tokens per row (default: 256)")
     p.add_argument("--prompt-len", type=int, default=16, help="prompt tokens per row (default: 16)")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default: 1,8)")
+    p.add_argument("--full-batch-sizes", default="1",
+                   help="batch sizes at which full recomputation is also timed (default: 1; it costs about "
+                        "new-tokens/2 forwards of the whole sequence per run, minutes per run at batch 8 on CPU)")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of each (default: 3)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -61,7 +61,7 @@ class DemoPlan:
     video: object  # unitok.training.vqgan.TrainConfig
     audio: object  # unitok.training.encodec.EncodecRecipe
     lm: object  # unitok.training.unified.UnifiedConfig
-    eval_fraction: float = 0.1  # at least; raised until every modality has held-out documents
+    eval_fraction: float = 0.1  # stratified by modality: each has held-out documents
     text_tokens: int = 48  # text-to-text
     caption_tokens: int = 32  # image-to-text, audio-to-text
     cfg_scale: float = 3.0  # guidance in text-to-image and text-to-audio
@@ -282,35 +282,15 @@ def _shards(out: Path, p: DemoPlan, tok_dirs: dict, speech: bool) -> Path:
     return out / "shards"
 
 
-def held_out_fraction(shards, want: float, seed: int) -> float:
-    """The smallest fraction >= want (steps of 0.05) whose seeded held-out split (`split_documents`)
-    holds documents of every modality of the shards and leaves some of each for training."""
-    import numpy as np
-
-    from unitok.data.packed import split_documents
-
-    n = len(shards)
-    kinds = np.array([int(np.bincount(shards.document(i)[1], minlength=4)[1:].argmax()) + 1
-                      if (shards.document(i)[1] > 0).any() else 0 for i in range(n)])
-    present = set(kinds.tolist())
-    f = want
-    while f < 0.9:
-        tr, ev = split_documents(n, f, seed)
-        if set(kinds[ev].tolist()) == present and set(kinds[tr].tolist()) == present:
-            return round(f, 4)
-        f += 0.05
-    return want  # not reachable with these documents: keep the asked fraction
-
-
 def _lm_config(p: DemoPlan, shards_dir: Path, budget_s: float):
     """The unified config for these shards: held-out fraction covering every modality, evaluation
     batches covering the held-out documents, the time budget."""
     from unitok.data.packed import split_documents
-    from unitok.data.pretokenize import read_shards
+    from unitok.data.pretokenize import document_kinds, read_shards
 
     sh = read_shards(shards_dir)
-    f = held_out_fraction(sh, p.eval_fraction, p.lm.run.seed)
-    _, ev = split_documents(len(sh), f, p.lm.run.seed)
+    f = p.eval_fraction
+    _, ev = split_documents(len(sh), f, p.lm.run.seed, document_kinds(sh))  # as the trainer splits
     held_tokens = int(sum(sh.offsets[i + 1] - sh.offsets[i] for i in ev))
     batches = min(16, math.ceil(held_tokens / (p.lm.batch_size * p.lm.seq_len)) + 1)
     cfg = replace(_with_budget(p.lm, budget_s), eval_fraction=f, eval_batches=batches)

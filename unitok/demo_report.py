@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["write_report", "tokenizer_figures", "unigram_entropy"]
+__all__ = ["write_report", "tokenizer_figures"]
 
 MODALITIES = ("text", "image", "video", "audio")
 
@@ -83,27 +83,6 @@ def tokenizer_figures(out: Path, p, index: dict, toks: dict) -> tuple[dict, dict
     chars = sum(len(t) for t in texts)
     fig["text_chars_per_token"] = chars / max(1, sum(len(toks["text"].encode(t)) for t in texts))
     return fig, ex
-
-
-def unigram_entropy(shards, docs) -> dict:
-    """Per modality: (tokens, entropy in nats) of that modality's tokens in the given documents."""
-    counts = {m: {} for m in MODALITIES}
-    for i in docs:
-        ids, mod = shards.document(int(i))
-        ids, mod = np.asarray(ids, np.int64), np.asarray(mod)
-        for k, m in enumerate(MODALITIES):
-            sel = ids[mod == k]
-            if len(sel):
-                u, c = np.unique(sel, return_counts=True)
-                for a, b in zip(u.tolist(), c.tolist()):
-                    counts[m][a] = counts[m].get(a, 0) + b
-    out = {}
-    for m, c in counts.items():
-        if c:
-            n = np.array(list(c.values()), np.float64)
-            q = n / n.sum()
-            out[m] = (int(n.sum()), float(-(q * np.log(q)).sum()))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -187,7 +166,7 @@ def _flat(img: np.ndarray) -> np.ndarray:
 def write_report(out: Path, p, index: dict, tok_dirs: dict, shards_dir: Path, task, summary: dict,
                  results: list[dict], stages: list[dict], heldout: dict) -> dict:
     from unitok.data.audio import write_wav
-    from unitok.data.pretokenize import read_shards
+    from unitok.data.pretokenize import read_shards, unigram_entropy
     from unitok.metrics import cer, psnr
     from unitok.tokenizers.base import load_tokenizer
     from unitok.training.unified import plot_curves

@@ -12,7 +12,8 @@ end-of-sequence stop), random prompt ids (the same for all three), `use_cache=Tr
 transformers. A run is one whole `generate` call, prefill included; new tokens/s = batch x
 new tokens / seconds. Runs alternate (cache, full, transformers, rotating the order every repeat)
 after one untimed warm-up of each, so a noisy machine hurts all alike; the JSON keeps every run and
-reports medians. `cache_equals_full` checks that both of our paths produced the same ids.
+reports medians. `cache_equals_full` checks that both of our paths produced the same ids. Full
+recomputation is timed only at `--full-batch-sizes` (default 1): at batch 8 on CPU one run takes minutes.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def run(args) -> int:
     try:
         cfg = preset(args.preset)
         batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
+        full_sizes = {int(b) for b in str(getattr(args, "full_batch_sizes", "1")).split(",") if b.strip()}
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     except (ValueError, KeyError) as e:
         raise ConfigError(f"bench generate: {e}") from None
@@ -88,31 +90,36 @@ def run(args) -> int:
             return out[:, ids.shape[1]:].tolist()
         return generate_batch(ours, p, n, temperature=0, use_cache=impl == "cache")
 
+    def impls(B: int) -> tuple[str, ...]:
+        return IMPLS if B in full_sizes else tuple(i for i in IMPLS if i != "full")
+
     for B in batch_sizes:  # warm-up: allocator, kernels, lazy imports
-        for impl in IMPLS:
+        for impl in impls(B):
             call(impl, B, min(N, 4))
-    runs = {(impl, B): [] for impl in IMPLS for B in batch_sizes}
+    runs = {(impl, B): [] for B in batch_sizes for impl in impls(B)}
     ids = {}
     for r in range(args.repeats):
-        order = IMPLS[r % 3:] + IMPLS[:r % 3]
         for B in batch_sizes:
+            order = impls(B)[r % len(impls(B)):] + impls(B)[:r % len(impls(B))]
             for impl in order:
                 dt, out = _timed(lambda: call(impl, B, N), device)
                 runs[(impl, B)].append(B * N / dt)
                 ids[(impl, B)] = out
                 if any(len(o) != N for o in out):
                     raise RuntimeError(f"{impl} produced {[len(o) for o in out]} tokens, not {N} per row")
-        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(
-                f"B={B} {impl} {runs[(impl, B)][-1]:.1f}" for B in batch_sizes for impl in IMPLS) + " tokens/s")
+                print(f"repeat {r + 1}/{args.repeats}: batch {B} {impl} {runs[(impl, B)][-1]:.1f} tokens/s "
+                      f"({dt:.1f} s)", flush=True)
     rows = []
     for B in batch_sizes:
-        med = {impl: float(np.median(runs[(impl, B)])) for impl in IMPLS}
+        med = {impl: float(np.median(runs[(impl, B)])) if (impl, B) in runs else None for impl in IMPLS}
+        full = med["full"] is not None
         rows.append({"batch": B, "cache_tokens_per_s": med["cache"], "full_tokens_per_s": med["full"],
-                     "transformers_tokens_per_s": med["transformers"], "cache_vs_full": med["cache"] / med["full"],
+                     "transformers_tokens_per_s": med["transformers"],
+                     "cache_vs_full": med["cache"] / med["full"] if full else None,
                      "cache_vs_transformers": med["cache"] / med["transformers"],
-                     "cache_runs": runs[("cache", B)], "full_runs": runs[("full", B)],
+                     "cache_runs": runs[("cache", B)], "full_runs": runs.get(("full", B), []),
                      "transformers_runs": runs[("transformers", B)],
-                     "cache_equals_full": ids[("cache", B)] == ids[("full", B)]})
+                     "cache_equals_full": ids[("cache", B)] == ids[("full", B)] if full else None})
     out = {
         "preset": args.preset,
         "model": {"dim": cfg.dim, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_kv_head": cfg.kv_heads,
@@ -122,7 +129,7 @@ def run(args) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": args.dtype, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": transformers.__version__, "new_tokens": N, "prompt_len": args.prompt_len,
-        "batch_sizes": batch_sizes, "repeats": args.repeats, "results": rows,
+        "batch_sizes": batch_sizes, "full_batch_sizes": sorted(full_sizes & set(batch_sizes)), "repeats": args.repeats, "results": rows,
         "timing": "one whole greedy generate call per run (prefill included), new tokens/s = batch x new tokens / "
                   "seconds; medians over alternating runs after one warm-up each",
     }

@@ -11,8 +11,10 @@
 * Order: a seeded permutation of the training documents per epoch. The state (epoch, position in
   the permutation, offset inside the current document) is small JSON; the engine checkpoints it.
   Every rank draws the global batch and keeps its slice, so any number of ranks sees the same data.
-* Held-out split: a seeded `eval_fraction` of the documents (at least one) never enters training;
-  `eval_batches()` packs them in order, deterministically.
+* Held-out split: a seeded `eval_fraction` of the documents never enters training, stratified by
+  document kind (text only, or the media modality with most tokens): every kind with two or more
+  documents holds at least one out and keeps at least one, so each modality's held-out loss exists
+  even where its documents are few. `eval_batches()` packs them in order, deterministically.
 * Condition dropout (classifier-free guidance): with probability `cond_dropout` per document and
   epoch (seeded), the text segment right before each media span is removed, so the model also
   learns the media without its condition; generation builds the unconditional stream the same way.
@@ -41,14 +43,24 @@ class Batch:
     span_ids: torch.Tensor | None = None  # (B, T) int64, nonzero inside image spans (bidirectional)
 
 
-def split_documents(n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, eval) document indices: a seeded fraction held out, at least one when n > 1."""
+def split_documents(n: int, eval_fraction: float, seed: int, kinds=None) -> tuple[np.ndarray, np.ndarray]:
+    """(train, eval) document indices: a seeded fraction held out. Stratified by `kinds` (one label
+    per document; all one kind when None): a kind with at least two documents holds at least one out
+    and keeps at least one for training."""
     if eval_fraction <= 0 or n < 2:
         return np.arange(n), np.zeros(0, np.int64)
     u = np.random.default_rng([seed, 7]).random(n)
     held = u < eval_fraction
-    if not held.any():
-        held[int(u.argmin())] = True
+    kinds = np.zeros(n, np.int64) if kinds is None else np.asarray(kinds)
+    for k in np.unique(kinds):
+        idx = np.flatnonzero(kinds == k)
+        if len(idx) < 2:
+            held[idx] = False
+            continue
+        if not held[idx].any():
+            held[idx[u[idx].argmin()]] = True
+        if held[idx].all():
+            held[idx[u[idx].argmax()]] = False
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
@@ -69,7 +81,10 @@ class PackedBatches:
                  cond_dropout: float = 0.0, bidirectional_images: bool = False):
         self.sh, self.seq_len, self.batch_size, self.seed = shards, seq_len, batch_size, seed
         self.cond_dropout, self.bidirectional_images = cond_dropout, bidirectional_images
-        self.train_docs, self.eval_docs = split_documents(len(shards), eval_fraction, seed)
+        from unitok.data.pretokenize import document_kinds
+
+        kinds = document_kinds(shards) if eval_fraction > 0 else None
+        self.train_docs, self.eval_docs = split_documents(len(shards), eval_fraction, seed, kinds)
         if len(self.train_docs) == 0:
             raise ValueError(f"{shards.path}: no training documents")
         self.state = {"epoch": 0, "pos": 0, "offset": 0}

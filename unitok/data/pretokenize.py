@@ -485,6 +485,65 @@ class Shards:
         return self.tokens[a:b], self.modality[a:b]
 
 
+def document_kinds(shards: Shards, chunk: int = 1 << 16) -> np.ndarray:
+    """Per document: its most frequent media modality (a `Modality` value), or TEXT (0) when it has
+    no media tokens. One pass over modality.bin, `chunk` documents at a time."""
+    n, off = len(shards), shards.offsets
+    kinds = np.zeros(n, np.int64)
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        mod = np.asarray(shards.modality[off[a]:off[b]])
+        starts = off[a:b] - off[a]
+        nonempty = off[a + 1:b + 1] > off[a:b]
+        counts = np.stack([np.add.reduceat((mod == m).astype(np.int64), np.minimum(starts, max(len(mod) - 1, 0)))
+                           if len(mod) else np.zeros(b - a, np.int64) for m in (1, 2, 3)], 1)
+        counts[~nonempty] = 0
+        kinds[a:b] = np.where(counts.any(1), counts.argmax(1) + 1, 0)
+    return kinds
+
+
+def unigram_entropy(shards: Shards, docs=None) -> dict:
+    """Per modality name: (tokens, H, H_level) in nats over the given documents (all by default).
+    H is the entropy of that modality's unigram token distribution: a model whose loss is below it has
+    learned more than token frequencies. H_level is the entropy given the residual level (codebooks
+    with several levels use one id range per level, so the level of the next code is known from its
+    position): the frequency baseline of a model that knows only the layout; H_level == H with one level."""
+    from unitok.vocab import Modality
+
+    docs = np.arange(len(shards)) if docs is None else np.asarray(docs, np.int64)
+    v = shards.vocab
+    counts = [np.zeros(v.size, np.int64) for _ in Modality]
+    for i in docs:
+        ids, mod = shards.document(int(i))
+        ids, mod = np.asarray(ids, np.int64), np.asarray(mod)
+        for m in Modality:
+            sel = ids[mod == m]
+            if len(sel):
+                counts[m] += np.bincount(sel, minlength=v.size)
+
+    def entropy(c):
+        c = c[c > 0].astype(np.float64)
+        q = c / c.sum()
+        return float(-(q * np.log(q)).sum())
+
+    out = {}
+    for m in Modality:
+        name, c = m.name.lower(), counts[m]
+        total = int(c.sum())
+        if not total:
+            continue
+        groups, rest = [], np.ones(v.size, bool)
+        cb = v.codebooks.get(name)
+        for lvl in range(cb.levels if cb is not None else 0):
+            a, b = v.code_range(name, lvl)
+            groups.append(c[a:b])
+            rest[a:b] = False
+        groups.append(c[rest])  # text ids, span markers and size tokens
+        h_level = sum(g.sum() / total * entropy(g) for g in groups if g.sum())
+        out[name] = (total, entropy(c), float(h_level))
+    return out
+
+
 def read_shards(path) -> Shards:
     from unitok.vocab import UnifiedVocab
 

@@ -215,8 +215,15 @@ def train_unified(cfg: UnifiedConfig, shards_dir, out, *, resume: bool = False, 
               f"{len(task.data.train_docs)} training / {len(task.data.eval_docs)} held-out documents", flush=True)
     summary = engine.fit(task)
     if engine.main:
-        plot_curves(engine.history, out / "loss.png")
+        from unitok.data.pretokenize import unigram_entropy
+
+        ent = unigram_entropy(shards, task.data.train_docs)
+        for m, (_, h, h_level) in ent.items():
+            summary[f"unigram_entropy_{m}"], summary[f"unigram_entropy_level_{m}"] = h, h_level
+        plot_curves(engine.history, out / "loss.png", {m: e[1] for m, e in ent.items()})
         write_card(task, summary, out / "checkpoint" / "README.md")
+        (out / "summary.json").write_text(json.dumps(
+            {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}, indent=1) + "\n")
     return task, summary
 
 
@@ -253,7 +260,9 @@ def plot_curves(history: list[dict], path: Path, entropy: dict | None = None, to
 def write_card(task: UnifiedTask, summary: dict, path: Path) -> None:
     st, v = task.shards.stats, task.shards.vocab
     rows = "\n".join(f"| {m} | {st['tokens_per_modality'].get(m, 0):,} | "
-                     f"{summary.get(f'eval_loss_{m}', float('nan')):.3f} |" for m in MODALITIES)
+                     f"{summary.get(f'eval_loss_{m}', float('nan')):.3f} | "
+                     f"{summary.get(f'unigram_entropy_{m}', float('nan')):.3f} | "
+                     f"{summary.get(f'unigram_entropy_level_{m}', float('nan')):.3f} |" for m in MODALITIES)
     toks = "\n".join(f"- {m}: `{json.dumps(i)}`" for m, i in st.get("tokenizers", {}).items())
     path.write_text(f"""# Unified model card
 
@@ -262,8 +271,8 @@ def write_card(task: UnifiedTask, summary: dict, path: Path) -> None:
 - data: {task.shards.path} ({st['documents']} documents, {st['tokens']:,} tokens); {summary['steps']} steps,
   {summary['minutes']} min
 
-| modality | training tokens | held-out loss (nats/token) |
-| --- | --- | --- |
+| modality | tokens in the shards | held-out loss (nats/token) | unigram entropy of the training documents | the same per residual level |
+| --- | --- | --- | --- | --- |
 {rows}
 
 Tokenizers:
@@ -277,7 +286,10 @@ def run_cli(args) -> int:
     task, s = train_unified(cfg, args.data, args.out, resume=args.resume,
                             allow_recipe_change=args.allow_recipe_change)
     if task.engine.main:
-        per = ", ".join(f"{m} {s[f'eval_loss_{m}']:.3f}" for m in MODALITIES if f"eval_loss_{m}" in s)
+        per = ", ".join(f"{m} {s[f'eval_loss_{m}']:.3f}" + (f" (unigram entropy {s[f'unigram_entropy_{m}']:.3f}, "
+                                                             f"per level {s[f'unigram_entropy_level_{m}']:.3f})"
+                                                             if f"unigram_entropy_{m}" in s else "")
+                        for m in MODALITIES if f"eval_loss_{m}" in s)
         print(f"step {s['steps']} in {(time.time() - t0) / 60:.1f} min; held-out loss per modality: {per or '-'} "
               f"-> {task.engine.ckpt_dir}")
     return 0
