@@ -3,6 +3,7 @@ kind; interruption and resume; any number of workers; decoding a document back t
 
 import io
 import json
+import math
 import tarfile
 
 import numpy as np
@@ -168,3 +169,28 @@ def test_read_video_at_a_frame_rate_from_a_file_object(tmp_path):
 
     with pytest.raises(DataError, match="clip: unreadable video"):
         read_video(io.BytesIO(b"not a video"), fps=4, name="clip")
+
+
+def test_tsv_extra_columns_are_not_part_of_the_text(tmp_path):
+    from unitok.data.pretokenize import PretokenizeConfig, _folder
+
+    (tmp_path / "a.wav").write_bytes(b"RIFF")  # only listed here, never read
+    (tmp_path / "transcripts.tsv").write_text("file\ttranscript\tnormalized_transcript\n"
+                                              "a.wav\tHello, World.\thello world\n")
+    docs = list(_folder(tmp_path, PretokenizeConfig(text_first_ratio=1.0), []))
+    assert len(docs) == 1
+    texts = [seg[1] for seg in docs[0][1] if seg[0] == "text"]
+    assert texts == ["Hello, World."]
+
+
+def test_a_long_media_file_alone_becomes_a_document_per_chunk(corpus, tmp_path):
+    f = tmp_path / "alone"
+    f.mkdir()
+    (f / "bird.wav").write_bytes((corpus / "folder" / "bird.wav").read_bytes())  # no caption
+    st = pretokenize([f], [corpus / "tok_text", corpus / "tok_audio"], tmp_path / "o", CFG, progress=False)
+    sh = read_shards(tmp_path / "o")
+    n = math.ceil(1.0 / CFG.audio_max_seconds)
+    assert n > 1 and st["documents"] == len(sh) == n and st["split_documents"] == 1
+    for i in range(n):  # each chunk: <bos>, one audio span, <eos>
+        un = sh.vocab.unpack(np.asarray(sh.document(i)[0], np.int64))
+        assert [next(iter(s)) for s in un.segments] == ["audio"] and not un.problems

@@ -16,8 +16,11 @@ For tar and folder pairs the order (text first or media first) is a seeded per-d
 Policy (recorded in stats.json): images resized (shorter side) and centre-cropped to `image_size`;
 video resampled to `video_fps`, resized and cropped to `video_size`, split into clips of
 `video_frames` frames; audio at the tokenizer's rate and channels (stereo mixed to mono), split
-into chunks of at most `audio_max_seconds` (a transcript stays with its audio only when the whole
-clip fits). A document longer than `max_doc_tokens` is skipped.
+into chunks of at most `audio_max_seconds`. A media file that is a document on its own or with its
+caption (folders, tars) becomes one document per clip or chunk when it is split, without its text
+(a transcript stays with its audio only when the whole clip fits); inside an interleaved JSONL
+document the chunks stay consecutive spans of that document. A document longer than
+`max_doc_tokens` is skipped.
 
 SHARDS/: tokens.bin (uint16 when the vocabulary fits, else uint32), modality.bin (uint8, one per
 token), offsets.bin (int64, document starts and the end), vocab.json, tokenizers/<modality>/ (the
@@ -152,8 +155,8 @@ def _folder(d: Path, cfg: PretokenizeConfig, skipped: list) -> Iterator[tuple]:
         if (d / tsv).is_file():
             try:
                 for line in _decode_text((d / tsv).read_bytes(), str(d / tsv)).splitlines():
-                    if "\t" in line:
-                        f, t = line.split("\t", 1)
+                    if "\t" in line:  # file, text[, more columns (e.g. a normalized transcript): ignored]
+                        f, t = line.split("\t")[:2]
                         captions[f.strip()] = t.strip()
             except DataError as e:
                 skipped.append({"source": str(d / tsv), "reason": str(e).split(": ", 1)[-1]})
@@ -244,7 +247,7 @@ class Tokenizing:
     def _tokenize(self, segs) -> tuple:
         try:
             out = []
-            pairs = len(segs) == 2 and sum(k == "text" for k, _ in segs) == 1
+            single = len(segs) == 1 or (len(segs) == 2 and sum(k == "text" for k, _ in segs) == 1)
             for kind, value in segs:
                 if kind == "text":
                     if "text" not in self.toks:
@@ -254,7 +257,7 @@ class Tokenizing:
                 if kind not in self.toks:
                     raise DataError(f"no {kind} tokenizer given")
                 chunks = getattr(self, f"_{kind}")(value)
-                if pairs and len(chunks) > 1:  # a transcript stays only with a clip that fits whole
+                if single and len(chunks) > 1:  # a document per chunk; a transcript only with a whole clip
                     return "split", [self.vocab.pack([{kind: c}]) for c in chunks]
                 out.extend({kind: c} for c in chunks)
             packed = self.vocab.pack(out)
