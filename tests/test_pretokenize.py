@@ -194,3 +194,24 @@ def test_a_long_media_file_alone_becomes_a_document_per_chunk(corpus, tmp_path):
     for i in range(n):  # each chunk: <bos>, one audio span, <eos>
         un = sh.vocab.unpack(np.asarray(sh.document(i)[0], np.int64))
         assert [next(iter(s)) for s in un.segments] == ["audio"] and not un.problems
+
+
+def test_bench_pretokenize_encodes_the_same_codes(corpus, tmp_path):
+    from unitok.cli import main
+
+    out = tmp_path / "b.json"
+    dirs = [corpus / "tok_text", corpus / "tok_image", corpus / "tok_audio"]
+    assert main(["bench", "pretokenize", str(corpus / "folder"), "--tokenizer", *map(str, dirs), "--workers", "0",
+                 "--batch-size", "2", "--set", "image_size=32", "audio_max_seconds=0.5", "seed=3",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    pretokenize([corpus / "folder"], dirs, tmp_path / "s", CFG, progress=False)
+    sh = read_shards(tmp_path / "s")
+    ids = np.asarray(sh.tokens, np.int64)
+    rows = {x["modality"]: x for x in r["encode"]["per_modality"]}
+    for m in ("image", "audio"):  # the reference encoded exactly the codes that the shards hold
+        cb = sh.vocab.codebooks[m]
+        lo, hi = sh.vocab.code_range(m, 0)[0], sh.vocab.code_range(m, cb.levels - 1)[1]
+        assert rows[m]["tokens"] == int(((ids >= lo) & (ids < hi)).sum()) > 0, m
+    assert r["pretokenize"]["tokens"] == len(ids) and r["pretokenize"]["documents"] == len(sh)
+    assert r["speed_ratio"] == pytest.approx(r["encode"]["seconds"] / r["pretokenize"]["seconds"])

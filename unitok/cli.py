@@ -176,6 +176,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", required=True, help="where to write the results")
+    p = _add(bench, "pretokenize", "unitok.bench.pretokenize:run",
+             "pretokenization throughput vs the tokenizers' own batched encode",
+             "Runs `unitok pretokenize` on DATA into a temporary folder (end to end, --workers processes), then\n"
+             "encodes the same documents' prepared inputs with each tokenizer in batches (all --threads); reports\n"
+             "tokens/s of both and speed_ratio = encode seconds / pretokenize seconds.")
+    p.add_argument("data", nargs="+", help="JSONL manifests, .tar shards or folders (as for pretokenize)")
+    p.add_argument("--tokenizer", nargs="+", required=True, help="tokenizer directories")
+    p.add_argument("--workers", type=int, default=2, help="pretokenize processes (default: 2)")
+    p.add_argument("--batch-size", type=int, default=8, help="inputs per batched encode (default: 8)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the reference (default: all)")
+    p.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE", help="pretokenize policy settings")
+    p.add_argument("--json", required=True, help="where to write the results")
+    p = _add(bench, "overfit", "unitok.bench.overfit:run", "memorisation check: image <-> caption, speech -> transcript",
+             "Trains brief tokenizers and a tiny unified model on --pairs photos with captions and their captions\n"
+             "spoken by eSpeak NG (each pair in both orders), then regenerates greedily: the image for each caption\n"
+             "(PSNR vs the photo within 1 dB of the tokenizer's reconstruction, >= 25 dB vs the reconstruction),\n"
+             "the caption for each image and the transcript for each recording (CER <= 0.1). Exit code 1 when a\n"
+             "criterion fails; every item is in the JSON.")
+    p.add_argument("--out", required=True, help="work folder (data, tokenizers, shards, run)")
+    p.add_argument("--pairs", type=int, default=4, help="photos (and spoken captions) to memorise (default: 4)")
+    p.add_argument("--minutes", type=float, default=8.0, help="training budget of the unified model (default: 8)")
+    p.add_argument("--tokenizer-seconds", type=float, default=60.0,
+                   help="training budget of each media tokenizer (default: 60)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows of 512 tokens per step (default: 8)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="where to write the results (default: OUT/overfit.json)")
     p = _add(bench, "kernels", "unitok.bench.kernels:run", "fused kernels vs. torch (timing needs a GPU)")
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--quick", action="store_true", help="fewer shapes")

@@ -256,7 +256,7 @@ class Tokenizing:
                     continue
                 if kind not in self.toks:
                     raise DataError(f"no {kind} tokenizer given")
-                chunks = getattr(self, f"_{kind}")(value)
+                chunks = self._encode(kind, self.inputs(kind, value))
                 if single and len(chunks) > 1:  # a document per chunk; a transcript only with a whole clip
                     return "split", [self.vocab.pack([{kind: c}]) for c in chunks]
                 out.extend({kind: c} for c in chunks)
@@ -267,8 +267,18 @@ class Tokenizing:
             return "skip", f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
         return "ok", [packed]
 
-    def _image(self, m: Media) -> list:
+    def _encode(self, kind: str, inputs: list) -> list:
         import torch
+
+        with torch.no_grad():
+            return [self.toks[kind].encode(x)[0].numpy() for x in inputs]
+
+    def inputs(self, kind: str, m: Media) -> list:
+        """The model inputs of one media file after the policy (decoded, resampled, resized, cut into
+        chunks or clips), each with a batch dimension of 1: what the tokenizer encodes."""
+        return getattr(self, f"_{kind}_inputs")(m)
+
+    def _image_inputs(self, m: Media) -> list:
         from PIL import Image
 
         from unitok.data.media import MIN_IMAGE_SIDE, read_image, to_tensor
@@ -281,15 +291,9 @@ class Tokenizing:
         except DataError as e:
             why = str(e).split(": ", 1)[-1]
             raise DataError(why if why.startswith("too small") else f"unreadable image ({why.split('(', 1)[-1].rstrip(')')})") from None
-        s = self.cfg.image_size
-        x = _resize_crop(to_tensor(img)[None], s)
-        with torch.no_grad():
-            codes = self.toks["image"].encode(x)[0]
-        return [codes.numpy()]
+        return [_resize_crop(to_tensor(img)[None], self.cfg.image_size)]  # (1, 3, S, S)
 
-    def _audio(self, m: Media) -> list:
-        import torch
-
+    def _audio_inputs(self, m: Media) -> list:
         from unitok.data.audio import check_duration, decode_audio, to_model_format
 
         tok = self.toks["audio"]
@@ -300,29 +304,17 @@ class Tokenizing:
         n = int(self.cfg.audio_max_seconds * tok.config.sample_rate)
         hop = math.prod(tok.config.upsampling_ratios)
         check_duration(wav.shape[-1], tok.config.sample_rate)
-        out = []
-        with torch.no_grad():
-            for s in range(0, wav.shape[-1], n):
-                seg = wav[:, s:s + n]
-                if seg.shape[-1] >= hop:
-                    out.append(tok.encode(seg[None])[0].numpy())
-        return out
+        return [wav[None, :, s:s + n] for s in range(0, wav.shape[-1], n) if wav[:, s:s + n].shape[-1] >= hop]
 
-    def _video(self, m: Media) -> list:
-        import torch
-
+    def _video_inputs(self, m: Media) -> list:
         from unitok.data.media import read_video, to_tensor
 
         frames = read_video(m.open(), max_frames=4096, fps=self.cfg.video_fps, name=m.name)  # (T, H, W, 3)
         F_ = self.cfg.video_frames
         if len(frames) < F_:
             raise DataError(f"video of {len(frames)} frames at {self.cfg.video_fps:g} fps < one clip ({F_})")
-        out = []
-        with torch.no_grad():
-            for s in range(0, len(frames) - F_ + 1, F_):
-                x = _resize_crop(to_tensor(frames[s:s + F_]), self.cfg.video_size)  # (T, 3, S, S)
-                out.append(self.toks["video"].encode(x.transpose(0, 1)[None])[0].numpy())
-        return out
+        return [_resize_crop(to_tensor(frames[s:s + F_]), self.cfg.video_size).transpose(0, 1)[None]  # (1, 3, T, S, S)
+                for s in range(0, len(frames) - F_ + 1, F_)]
 
 
 def _resize_crop(x, size: int):
