@@ -9,7 +9,8 @@ SUBCOMMANDS = [
     ["demo"], ["text", "train-tokenizer"], ["text", "encode"], ["lm", "train"], ["lm", "sample"],
     ["tokenizer", "train"], ["tokenizer", "bench"], ["bench", "text-lm"], ["bench", "kernels"], ["vocab", "show"], ["vocab", "build"],
     ["checkpoint", "export"], ["checkpoint", "convert"], ["pretokenize"], ["shards", "show"], ["shards", "decode"],
-    ["train"], ["bench", "train"], ["bench", "generate"], ["bench", "rd"], ["generate"],
+    ["train"], ["bench", "train"], ["bench", "generate"], ["bench", "rd"], ["generate"], ["bench", "overfit"],
+    ["bench", "pretokenize"],
 ]
 
 

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads of the reference (default: all)")
     p.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE", help="pretokenize policy settings")
     p.add_argument("--json", required=True, help="where to write the results")
-    p = _add(bench, "overfit", "unitok.bench.overfit:run", "memorisation check: image <-> caption, speech -> transcript",
+    p = _add(bench, "overfit", "unitok.overfit:run", "memorisation check: image <-> caption, speech -> transcript",
              "Trains brief tokenizers and a tiny unified model on --pairs photos with captions and their captions\n"
              "spoken by eSpeak NG (each pair in both orders), then regenerates greedily: the image for each caption\n"
              "(PSNR vs the photo within 1 dB of the tokenizer's reconstruction, >= 25 dB vs the reconstruction),\n"

@@ -1,4 +1,5 @@
-"""`unitok bench overfit`: can the whole chain memorise? A tiny unified model trained on a handful of
+"""`unitok bench overfit` (here, not in unitok/bench: it trains, and bench sits below the trainers):
+can the whole chain memorise? A tiny unified model trained on a handful of
 image-caption and speech-transcript pairs must give back the right image for each caption, the right
 caption for each image and the right transcript for each recording.
 
