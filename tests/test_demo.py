@@ -148,3 +148,27 @@ def test_embedded_data_pieces():
     docs = pydoc_documents(10_000)
     assert 5 <= len(docs) <= 12 and all(d.strip() == d and d for d in docs)
     assert len({p.name for p in PHOTOS}) == len(PHOTOS)
+
+
+def test_gpu_preset_and_device_flags(tmp_path):
+    """The gpu preset's plan (its run happens on a GPU), the device reaching every stage, one-line errors."""
+    import torch
+    from dataclasses import replace
+
+    from unitok.cli import main
+    from unitok.demo import plan
+    from unitok.model.transformer import UnifiedTransformer
+
+    p = plan(preset="gpu", device="cuda")
+    assert p.policy.image_size == 128 and p.policy.video_size == 64 and p.data.crop_px >= 128
+    assert {p.image.run.device, p.video.run.device, p.audio.run.device, p.lm.run.device} == {"cuda"}
+    assert p.lm.seq_len == 2048 and p.lm.model.max_seq_len >= p.lm.seq_len + 1 + 128
+    with torch.device("meta"):
+        n = sum(x.numel() for x in UnifiedTransformer(replace(p.lm.model, vocab_size=3849)).parameters())
+    assert 20e6 < n < 30e6
+    cpu = plan()
+    assert cpu.policy.image_size == 64 and cpu.lm.model.dim == 128 and cpu.lm.run.device == "auto"
+    assert plan(tiny=True, preset="gpu").policy.image_size == 32  # tiny stays tiny
+    if not torch.cuda.is_available():
+        assert main(["demo", "--out", str(tmp_path / "d"), "--device", "cuda"]) == 2
+    assert main(["demo", "--out", str(tmp_path / "d"), "--tiny", "--preset", "gpu"]) == 2

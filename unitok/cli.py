@@ -66,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
              "Without eSpeak NG the demo says so and runs without speech. docs/demo.md describes it.",
              epilog="examples:\n"
                     "  unitok demo --out runs/demo               # 9 minutes of stages, for 2 CPU cores\n"
-                    "  unitok demo --out /tmp/demo --tiny        # every stage with tiny budgets (< 1 min)")
+                    "  unitok demo --out /tmp/demo --tiny        # every stage with tiny budgets (< 1 min)\n"
+                    "  unitok demo --out runs/demo-gpu --device cuda --preset gpu --minutes 15   # one GPU")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where every stage trains and generates (default: auto, CUDA when torch finds it)")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu"],
+                   help="cpu: sized for 2 CPU cores (default); gpu: 128 px images, 64 px clips, an 8-layer dim-512 "
+                        "model on rows of 2,048 tokens (for one GPU; give it --minutes too)")
     p.add_argument("--minutes", type=float, default=None,
                    help="time budget of the stages in minutes (default: 9; with --tiny: 1, a guard)")
     p.add_argument("--tiny", action="store_true",

@@ -67,12 +67,17 @@ class DemoPlan:
     cfg_scale: float = 3.0  # guidance in text-to-image and text-to-audio
     shares: dict = field(default_factory=lambda: dict(SHARES))
     threads: int = 1  # torch CPU threads of the run (set by `run`)
+    device: str = "auto"  # every trainer's run.device and the generation pipeline's ("auto": CUDA when present)
+    preset: str = "cpu"  # "cpu": sized for 2 CPU cores; "gpu": larger images, clips and model for one GPU
 
 
-def plan(minutes: float = 9.0, *, tiny: bool = False, seed: int = 0, threads: int | None = None) -> DemoPlan:
+def plan(minutes: float = 9.0, *, tiny: bool = False, seed: int = 0, threads: int | None = None,
+         device: str = "auto", preset: str = "cpu") -> DemoPlan:
     """The stages' settings. Full: 64 px images (16 x 16 codes), 32 px clips of 9 frames (3 x 8 x 8),
     speech at 100 tokens/s, a 4-layer dim-128 model. Tiny: 32 px images, 16 px clips, two photos,
-    a 2-layer dim-32 model and a few steps of everything."""
+    a 2-layer dim-32 model and a few steps of everything. preset "gpu" (not with tiny): 128 px images
+    (32 x 32 codes), 64 px clips (3 x 16 x 16), the same tokenizers with twice the batch, and an
+    8-layer dim-512 model (25M parameters with the demo's vocabulary) over rows of 2,048 tokens, batch 16."""
     from unitok.data.crops import CropConfig
     from unitok.model.config import ModelConfig
     from unitok.tokenizers.audio import AudioTokenizerConfig
@@ -81,16 +86,21 @@ def plan(minutes: float = 9.0, *, tiny: bool = False, seed: int = 0, threads: in
     from unitok.training.unified import UnifiedConfig
     from unitok.training.vqgan import LossConfig, TrainConfig
 
+    if preset not in ("cpu", "gpu"):
+        raise ValueError(f"unknown demo preset {preset!r}; use cpu or gpu")
+    gpu = preset == "gpu" and not tiny
+
     def run(steps: int, log_every: int) -> RunConfig:
-        return RunConfig(max_steps=steps if tiny else 1_000_000, seed=seed, threads=threads, log_every=log_every)
+        return RunConfig(max_steps=steps if tiny else 1_000_000, seed=seed, threads=threads, log_every=log_every,
+                         device=device)
 
     if tiny:
         data = EmbeddedConfig(photos=2, crops=2, motions=["zoom-in", "pan-right"], voices_per_sentence=1,
                               pydoc_chars=20_000, seed=seed)
         image_px, video_px = 32, 16
     else:
-        data = EmbeddedConfig(seed=seed)
-        image_px, video_px = 64, 32
+        data = EmbeddedConfig(seed=seed, crop_px=256 if gpu else 128, clip_px=128 if gpu else 64)
+        image_px, video_px = (128, 64) if gpu else (64, 32)
     policy = PretokenizeConfig(image_size=image_px, video_size=video_px, video_fps=data.clip_fps,
                                video_frames=data.clip_frames, audio_max_seconds=5.0, seed=seed)
     # image: the debug preset (f4: 64 px -> 16 x 16 codes) with 128 codes, no GroupNorm statistics (they
@@ -98,14 +108,15 @@ def plan(minutes: float = 9.0, *, tiny: bool = False, seed: int = 0, threads: in
     image = TrainConfig(
         modality="image", name="image-tokenizer", preset="debug",
         model={"norm_groups": 0, "quantizer": {"codebook_size": 128, "codebook_dim": 4, "decay": 0.8}},
-        data=CropConfig(crop=image_px, batch_size=8, min_scale=0.5), loss=LossConfig(l1=0.2, l2=1.0),
+        data=CropConfig(crop=image_px, batch_size=16 if gpu else 8, min_scale=0.5), loss=LossConfig(l1=0.2, l2=1.0),
         quant_warmup=0.3, refit_at=0.7, refit_tokens=512 if tiny else 16384, ema_weights=0.0, sample_every=0,
         optim=OptimConfig(lr=2e-3, betas=(0.9, 0.99), warmup_steps=2 if tiny else 20),
         run=run(5, 1 if tiny else 20))
     video = TrainConfig(
         modality="video", name="video-tokenizer", preset="debug",
         model={"quantizer": {"codebook_size": 128, "codebook_dim": 4, "decay": 0.8}},
-        data=CropConfig(crop=video_px, batch_size=4, min_scale=0.5, frames=data.clip_frames, frame_stride=1),
+        data=CropConfig(crop=video_px, batch_size=8 if gpu else 4, min_scale=0.5, frames=data.clip_frames,
+                        frame_stride=1),
         loss=LossConfig(l1=0.2, l2=1.0), quant_warmup=0.3, ema_weights=0.0, sample_every=0,
         optim=OptimConfig(lr=2e-3, betas=(0.9, 0.99), warmup_steps=2 if tiny else 20),
         run=run(4, 1 if tiny else 10))
@@ -115,7 +126,7 @@ def plan(minutes: float = 9.0, *, tiny: bool = False, seed: int = 0, threads: in
         model=AudioTokenizerConfig(sample_rate=16000, num_filters=8, upsampling_ratios=[8, 5, 4, 2], hidden_size=32,
                                    num_lstm_layers=1, codebook_size=256, levels=2, latent_compand=0.25, decay=0.95,
                                    dead_code_threshold=0.25, quantize_dropout=False),
-        data=AudioDataConfig(batch_size=8, segment_s=1.0, file_weighting="file"),
+        data=AudioDataConfig(batch_size=16 if gpu else 8, segment_s=1.0, file_weighting="file"),
         loss=AudioLossConfig(l1=0.1, mel=1.0, corr=4.0, disc=False),
         refit_at=0.75, refit_batches=2 if tiny else 24, calibration_batches=2 if tiny else 16,
         optim=OptimConfig(lr=2e-3, betas=(0.5, 0.9), warmup_steps=2 if tiny else 20),
@@ -125,12 +136,17 @@ def plan(minutes: float = 9.0, *, tiny: bool = False, seed: int = 0, threads: in
         lm = UnifiedConfig(model=model, seq_len=256, batch_size=4, eval_every=5, eval_batches=4,
                            optim=OptimConfig(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1, warmup_steps=2),
                            run=replace(run(12, 1), ckpt_every=0))
+    elif gpu:
+        model = ModelConfig(dim=512, n_layer=8, n_head=8, n_kv_head=4, max_seq_len=2304, z_loss=1e-4)
+        lm = UnifiedConfig(model=model, seq_len=2048, batch_size=16, eval_every=100, eval_batches=8,
+                           optim=OptimConfig(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, warmup_steps=50),
+                           run=replace(run(0, 20), ckpt_every=0, ckpt_every_min=0.0))
     else:
         model = ModelConfig(dim=128, n_layer=4, n_head=4, n_kv_head=2, max_seq_len=640, z_loss=1e-4)
         lm = UnifiedConfig(model=model, seq_len=512, batch_size=8, eval_every=100, eval_batches=8,
                            optim=OptimConfig(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1, warmup_steps=30),
                            run=replace(run(0, 20), ckpt_every=0, ckpt_every_min=0.0))
-    return DemoPlan(minutes=minutes, tiny=tiny, seed=seed, data=data, policy=policy,
+    return DemoPlan(minutes=minutes, tiny=tiny, seed=seed, data=data, policy=policy, device=device, preset=preset,
                     text_vocab=512 if tiny else 2048, image=image, video=video, audio=audio, lm=lm,
                     text_tokens=16 if tiny else 48, caption_tokens=16 if tiny else 32)
 
@@ -179,7 +195,13 @@ def run(args) -> int:
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
-    p = plan(minutes, tiny=tiny, seed=args.seed, threads=threads)
+    device = getattr(args, "device", "auto")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but torch finds no CUDA device (use --device cpu or auto)")
+    preset = getattr(args, "preset", "cpu")
+    if tiny and preset != "cpu":
+        raise ConfigError("--tiny runs the cpu preset only")
+    p = plan(minutes, tiny=tiny, seed=args.seed, threads=threads, device=device, preset=preset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for d in OUTPUTS:  # the demo starts afresh; nothing else in --out is touched
@@ -346,7 +368,10 @@ def generation_requests(out: Path, p: DemoPlan, index: dict, speech: bool) -> li
 def _generate(out: Path, p: DemoPlan, index: dict, speech: bool) -> list[dict]:
     from unitok.generation import Pipeline
 
-    pipe = Pipeline.from_pretrained(out / "runs" / "unified")
+    import torch
+
+    dev = "cuda" if p.device == "cuda" or (p.device == "auto" and torch.cuda.is_available()) else "cpu"
+    pipe = Pipeline.from_pretrained(out / "runs" / "unified", device=dev)
     results = []
     for r in generation_requests(out, p, index, speech):
         res = pipe(r["task"], **r["kw"], seed=p.seed, out=out / "generate" / r["task"], progress=True)

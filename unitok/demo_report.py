@@ -343,12 +343,17 @@ def _markdown(out, p, index, fig, sh, summary, by, notes, stages, heldout, audio
     verdict = (f"Held-out loss is below the unigram entropy (the model has learned more than token frequencies) for: "
                f"{', '.join(below) or 'no modality'}; not for: {', '.join(m for m in vs if m not in below) or 'none'}.")
     mode = "tiny mode (a smoke test: a few steps of everything)" if p.tiny else f"--minutes {p.minutes:g}"
+    if p.preset != "cpu":
+        mode += f", --preset {p.preset}"
+
+    gpu = p.device == "cuda" or (p.device == "auto" and torch.cuda.is_available())
+    where = f" and {torch.cuda.get_device_name()}" if gpu else ""
     cmd = f"unitok demo --out {out} " + ("--tiny" if p.tiny else f"--minutes {p.minutes:g}") + f" --seed {p.seed}"
     return f"""# unitok demo: text, images, video and speech in one model
 
 One command made a small multimodal data set from what the installed packages ship, trained a tokenizer
 per modality and one unified transformer on all of them, and ran every generation task; {mode}, in
-{total_min:.1f} minutes with {p.threads} CPU thread(s).
+{total_min:.1f} minutes with {p.threads} CPU thread(s){where}.
 
 **What to expect.** On a CPU, in minutes, the point is that every output *decodes*: images, clips and
 speech of the requested sizes, and text. Do not expect them to be good. Each output below comes with
