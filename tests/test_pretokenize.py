@@ -215,3 +215,33 @@ def test_bench_pretokenize_encodes_the_same_codes(corpus, tmp_path):
         assert rows[m]["tokens"] == int(((ids >= lo) & (ids < hi)).sum()) > 0, m
     assert r["pretokenize"]["tokens"] == len(ids) and r["pretokenize"]["documents"] == len(sh)
     assert r["speed_ratio"] == pytest.approx(r["encode"]["seconds"] / r["pretokenize"]["seconds"])
+
+
+def test_torchrun_ranks_share_the_work_and_write_the_same_files(corpus, tmp_path):
+    """Two gloo ranks: the resume of a single-process interrupted run, and a fresh run, are byte-identical
+    to one process; --workers under torchrun is a one-line error."""
+    import subprocess
+    import sys
+
+    from test_engine import ENV, ROOT, _free_port
+
+    def torchrun(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+               "-m", "unitok.cli", "pretokenize", str(corpus / "docs.jsonl"), str(corpus / "shard-000.tar"),
+               str(corpus / "folder"), "--tokenizer", *(str(corpus / t) for t in ("tok_text", "tok_image", "tok_audio")),
+               "--out", str(out), "--set", "image_size=32", "audio_max_seconds=0.5", "seed=3", *extra]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+
+    _run(corpus, tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus, tmp_path / "cut", stop_after=3, commit_every=2)
+    r = torchrun(tmp_path / "cut", "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun(tmp_path / "t2")
+    assert r.returncode == 0 and "2 torchrun processes" in r.stdout, r.stderr[-3000:]
+    ref = _files(tmp_path / "ref")
+    assert _files(tmp_path / "cut") == ref and _files(tmp_path / "t2") == ref
+    strip = lambda p: {k: v for k, v in json.loads((p / "stats.json").read_text()).items() if k != "timings"}
+    assert strip(tmp_path / "cut") == strip(tmp_path / "ref") == strip(tmp_path / "t2")
+    r = torchrun(tmp_path / "w", "--workers", "2")
+    assert r.returncode != 0 and "every rank is one worker" in r.stderr

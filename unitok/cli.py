@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
              "Tokenize JSONL manifests, webdataset .tar shards and folders of media (with .txt captions or a\n"
              "captions.tsv / transcripts.tsv) with the given tokenizers into memory-mapped token shards.\n"
              "Bad files are skipped and listed in stats.json; --resume continues an interrupted run; the\n"
-             "output is byte-identical for any --workers.",
+             "output is byte-identical for any --workers, and under torchrun (one process per GPU: each rank\n"
+             "encodes a share of the documents, rank 0 writes them in order).",
              epilog="Policy: --set image_size=256 video_size=128 video_fps=8 video_frames=9 audio_max_seconds=10 "
                     "text_first_ratio=0.5 max_doc_tokens=4096 seed=0.")
     p.add_argument("data", nargs="+", help="JSONL manifests, .tar shards or folders")

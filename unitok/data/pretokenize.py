@@ -218,7 +218,7 @@ def _tar(p: Path, cfg: PretokenizeConfig, skipped: list) -> Iterator[tuple]:
 class Tokenizing:
     """Lives in each worker: the tokenizers, the vocabulary and the policy."""
 
-    def __init__(self, tokenizer_dirs: list[str], cfg: PretokenizeConfig):
+    def __init__(self, tokenizer_dirs: list[str], cfg: PretokenizeConfig, device: str = "cpu"):
         import torch
 
         from unitok.tokenizers.base import load_tokenizer
@@ -237,6 +237,10 @@ class Tokenizing:
                 raise ConfigError(f"{d}: the {t.modality} tokenizer was never trained ({cold[0]} is False); "
                                   "codes would depend on the order of the data")
             self.toks[t.modality] = t
+        self.device = torch.device(device)
+        for t in self.toks.values():
+            if isinstance(t, torch.nn.Module):
+                t.to(self.device)
         self.vocab = UnifiedVocab.from_tokenizers(self.toks.values())
 
     def __call__(self, doc) -> tuple:
@@ -271,7 +275,7 @@ class Tokenizing:
         import torch
 
         with torch.no_grad():
-            return [self.toks[kind].encode(x)[0].numpy() for x in inputs]
+            return [self.toks[kind].encode(x.to(self.device))[0].cpu().numpy() for x in inputs]
 
     def inputs(self, kind: str, m: Media) -> list:
         """The model inputs of one media file after the policy (decoded, resampled, resized, cut into
@@ -342,22 +346,62 @@ def _work(doc):
     return _worker(doc)
 
 
+def _distributed() -> tuple[int, int, int] | None:
+    """(world, rank, local rank) under torchrun (the process group is started here, gloo), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _gathered(todo, fn, world: int, rank: int, per_rank: int = 2):
+    """Every rank's results in document order: in blocks of world x per_rank documents, rank r works on
+    the documents r, r + world, ... of the block, and every rank receives all of them (all_gather)."""
+    import itertools
+
+    import torch.distributed as dist
+
+    it = iter(todo)
+    while True:
+        block = list(itertools.islice(it, world * per_rank))
+        got: list = [None] * world
+        dist.all_gather_object(got, [fn(d) for j, d in enumerate(block) if j % world == rank])
+        for j in range(len(block)):
+            yield got[j % world][j // world]
+        if len(block) < world * per_rank:
+            return
+
+
 def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: PretokenizeConfig | None = None, *,
                 workers: int = 0, resume: bool = False, progress: bool = True, commit_every: int = 64,
                 stop_after: int | None = None) -> dict:
-    """Write SHARDS; returns the stats. `stop_after` documents (tests) simulates an interruption."""
+    """Write SHARDS; returns the stats. `stop_after` documents (tests) simulates an interruption.
+
+    Under torchrun every rank tokenizes a share of the documents (on its GPU where there is one) and
+    rank 0 writes them in order: the files are the same as with one process. `workers` must then be
+    0; ranks other than 0 return None."""
     cfg = cfg or PretokenizeConfig()
     out = Path(out)
     prog_path = out / "progress.json"
+    ddp = _distributed()
+    world, rank, local = ddp or (1, 0, 0)
+    main = rank == 0
+    if ddp and workers:
+        raise ConfigError("--workers under torchrun: every rank is one worker; leave --workers at 0")
     if out.exists() and any(out.iterdir()) and not resume:
         raise DataError(f"{out} is not empty; pass --resume to continue an interrupted run or choose another --out")
     if resume and (out / "stats.json").is_file() and not prog_path.is_file():
         raise DataError(f"{out} is complete (stats.json); nothing to resume")
-    main_tok = Tokenizing(tokenizer_dirs, cfg)
+    import torch
+
+    device = f"cuda:{local}" if ddp and torch.cuda.is_available() else "cpu"
+    main_tok = Tokenizing(tokenizer_dirs, cfg, device)
     vocab = main_tok.vocab
     identities = {m: t.identity() for m, t in main_tok.toks.items()}
     dtype = np.uint16 if vocab.size <= 65536 else np.uint32
-    out.mkdir(parents=True, exist_ok=True)
     policy = asdict(cfg)
     done, sizes = 0, [0, 0, 8]
     stats = {"documents": 0, "tokens": 0, "tokens_per_modality": {}, "skipped": [], "split_documents": 0}
@@ -366,7 +410,14 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         if prog["policy"] != policy or prog["vocab_hash"] != vocab.hash or prog["inputs"] != [str(i) for i in inputs]:
             raise ConfigError(f"{out}: --resume with different inputs, tokenizers or policy than the interrupted run")
         done, sizes, stats = prog["docs_done"], prog["sizes"], prog["stats"]
-    else:
+    if ddp:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank has read the state before rank 0 writes
+    if not main:
+        return _follow(iter_documents(list(map(str, inputs)), cfg, []), main_tok, world, rank, done, stop_after)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (resume and prog_path.is_file()):
         vocab.save(out / "vocab.json")
         for m, t in main_tok.toks.items():
             shutil.rmtree(out / "tokenizers" / m, ignore_errors=True)
@@ -413,7 +464,9 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         import itertools
 
         todo = itertools.islice(docs, done, None)
-        if workers > 0:
+        if ddp:
+            results = _gathered(todo, main_tok, world, rank)
+        elif workers > 0:
             import multiprocessing as mp
 
             pool = mp.get_context("spawn").Pool(workers, _init, (list(map(str, tokenizer_dirs)), cfg))
@@ -454,10 +507,22 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
     stats["skipped"] = skipped_inputs + stats["skipped"]  # unreadable inputs (manifests, archives) first
     stats.update(vocab_size=vocab.size, dtype=np.dtype(dtype).name, policy=policy, inputs=[str(i) for i in inputs],
                  tokenizers=identities,
-                 timings={"seconds": round(time.time() - t0, 2), "workers": workers})
+                 timings={"seconds": round(time.time() - t0, 2), "workers": workers, "processes": world})
     (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     prog_path.unlink(missing_ok=True)
     return stats
+
+
+def _follow(docs, tok, world: int, rank: int, done: int, stop_after: int | None) -> None:
+    """A rank other than 0: tokenize its share of the documents rank 0 writes, in step with it."""
+    import itertools
+
+    seen = 0
+    for _ in _gathered(itertools.islice(docs, done, None), tok, world, rank):
+        seen += 1
+        if stop_after is not None and seen >= stop_after:
+            raise KeyboardInterrupt
+    return None
 
 
 # ------------------------------------------------------------------ reading shards
@@ -571,14 +636,22 @@ def run_cli(args) -> int:
         print("unitok: interrupted; the documents done so far are kept: continue with the same command and "
               "--resume", file=sys.stderr)
         return 130
-    _print_stats(stats, args.out)
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if stats is not None:  # rank 0 (or the only process)
+        _print_stats(stats, args.out)
     return 0
 
 
 def _print_stats(stats: dict, path) -> None:
     t = stats["timings"]
     print(f"{path}: {stats['documents']} documents, {stats['tokens']} tokens ({stats['dtype']}, vocabulary "
-          f"{stats['vocab_size']}) in {t['seconds']} s with {t['workers']} worker(s)")
+          f"{stats['vocab_size']}) in {t['seconds']} s with "
+          + (f"{t['processes']} torchrun processes" if t.get("processes", 1) > 1 else f"{t['workers']} worker(s)"))
     for m, n in stats["tokens_per_modality"].items():
         print(f"  {m:6s} {n} tokens")
     print(f"  skipped {len(stats['skipped'])}" + "".join(f"\n    {x['source']}: {x['reason']}" for x in stats["skipped"][:20]))
