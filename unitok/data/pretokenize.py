@@ -641,6 +641,7 @@ def run_cli(args) -> int:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                dist.barrier()  # gloo can abort when one rank tears the group down while another still uses it
                 dist.destroy_process_group()
     if stats is not None:  # rank 0 (or the only process)
         _print_stats(stats, args.out)
