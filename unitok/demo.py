@@ -70,6 +70,12 @@ class DemoPlan:
     device: str = "auto"  # every trainer's run.device and the generation pipeline's ("auto": CUDA when present)
     preset: str = "cpu"  # "cpu": sized for 2 CPU cores; "gpu": larger images, clips and model for one GPU
 
+    def torch_device(self) -> str:
+        """Where generation runs: "cuda" for --device cuda, or auto with a GPU; else "cpu"."""
+        import torch
+
+        return "cuda" if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()) else "cpu"
+
 
 def plan(minutes: float = 9.0, *, tiny: bool = False, seed: int = 0, threads: int | None = None,
          device: str = "auto", preset: str = "cpu") -> DemoPlan:
@@ -368,10 +374,7 @@ def generation_requests(out: Path, p: DemoPlan, index: dict, speech: bool) -> li
 def _generate(out: Path, p: DemoPlan, index: dict, speech: bool) -> list[dict]:
     from unitok.generation import Pipeline
 
-    import torch
-
-    dev = "cuda" if p.device == "cuda" or (p.device == "auto" and torch.cuda.is_available()) else "cpu"
-    pipe = Pipeline.from_pretrained(out / "runs" / "unified", device=dev)
+    pipe = Pipeline.from_pretrained(out / "runs" / "unified", device=p.torch_device())
     results = []
     for r in generation_requests(out, p, index, speech):
         res = pipe(r["task"], **r["kw"], seed=p.seed, out=out / "generate" / r["task"], progress=True)

@@ -345,8 +345,7 @@ def _markdown(out, p, index, fig, sh, summary, by, notes, stages, heldout, audio
     mode = "tiny mode (a smoke test: a few steps of everything)" if p.tiny else f"--minutes {p.minutes:g}"
     if p.preset != "cpu":
         mode += f", --preset {p.preset}"
-    gpu = p.device == "cuda" or (p.device == "auto" and torch.cuda.is_available())
-    where = f" and {torch.cuda.get_device_name()}" if gpu else ""
+    where = f" and {torch.cuda.get_device_name()}" if p.torch_device() == "cuda" else ""
     cmd = (f"unitok demo --out {out} " + ("--tiny" if p.tiny else f"--minutes {p.minutes:g}") + f" --seed {p.seed}"
            + (f" --preset {p.preset}" if p.preset != "cpu" else "") + (f" --device {p.device}" if p.device != "auto" else ""))
     return f"""# unitok demo: text, images, video and speech in one model

@@ -562,7 +562,7 @@ def document_kinds(shards: Shards, chunk: int = 1 << 16) -> np.ndarray:
     return kinds
 
 
-def unigram_entropy(shards: Shards, docs=None) -> dict:
+def unigram_entropy(shards: Shards, docs=None, chunk: int = 4096) -> dict:
     """Per modality name: (tokens, H, H_level) in nats over the given documents (all by default).
     H is the entropy of that modality's unigram token distribution: a model whose loss is below it has
     learned more than token frequencies. H_level is the entropy given the residual level (codebooks
@@ -573,13 +573,12 @@ def unigram_entropy(shards: Shards, docs=None) -> dict:
     docs = np.arange(len(shards)) if docs is None else np.asarray(docs, np.int64)
     v = shards.vocab
     counts = [np.zeros(v.size, np.int64) for _ in Modality]
-    for i in docs:
-        ids, mod = shards.document(int(i))
-        ids, mod = np.asarray(ids, np.int64), np.asarray(mod)
+    for a in range(0, len(docs), chunk):  # one bincount per modality per chunk of documents
+        parts = [shards.document(int(i)) for i in docs[a:a + chunk]]
+        ids = np.concatenate([np.asarray(t, np.int64) for t, _ in parts])
+        mod = np.concatenate([np.asarray(m) for _, m in parts])
         for m in Modality:
-            sel = ids[mod == m]
-            if len(sel):
-                counts[m] += np.bincount(sel, minlength=v.size)
+            counts[m] += np.bincount(ids[mod == m], minlength=v.size)
 
     def entropy(c):
         c = c[c > 0].astype(np.float64)
