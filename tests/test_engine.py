@@ -172,9 +172,11 @@ def test_fsdp2_kill_resume_and_export(setups, tmp_path):
     tmp, s = setups
     argv = s["lm"] + ["run.parallel=fsdp2"]
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert _run(argv, full, torchrun=2).returncode == 0
+    r = _run(argv, full, torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
     r = _run(argv, cut, torchrun=2, env={"UNITOK_KILL_AFTER_CHECKPOINT": "5"})
-    assert r.returncode != 0 and json.loads((cut / "checkpoint" / "state.json").read_text())["step"] == 5
+    assert r.returncode != 0 and (cut / "checkpoint" / "state.json").exists(), r.stderr[-3000:]
+    assert json.loads((cut / "checkpoint" / "state.json").read_text())["step"] == 5
     r = _run(argv + ["--resume"], cut, torchrun=2)
     assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-3000:]
     a, b = _dcp_tensors(full, tmp_path), _dcp_tensors(cut, tmp_path)
@@ -186,6 +188,16 @@ def test_fsdp2_kill_resume_and_export(setups, tmp_path):
     exported, direct = load_model(tmp_path / "exported"), load_model(full)  # direct: consolidated on the fly
     for k, v in exported.model.state_dict().items():
         assert torch.equal(v, a[f"/model/{k}"]) and torch.equal(v, direct.model.state_dict()[k]), k
+
+
+def test_an_error_on_the_main_rank_reaches_every_rank(setups, tmp_path):
+    """The text tokenizer is trained on rank 0 only (two ranks once raced on its training file); when
+    that fails, every rank stops with the same one-line error instead of waiting for the tokenizer."""
+    tmp, s = setups
+    r = _run(s["lm"] + ["text_vocab_size=60000"], tmp_path / "run", torchrun=2)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("unitok: error:")]
+    assert r.returncode != 0 and len(errors) == 2 and len(set(errors)) == 1, r.stderr[-3000:]
+    assert "Vocabulary size too high" in errors[0] and "unitok/cli.py" not in r.stderr  # torchrun's trace only
 
 
 def test_nan_steps_are_skipped_then_stop(tmp_path, monkeypatch):

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +45,11 @@ def train_text_tokenizer(train_text: str, vocab_size: int, workdir: Path):
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    f = workdir / "tokenizer-train.txt"
-    f.write_text(train_text, encoding="utf-8")
+    fd, name = tempfile.mkstemp(prefix="tokenizer-train-", suffix=".txt", dir=workdir)  # private to this call
+    f = Path(name)
     try:
+        with os.fdopen(fd, "w", encoding="utf-8") as w:
+            w.write(train_text)
         return TextTokenizer.train([f], vocab_size=vocab_size)
     finally:
         f.unlink(missing_ok=True)

@@ -115,6 +115,11 @@ class TextTokenizer(Tokenizer):
         return self.sp.decode([int(i) for i in ids])
 
     @property
+    def model_proto(self) -> bytes:
+        """The serialized SentencePiece model: `TextTokenizer(tok.model_proto)` is the same tokenizer."""
+        return self._proto
+
+    @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 

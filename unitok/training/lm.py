@@ -171,15 +171,22 @@ def write_history(history: list[dict], out: Path) -> None:
         w.writerows(history)
 
 
-def prepare(cfg: TrainConfig, data: str, eval_data: str | None, out: Path, tokenizer=None) -> dict:
-    """Read and split text, train (or reuse) the tokenizer, tokenize. Returns a dict."""
+def prepare(cfg: TrainConfig, data: str, eval_data: str | None, out: Path, tokenizer=None,
+            engine: Engine | None = None) -> dict:
+    """Read and split text, train (or reuse) the tokenizer, tokenize. Returns a dict. Under torchrun
+    the main rank trains the tokenizer and the others receive it, so every rank has the same one."""
     raw = read_text(data)
     if eval_data:
         train_text, eval_text = raw, read_text(eval_data)
     else:
         train_text, eval_text = split_text(raw, cfg.eval_fraction)
     if tokenizer is None:
-        tokenizer = train_text_tokenizer(train_text, cfg.text_vocab_size, out)
+        from unitok.tokenizers.text import TextTokenizer
+
+        def train() -> bytes:
+            return train_text_tokenizer(train_text, cfg.text_vocab_size, out).model_proto
+
+        tokenizer = TextTokenizer(engine.from_main(train) if engine else train())
     elif tokenizer.vocab_size != cfg.text_vocab_size:
         raise VocabMismatchError(f"the checkpoint's text tokenizer has {tokenizer.vocab_size} pieces; "
                                  f"the config asks for text_vocab_size={cfg.text_vocab_size}")
@@ -202,7 +209,7 @@ def train_text_lm(cfg: TrainConfig, data, out, *, eval_data=None, resume: bool =
         from unitok.tokenizers.text import TextTokenizer
 
         tokenizer = TextTokenizer.from_pretrained(engine.resume_from / TOKENIZERS / "text")
-    d = prepare(cfg, data, eval_data, out, tokenizer=tokenizer)
+    d = prepare(cfg, data, eval_data, out, tokenizer=tokenizer, engine=engine)
     task = TextLMTask(cfg, engine, d["train_ids"], d["eval_ids"], d["vocab"], d["tokenizer"],
                       eval_chars=d["eval_chars"], data_hash=d["data_hash"])
     if engine.main:

@@ -307,6 +307,25 @@ class Engine:
             if b.is_floating_point():
                 self.all_reduce_mean(b.data)
 
+    def from_main(self, make):
+        """`make()` runs on the main rank only; every rank returns its result (a picklable value), or
+        raises the UnitokError that `make()` raised there."""
+        if not self.distributed:
+            return make()
+        import torch.distributed as dist
+
+        box = [None]
+        if self.main:
+            try:
+                box = [(make(), None)]
+            except UnitokError as e:
+                box = [(None, e)]
+        dist.broadcast_object_list(box, 0)
+        value, error = box[0]
+        if error is not None:
+            raise error
+        return value
+
     def broadcast_buffers(self, module: nn.Module) -> None:
         if self.distributed:
             import torch.distributed as dist
