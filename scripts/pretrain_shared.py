@@ -4,14 +4,17 @@
         --video-tokenizer VID [--data ../shared/data] [--out runs/shared] [key=value ...]
 
 The tokenizers are trained directories (`unitok tokenizer train ...`, see docs/unified.md for the
-ones measured). Steps, each skipped when its output is already there:
-1. inputs: Tiny Shakespeare cut into documents of whole speeches (at most --doc-chars characters,
-   one JSONL line each); the audio folder without the WAVs that were decoded from a `.hq.ogg` beside
-   them (the same recording twice would put held-out audio into training); the images and videos
-   folders as they are.
-2. a 2,048-piece text tokenizer on Tiny Shakespeare;
+ones measured). --data holds text/*.txt (Tiny Shakespeare in ../shared/data) and media folders
+images/, audio/ and video/ (with same-stem .txt captions or a transcripts.tsv / captions.tsv); a
+media folder that is missing or empty leaves its modality out. Steps, each skipped when its output
+is already there:
+1. inputs: each text file cut into documents of whole paragraphs or speeches (blank-line separated,
+   at most --doc-chars characters, one JSONL line each); the audio folder without the WAVs that
+   were decoded from a `.hq.ogg` beside them (the same recording twice would put held-out audio
+   into training); the images and video folders as they are.
+2. a 2,048-piece text tokenizer on the text files;
 3. `unitok pretokenize` of the inputs (audio chunks of at most 12 s, so the LJ Speech and JFK
-   transcripts stay with their clips);
+   transcripts stay with their clips; --set changes the policy);
 4. `unitok train configs/train/unified-cpu.yaml` (30 minutes; trailing key=value override it). The
    run directory gets loss.png (per modality, dashed: unigram entropy), summary.json and the card.
 """
@@ -27,71 +30,129 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def text_documents(text: str, max_chars: int) -> list[str]:
-    """Consecutive speeches (blank-line separated) grouped into documents of at most max_chars."""
-    docs, cur = [], ""
-    for speech in text.split("\n\n"):
-        speech = speech.strip()
-        if not speech:
+def _pieces(text: str, max_chars: int):
+    """(separator, piece): paragraphs (blank-line separated). One up to 4 x max_chars stays whole (a
+    long speech is one document); a longer one (a text without blank lines) is cut at line ends, and a
+    line longer than max_chars at the last space before max_chars (or at max_chars)."""
+    for para in text.split("\n\n"):
+        para = para.strip()
+        if len(para) <= 4 * max_chars:
+            if para:
+                yield "\n\n", para
             continue
-        if cur and len(cur) + 2 + len(speech) > max_chars:
+        sep = "\n\n"
+        for line in para.split("\n"):
+            while len(line) > max_chars:
+                cut = line.rfind(" ", 1, max_chars + 1)
+                cut = cut if cut > 0 else max_chars
+                yield sep, line[:cut]
+                line, sep = line[cut:], ""
+            if line.strip():
+                yield sep, line
+            sep = "\n"
+
+
+def text_documents(text: str, max_chars: int) -> list[str]:
+    """Consecutive paragraphs grouped into documents of at most max_chars characters."""
+    docs, cur = [], ""
+    for sep, piece in _pieces(text, max_chars):
+        if cur and len(cur) + len(sep) + len(piece) > max_chars:
             docs.append(cur)
             cur = ""
-        cur = f"{cur}\n\n{speech}" if cur else speech
+        cur = f"{cur}{sep}{piece}" if cur else piece.lstrip()
     if cur:
         docs.append(cur)
     return docs
 
 
-def stage_inputs(data: Path, out: Path, max_chars: int) -> list[Path]:
+MEDIA = ("images", "audio", "video")  # folders under --data, each optional; its tokenizer is needed when present
+
+
+def _has_files(d: Path) -> bool:
+    return d.is_dir() and any(f.is_file() and not f.name.startswith(".") for f in d.iterdir())
+
+
+def stage_inputs(data: Path, out: Path, max_chars: int, texts: list[Path]) -> dict[str, Path]:
+    """The pretokenizer's inputs: {"text": JSONL of documents, "images": folder, ...} for what --data has."""
     inputs = out / "inputs"
-    (inputs / "audio").mkdir(parents=True, exist_ok=True)
-    jsonl = inputs / "text.jsonl"
-    if not jsonl.is_file():
-        docs = text_documents((data / "text" / "tinyshakespeare.txt").read_text(), max_chars)
-        jsonl.write_text("".join(json.dumps({"segments": [{"text": d}]}) + "\n" for d in docs))
-    for f in sorted((data / "audio").iterdir()):
-        decoded_copy = f.suffix == ".wav" and (f.parent / (f.stem + ".hq.ogg")).is_file()
-        link = inputs / "audio" / f.name
-        if not decoded_copy and not link.exists():
-            link.symlink_to(f.resolve())
-    return [jsonl, data / "images", inputs / "audio", data / "video"]
+    inputs.mkdir(parents=True, exist_ok=True)
+    staged = {}
+    if texts:
+        jsonl = staged["text"] = inputs / "text.jsonl"
+        if not jsonl.is_file():
+            docs = [d for f in texts for d in text_documents(f.read_text(encoding="utf-8", errors="replace"), max_chars)]
+            jsonl.write_text("".join(json.dumps({"segments": [{"text": d}]}) + "\n" for d in docs))
+    if _has_files(data / "audio"):
+        (inputs / "audio").mkdir(exist_ok=True)
+        for f in sorted((data / "audio").iterdir()):
+            decoded_copy = f.suffix == ".wav" and (f.parent / (f.stem + ".hq.ogg")).is_file()
+            link = inputs / "audio" / f.name
+            if not decoded_copy and not link.exists():
+                link.symlink_to(f.resolve())
+        staged["audio"] = inputs / "audio"
+    for name in ("images", "video"):
+        if _has_files(data / name):
+            staged[name] = data / name
+    return staged
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--image-tokenizer", required=True)
-    ap.add_argument("--audio-tokenizer", required=True)
-    ap.add_argument("--video-tokenizer", required=True)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--image-tokenizer", help="trained image tokenizer (needed when DATA/images has files)")
+    ap.add_argument("--audio-tokenizer", help="trained audio tokenizer (needed when DATA/audio has files)")
+    ap.add_argument("--video-tokenizer", help="trained video tokenizer (needed when DATA/video has files)")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"),
+                    help="folder with text/*.txt, images/, audio/, video/ (default: ../shared/data)")
     ap.add_argument("--out", default="runs/shared")
     ap.add_argument("--doc-chars", type=int, default=2000, help="text document size (default: 2000 characters)")
+    ap.add_argument("--text-vocab", type=int, default=2048, help="text tokenizer pieces (default: 2048)")
     ap.add_argument("--config", default=str(ROOT / "configs" / "train" / "unified-cpu.yaml"))
     ap.add_argument("--workers", type=int, default=2, help="pretokenization processes (default: 2)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a pretokenization policy setting, repeatable (`unitok pretokenize --help`); "
+                         "audio_max_seconds=12 unless set")
     ap.add_argument("--prepare-only", action="store_true", help="stop after pretokenization")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the training config")
     a = ap.parse_args(argv)
     from unitok.cli import main as cli
 
+    def fail(msg: str) -> int:
+        print(f"pretrain_shared: error: {msg}", file=sys.stderr)
+        return 2
+
     data, out = Path(a.data), Path(a.out)
-    for d in ("text/tinyshakespeare.txt", "images", "audio", "video"):
-        if not (data / d).exists():
-            print(f"pretrain_shared: {data / d} not found (--data is the shared data folder)", file=sys.stderr)
-            return 2
-    inputs = stage_inputs(data, out, a.doc_chars)
+    if not data.is_dir():
+        return fail(f"{data} is not a folder (--data: text/*.txt, images/, audio/, video/)")
+    texts = sorted((data / "text").glob("*.txt")) if (data / "text").is_dir() else []
+    tokenizers = {"images": a.image_tokenizer, "audio": a.audio_tokenizer, "video": a.video_tokenizer}
+    inputs = stage_inputs(data, out, a.doc_chars, texts)
+    if not inputs:
+        return fail(f"{data} has no text/*.txt and no media in images/, audio/ or video/")
+    for name in MEDIA:
+        flag = f"--{'image' if name == 'images' else name}-tokenizer"
+        if name in inputs and not tokenizers[name]:
+            return fail(f"{data / name} has files: give {flag}")
+        if name not in inputs:
+            print(f"pretrain_shared: no {data / name} files; training without that modality", flush=True)
+    if not texts:
+        return fail(f"no {data / 'text'}/*.txt: the unified vocabulary needs a text tokenizer")
     spm = out / "text-tokenizer"
     if not (spm / "spm.model").is_file():
-        rc = cli(["text", "train-tokenizer", str(data / "text" / "tinyshakespeare.txt"), "--vocab-size", "2048",
-                  "--out", str(spm)])
+        rc = cli(["text", "train-tokenizer", *map(str, texts), "--vocab-size", str(a.text_vocab), "--out", str(spm)])
         if rc:
             return rc
     shards, made = out / "shards", False
     if not (shards / "stats.json").is_file() or (shards / "progress.json").is_file():
-        rc = cli(["pretokenize", *map(str, inputs), "--tokenizer", str(spm), a.image_tokenizer, a.audio_tokenizer,
-                  a.video_tokenizer, "--out", str(shards), "--workers", str(a.workers),
+        bad = [kv for kv in a.set if "=" not in kv]
+        if bad:
+            return fail(f"--set takes KEY=VALUE, got {bad[0]!r}")
+        policy = {"audio_max_seconds": "12", **dict(kv.split("=", 1) for kv in a.set)}
+        rc = cli(["pretokenize", *map(str, inputs.values()),
+                  "--tokenizer", str(spm), *(tokenizers[n] for n in MEDIA if n in inputs),
+                  "--out", str(shards), "--workers", str(a.workers),
                   *(["--resume"] if (shards / "progress.json").is_file() else []),
-                  "--set", "audio_max_seconds=12"])
+                  "--set", *(f"{k}={v}" for k, v in policy.items())])
         if rc:
             return rc
         made = True
