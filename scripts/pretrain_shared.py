@@ -82,17 +82,18 @@ def stage_inputs(data: Path, out: Path, max_chars: int, texts: list[Path]) -> di
         if not jsonl.is_file():
             docs = [d for f in texts for d in text_documents(f.read_text(encoding="utf-8", errors="replace"), max_chars)]
             jsonl.write_text("".join(json.dumps({"segments": [{"text": d}]}) + "\n" for d in docs))
-    if _has_files(data / "audio"):
-        (inputs / "audio").mkdir(exist_ok=True)
-        for f in sorted((data / "audio").iterdir()):
-            decoded_copy = f.suffix == ".wav" and (f.parent / (f.stem + ".hq.ogg")).is_file()
-            link = inputs / "audio" / f.name
-            if not decoded_copy and not link.exists():
-                link.symlink_to(f.resolve())
-        staged["audio"] = inputs / "audio"
-    for name in ("images", "video"):
-        if _has_files(data / name):
-            staged[name] = data / name
+    for name in MEDIA:  # this order is the shards' document order (and so decides the held-out split)
+        if not _has_files(data / name):
+            continue
+        staged[name] = data / name
+        if name == "audio":
+            staged[name] = inputs / "audio"
+            staged[name].mkdir(exist_ok=True)
+            for f in sorted((data / "audio").iterdir()):
+                decoded_copy = f.suffix == ".wav" and (f.parent / (f.stem + ".hq.ogg")).is_file()
+                link = inputs / "audio" / f.name
+                if not decoded_copy and not link.exists():
+                    link.symlink_to(f.resolve())
     return staged
 
 

@@ -78,6 +78,8 @@ def test_prepares_and_trains_on_a_folder_of_other_data(folder, tmp_path, capsys)
     assert sorted(p.name for p in (out / "inputs" / "audio").iterdir()) == [
         "tone0.hq.ogg", "tone1.hq.ogg", "tone2.hq.ogg", "transcripts.tsv"]
     stats = json.loads((out / "shards" / "stats.json").read_text())
+    # text, then images, audio, video: the documented runs' document order (it decides the held-out split)
+    assert [Path(i).name for i in stats["inputs"]] == ["text.jsonl", "images", "audio"]
     assert {m for m, n in stats["tokens_per_modality"].items() if n} == {"text", "image", "audio"}, stats
     assert stats["policy"]["image_size"] == 32 and stats["policy"]["audio_max_seconds"] == 0.5
     assert not stats["skipped"], stats["skipped"]
