@@ -123,6 +123,9 @@ def main(argv=None) -> int:
         return 2
 
     data, out = Path(a.data), Path(a.out)
+    bad = [kv for kv in a.set if "=" not in kv]
+    if bad:
+        return fail(f"--set takes KEY=VALUE, got {bad[0]!r}")
     if not data.is_dir():
         return fail(f"{data} is not a folder (--data: text/*.txt, images/, audio/, video/)")
     texts = sorted((data / "text").glob("*.txt")) if (data / "text").is_dir() else []
@@ -145,9 +148,6 @@ def main(argv=None) -> int:
             return rc
     shards, made = out / "shards", False
     if not (shards / "stats.json").is_file() or (shards / "progress.json").is_file():
-        bad = [kv for kv in a.set if "=" not in kv]
-        if bad:
-            return fail(f"--set takes KEY=VALUE, got {bad[0]!r}")
         policy = {"audio_max_seconds": "12", **dict(kv.split("=", 1) for kv in a.set)}
         rc = cli(["pretokenize", *map(str, inputs.values()),
                   "--tokenizer", str(spm), *(tokenizers[n] for n in MEDIA if n in inputs),
