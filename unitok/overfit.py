@@ -94,7 +94,6 @@ def run(args) -> int:
     lm = replace(lm, eval_fraction=0.0, cond_dropout=0.0, batch_size=args.batch_size, seq_len=512,
                  optim=replace(lm.optim, lr=args.lr, weight_decay=0.0),
                  run=replace(lm.run, max_minutes=args.minutes, log_every=50, seed=args.seed))
-    lm.model = replace(lm.model)
     t_train = time.perf_counter()
     task, summary = train_unified(lm, shards, out / "runs" / "unified")
     train_s = time.perf_counter() - t_train

@@ -522,7 +522,6 @@ def _follow(docs, tok, world: int, rank: int, done: int, stop_after: int | None)
         seen += 1
         if stop_after is not None and seen >= stop_after:
             raise KeyboardInterrupt
-    return None
 
 
 # ------------------------------------------------------------------ reading shards
