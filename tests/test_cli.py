@@ -36,7 +36,7 @@ def test_every_handler_resolves():
 
     handlers = set(walk(parser))
     assert len(handlers) == len(SUBCOMMANDS)
-    from unitok.bench.tokenizer import BENCHES
+    from unitok.apps.bench_tokenizer import BENCHES
     from unitok.training.tokenizer import TRAINERS
 
     handlers |= set(TRAINERS.values()) | set(BENCHES.values())  # per-modality dispatch

@@ -156,7 +156,7 @@ def test_gpu_preset_and_device_flags(tmp_path):
     from dataclasses import replace
 
     from unitok.cli import main
-    from unitok.demo import plan
+    from unitok.apps.demo import plan
     from unitok.model.transformer import UnifiedTransformer
 
     p = plan(preset="gpu", device="cuda")

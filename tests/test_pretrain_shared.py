@@ -4,6 +4,8 @@ video folder. Tiny tokenizers; a few training steps."""
 
 import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,9 +15,9 @@ import soundfile as sf
 import torch
 from PIL import Image
 
+from unitok.apps import pretrain_shared as ps
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import pretrain_shared as ps  # noqa: E402
 
 TINY_RUN = ["run.max_steps=3", "run.max_minutes=1", "eval_every=2", "eval_batches=1", "seq_len=64",
             "model.max_seq_len=64", "batch_size=2", "model.dim=32", "model.n_layer=1", "model.n_head=2",
@@ -102,3 +104,10 @@ def test_bad_folders_are_one_line_errors(folder, tmp_path, capsys):
     assert "no text/*.txt and no media" in capsys.readouterr().err
     assert ps.main(_argv(folder, tmp_path / "o2", "--set", "image_size")) == 2
     assert "--set takes KEY=VALUE" in capsys.readouterr().err
+
+
+def test_the_script_is_a_thin_entry_point():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's unitok, as pytest imports it
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_shared.py"), "--help"], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0 and "--image-tokenizer" in r.stdout and "4. `unitok train" in r.stdout, r.stderr

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     # --- demo
-    p = _add(sub, "demo", "unitok.demo:run", "end-to-end multimodal demo on embedded data; writes report.md",
+    p = _add(sub, "demo", "unitok.apps.demo:run", "end-to-end multimodal demo on embedded data; writes report.md",
              "Make a small data set from what the installed packages ship (scikit-image's photos with captions,\n"
              "pan and zoom clips of them, the captions spoken by eSpeak NG, Python's pydoc text), train a\n"
              "tokenizer per modality and one unified model on it, run every generation task, and write\n"
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
              epilog=TOKENIZER_EPILOG)
     _train_args(p, "recipe YAML, e.g. tokenizers/image-vqgan-f8/config.yaml", "folder of images, videos or audio files",
                 "output directory (checkpoints, samples, final tokenizer)")
-    p = _add(tk, "bench", "unitok.bench.tokenizer:run", "codebook reconstruction benchmark against classic codecs",
+    p = _add(tk, "bench", "unitok.apps.bench_tokenizer:run", "codebook reconstruction benchmark against classic codecs",
              "Reconstruct every file in --data with a trained tokenizer and report fidelity, codebook usage,\n"
              "rate and speed, next to JPEG/WebP (images) or Opus (audio) at the matched rate, in one run.")
     p.add_argument("tokenizer", help="directory written by save_pretrained (e.g. OUT/final of `tokenizer train`)")
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --- bench
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", metavar="COMMAND")
     bench.required = True
-    p = _add(bench, "text-lm", "unitok.training.text_bench:run", "text LM quality in nats per character",
+    p = _add(bench, "text-lm", "unitok.apps.bench_text_lm:run", "text LM quality in nats per character",
              "Train the default text config on the first 90% of FILE for at most M minutes and report\n"
              "nats/char (total token NLL / characters) on the last 10% (and on --eval-data).")
     p.add_argument("--data", required=True, help="text file")
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--config", default=None, help="run config (default: configs/train/text-lm.yaml)")
     p.add_argument("--seed", type=int, default=0)
-    p = _add(bench, "train", "unitok.training.train_bench:run", "training throughput: the engine vs a bare loop",
+    p = _add(bench, "train", "unitok.apps.bench_train:run", "training throughput: the engine vs a bare loop",
              "Train the config's unified model for --steps steps with the engine and with a bare PyTorch loop\n"
              "(same model, same batches), alternating --repeats times; report tokens/s of both, the engine's\n"
              "data-wait share, peak memory and FLOP/s (MFU on a known GPU).")
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="our points: a label and a `unitok tokenizer bench` JSON file, e.g. f16=runs/f16/heldout.json")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max-files", type=int, default=None, help="use at most this many files")
-    p = _add(bench, "generate", "unitok.bench.generate:run", "decode speed: KV cache vs recomputation vs transformers",
+    p = _add(bench, "generate", "unitok.apps.bench_generate:run", "decode speed: KV cache vs recomputation vs transformers",
              "Greedy decoding of --new-tokens tokens from random prompts with the sampler's KV cache, with full\n"
              "recomputation every step, and with transformers' LlamaForCausalLM.generate (use_cache=True) at the\n"
              "preset's dimensions (randomly initialised), per batch size, alternating --repeats times; prints a\n"
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", required=True, help="where to write the results")
-    p = _add(bench, "pretokenize", "unitok.bench.pretokenize:run",
+    p = _add(bench, "pretokenize", "unitok.apps.bench_pretokenize:run",
              "pretokenization throughput vs the tokenizers' own batched encode",
              "Runs `unitok pretokenize` on DATA into a temporary folder (end to end, --workers processes), then\n"
              "encodes the same documents' prepared inputs with each tokenizer in batches (all --threads); reports\n"
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads of the reference (default: all)")
     p.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE", help="pretokenize policy settings")
     p.add_argument("--json", required=True, help="where to write the results")
-    p = _add(bench, "overfit", "unitok.overfit:run", "memorisation check: image <-> caption, speech -> transcript",
+    p = _add(bench, "overfit", "unitok.apps.overfit:run", "memorisation check: image <-> caption, speech -> transcript",
              "Trains brief tokenizers and a tiny unified model on --pairs photos with captions and their captions\n"
              "spoken by eSpeak NG (each pair in both orders), then regenerates greedily: the image for each caption\n"
              "(PSNR vs the photo within 1 dB of the tokenizer's reconstruction, >= 25 dB vs the reconstruction),\n"

@@ -52,7 +52,7 @@ def _timed(fn, device) -> tuple[float, object]:
 
 
 def run(args) -> int:
-    from unitok.bench.common import markdown_table, write_json
+    from unitok.reporting import markdown_table, write_json
     from unitok.errors import ConfigError
     from unitok.generation.sample import check_context, generate_batch
     from unitok.model.config import preset

@@ -39,7 +39,7 @@ def _batches(xs: list, batch: int):
 def run(args) -> int:
     import torch
 
-    from unitok.bench.common import markdown_table, write_json
+    from unitok.reporting import markdown_table, write_json
     from unitok.config import from_dict, parse_overrides
     from unitok.data.pretokenize import PretokenizeConfig, Tokenizing, iter_documents, pretokenize
     from unitok.errors import ConfigError, DataError

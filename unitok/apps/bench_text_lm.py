@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from unitok.config import load_config, to_dict
-from unitok.bench.common import write_json
+from unitok.reporting import write_json
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train" / "text-lm.yaml"
 

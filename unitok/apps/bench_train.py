@@ -99,7 +99,7 @@ def _bare_run(cfg, shards, steps: int) -> float:
 
 
 def run(args) -> int:
-    from unitok.bench.common import write_json
+    from unitok.reporting import write_json
     from unitok.config import load_config
     from unitok.data.pretokenize import read_shards
     from unitok.training.unified import UnifiedConfig

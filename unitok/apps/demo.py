@@ -15,7 +15,7 @@ Stages (each prints its budget and the time it took):
    for what is left of the budget after the other stages and the generation reserve;
 5. generation: every task of `unitok.generation.Pipeline`, files in DIR/generate/<task>/;
 6. report: DIR/report.md, DIR/figures.json and the pictures, sounds and curves it shows
-   (`unitok.demo_report`).
+   (`unitok.apps.demo_report`).
 
 Without eSpeak NG the demo says so on one line and runs without speech (no audio tokenizer, no
 audio tasks).
@@ -252,7 +252,7 @@ def run(args) -> int:
     with st.stage("generation"):
         results = _generate(out, p, index, speech)
     with st.stage("report"):
-        from unitok.demo_report import write_report
+        from unitok.apps.demo_report import write_report
 
         figures = write_report(out, p, index, tok_dirs, shards, task, summary, results, st.rows, heldout)
     total = st.elapsed()
@@ -389,7 +389,7 @@ def _generate(out: Path, p: DemoPlan, index: dict, speech: bool) -> list[dict]:
     return results
 
 
-if __name__ == "__main__":  # python -m unitok.demo: the same as `unitok demo`
+if __name__ == "__main__":  # python -m unitok.apps.demo: the same as `unitok demo`
     from unitok.cli import main
 
     sys.exit(main(["demo", *sys.argv[1:]]))

@@ -1,6 +1,6 @@
 """The demo's report: figures measured on its outputs, pictures, sounds, curves and DIR/report.md.
 
-`write_report` (called by `unitok.demo.run`) measures
+`write_report` (called by `unitok.apps.demo.run`) measures
 * the tokenizers: image and video PSNR of the reconstructions of the demo's photos and clips, audio
   log-mel distance of its utterances, text characters per token;
 * the unified model: per modality, training tokens, the unigram entropy of that modality's tokens in

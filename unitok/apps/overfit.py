@@ -54,11 +54,11 @@ def _write_pairs(data: Path, index: dict) -> Path:
 def run(args) -> int:
     import torch
 
-    from unitok.bench.common import write_json
+    from unitok.reporting import write_json
     from unitok.data.embedded import EmbeddedConfig, write_embedded_data
     from unitok.data.pretokenize import pretokenize
-    from unitok.demo import _train_encodec, _train_text_tokenizer, _train_vqgan, _with_budget, plan
-    from unitok.demo_report import _image_input
+    from unitok.apps.demo import _train_encodec, _train_text_tokenizer, _train_vqgan, _with_budget, plan
+    from unitok.apps.demo_report import _image_input
     from unitok.errors import ConfigError, DataError
     from unitok.generation import Pipeline
     from unitok.metrics import cer, psnr

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pieces(text: str, max_chars: int):
@@ -163,7 +162,3 @@ def main(argv=None) -> int:
     resume = ["--resume"] if (run / "checkpoint").exists() else []
     return cli(["train", a.config, "--data", str(shards), "--out", str(run), *resume, *a.overrides])
 
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())

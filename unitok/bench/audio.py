@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unitok.bench.common import write_json
+from unitok.reporting import write_json
 from unitok.bench.image import level_stats
 from unitok.data.audio import check_duration, list_audio_files, log_mel, read_audio, resample, to_model_format, write_wav
 from unitok.errors import DataError

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unitok.bench.common import markdown_table, write_json
+from unitok.reporting import markdown_table, write_json
 from unitok.bench.h264 import video_fps
 from unitok.data.media import MIN_IMAGE_SIDE, SkipLog, list_media, read_image, read_video, save_grid, to_tensor, to_uint8
 from unitok.errors import DataError

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unitok.bench.common import write_json
+from unitok.reporting import write_json
 from unitok.errors import ConfigError, DataError
 
 __all__ = ["run", "image_curves", "audio_curves", "video_curves"]
