@@ -12,7 +12,7 @@ from unitok.cli import main
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run is the real benchmark")
 def test_bench_kernels_cpu(tmp_path, monkeypatch):
-    import unitok.bench.kernels as bk
+    import unitok.apps.bench_kernels as bk
 
     # small (the real run uses 128k ids), but with 4 chunks of the default 4096 rows: the unfused path holds
     # three (16384, 1024) fp32 tensors (192 MiB), the chunked one a (4096, 1024) chunk (16 MiB) plus dh, dW

@@ -95,7 +95,7 @@ def _image_folder(d: Path) -> Path:
 
 
 def test_image_bench_skips_bad_input_and_sweeps_usage(tmp_path):
-    from unitok.bench.image import run
+    from unitok.apps.bench_image import run
 
     d = _image_folder(tmp_path / "held")
     train = tmp_path / "train"
@@ -202,7 +202,7 @@ def test_h264_bisection_finds_the_lowest_crf_that_fits(monkeypatch):
 def test_video_bench_reports_tokens_per_second_and_h264(tmp_path):
     import av
 
-    from unitok.bench.image import run
+    from unitok.apps.bench_image import run
 
     d = tmp_path / "v"
     d.mkdir()

@@ -82,7 +82,7 @@ def test_config_errors(tmp_path):
 
 
 def test_bench_reports_codecs_and_skips_bad_files(tmp_path):
-    from unitok.bench.image import run
+    from unitok.apps.bench_image import run
     from unitok.tokenizers.image import ImageTokenizer, image_preset
 
     d = tmp_path / "held"

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop (default: 3)")
     p.add_argument("--data", default=None, help="token shards (default: synthetic documents)")
     p.add_argument("--json", required=True, help="where to write the results")
-    p = _add(bench, "rd", "unitok.bench.rd:run", "rate-distortion figure: our presets and the classical curves",
+    p = _add(bench, "rd", "unitok.apps.bench_rd:run", "rate-distortion figure: our presets and the classical curves",
              "Plot the tokenizers' points from `unitok tokenizer bench` JSON files (measured on --data) beside the\n"
              "classical curves computed here on the same material: JPEG/WebP at full size and downscaled 2/4/8x\n"
              "(image, PSNR), Opus and Codec2 (audio, log-mel distance full band and 0-4 kHz), H.264 over a CRF\n"
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="where to write the results (default: OUT/overfit.json)")
-    p = _add(bench, "kernels", "unitok.bench.kernels:run", "fused kernels vs. torch (timing needs a GPU)")
+    p = _add(bench, "kernels", "unitok.apps.bench_kernels:run", "fused kernels vs. torch (timing needs a GPU)")
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--quick", action="store_true", help="fewer shapes")
     p.add_argument("--seq-lens", default=None,

@@ -7,9 +7,9 @@ import importlib
 from unitok.tokenizers.base import load_tokenizer
 
 BENCHES = {
-    "image": "unitok.bench.image:run",
-    "video": "unitok.bench.image:run",
-    "audio": "unitok.bench.audio:run",
+    "image": "unitok.apps.bench_image:run",
+    "video": "unitok.apps.bench_image:run",
+    "audio": "unitok.apps.bench_audio:run",
 }
 
 

@@ -1,19 +1,18 @@
-"""`unitok bench kernels`: fused kernels against torch, in one run.
+"""The measuring functions of `unitok bench kernels` (its command: `unitok.apps.bench_kernels`): fused
+kernels against torch.
 
 On a GPU: TFLOP/s and peak memory of attention forward and forward+backward (ours vs. torch SDPA
 flash / cuDNN / memory-efficient backends, FlexAttention with the same block mask, unfused torch
 ops) over sequence lengths 1k-16k, head dims 64/128, causal and document-packed batches; fused
 linear cross-entropy (128k vocabulary) and RMSNorm against their unfused references; plus
 correctness at the benchmarked shapes. On CPU: the correctness checks (Triton interpreter, small
-shapes), the CPU peak-memory comparison of the chunked cross-entropy, and a note that timing needs
-a GPU. Everything goes into the JSON; a markdown table goes to stdout.
+shapes) and the CPU peak-memory comparison of the chunked cross-entropy.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import platform
 import re
 import subprocess
 import sys
@@ -27,8 +26,6 @@ from unitok.kernels import attention, attention_reference, linear_cross_entropy,
 from unitok.kernels.reference import linear_cross_entropy_reference
 
 TOKENS = 16384  # tokens per attention batch (B = TOKENS // T)
-CPU_CE_SHAPE = (2048, 256, 131072)  # N, D, V of the CPU memory comparison (fp32)
-CPU_CE_SHAPE_QUICK = (1024, 256, 131072)
 MODEL_DIM = 2048  # heads = MODEL_DIM // D
 
 
@@ -365,48 +362,3 @@ def _fmt_attn(r: dict) -> str:
         return f"{head} {r['error'][:60]} |"
     return (f"{head} {r['fwd_tflops']:7.1f} | {r['fwd_bwd_tflops']:7.1f} | {r['fwd_ms']:8.3f} | "
             f"{r['fwd_bwd_ms']:8.3f} | {'-' if r['peak_mib'] is None else round(r['peak_mib'])} |")
-
-
-# --------------------------------------------------------------------------- entry point
-def run(args) -> int:
-    quick = bool(getattr(args, "quick", False))
-    seq = getattr(args, "seq_lens", None)
-    ops = set((getattr(args, "ops", None) or "attention,ce,rms_norm").split(","))
-    Ts = tuple(int(x) for x in seq.split(",")) if seq else (8192,) if quick else (1024, 2048, 4096, 8192, 16384)
-    cmd = "unitok bench kernels --json " + str(args.json) + (" --quick" if quick else "") + (
-        f" --seq-lens {seq}" if seq else "") + (f" --ops {args.ops}" if getattr(args, "ops", None) else "")
-    cuda = torch.cuda.is_available()
-    res = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "torch": torch.__version__,
-           "python": platform.python_version(), "quick": quick}
-    try:
-        from unitok.kernels._triton import triton  # first: it may switch on the interpreter (no CUDA)
-
-        res["triton"] = triton.__version__
-    except ImportError:
-        res["triton"] = None
-    t0 = time.perf_counter()
-    res["correctness"] = correctness("cuda" if cuda else "cpu")
-    res["correctness_seconds"] = time.perf_counter() - t0
-    print("correctness (max |diff| vs float64 reference):")
-    for k, v in res["correctness"].items():
-        print(f"  {k}: " + ", ".join(f"{n} {x:.2e}" for n, x in v.items()))
-    if cuda:
-        res["device"] = torch.cuda.get_device_name()
-        print(f"device: {res['device']}")
-        print("| T | D | mask | impl | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd ms | fwd+bwd ms | peak MiB |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        res["attention"] = bench_attention(Ts) if "attention" in ops else []
-        res["cross_entropy"] = bench_cross_entropy(quick) if "ce" in ops else []
-        res["rms_norm"] = bench_rms_norm(quick) if "rms_norm" in ops else []
-        res["acceptance"] = acceptance(res["attention"], res["cross_entropy"])
-        print("acceptance:", json.dumps(res["acceptance"], indent=1))
-    else:
-        res["device"] = "cpu"
-        res["timing"] = "timing needs a GPU: run `unitok bench kernels --json OUT` on a CUDA machine"
-        print(res["timing"])
-        res["cross_entropy_cpu_memory"] = cpu_ce_memory(*(CPU_CE_SHAPE_QUICK if quick else CPU_CE_SHAPE))
-        print("CPU cross-entropy memory:", json.dumps(res["cross_entropy_cpu_memory"], indent=1))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1))
-    print(f"wrote {args.json}")
-    return 0
