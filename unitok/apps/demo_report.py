@@ -169,7 +169,7 @@ def write_report(out: Path, p, index: dict, tok_dirs: dict, shards_dir: Path, ta
     from unitok.data.pretokenize import read_shards, unigram_entropy
     from unitok.metrics import cer, psnr
     from unitok.tokenizers.base import load_tokenizer
-    from unitok.training.unified import plot_curves
+    from unitok.reporting import plot_curves
 
     toks = {m: load_tokenizer(d) for m, d in tok_dirs.items()}
     for t in toks.values():

@@ -25,6 +25,7 @@ import torch
 from unitok.config import load_config, to_dict
 from unitok.errors import ConfigError, VocabMismatchError
 from unitok.model.config import ModelConfig, debug
+from unitok.reporting import plot_curves
 from unitok.training.loop import Engine, OptimConfig, RunConfig, Task, transformer_param_groups
 from unitok.vocab import Modality
 
@@ -225,36 +226,6 @@ def train_unified(cfg: UnifiedConfig, shards_dir, out, *, resume: bool = False, 
         (out / "summary.json").write_text(json.dumps(
             {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}, indent=1) + "\n")
     return task, summary
-
-
-def plot_curves(history: list[dict], path: Path, entropy: dict | None = None, tokens_per_step: int | None = None,
-                dpi: int = 110) -> None:
-    """Training (thin) and held-out (dots) loss per modality against steps, or against training tokens
-    with `tokens_per_step`; `entropy` {modality: nats} draws each modality's unigram entropy (dashed):
-    below it, the model knows more than token frequencies."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = tokens_per_step or 1
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, m in enumerate(MODALITIES):
-        tr = [(r["step"] * x, r[f"loss_{m}"]) for r in history if f"loss_{m}" in r]
-        ev = [(r["step"] * x, r[f"eval_loss_{m}"]) for r in history if f"eval_loss_{m}" in r]
-        if tr:
-            ax.plot(*zip(*tr), color=f"C{i}", lw=0.8, alpha=0.6, label=f"{m} (train)")
-        if ev:
-            ax.plot(*zip(*ev), "o-", color=f"C{i}", ms=3, label=f"{m} (held out)")
-        if entropy and m in entropy:
-            ax.axhline(entropy[m], color=f"C{i}", ls="--", lw=0.8)
-    ax.set_xlabel("training tokens" if tokens_per_step else "step")
-    ax.set_ylabel("loss (nats/token)" + ("; dashed: unigram entropy" if entropy else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
 
 
 def write_card(task: UnifiedTask, summary: dict, path: Path) -> None:
