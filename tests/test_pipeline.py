@@ -38,7 +38,7 @@ def assets(tmp_path_factory):
     """RUN (all four tokenizers), RUN_NO_AUDIO, RUN_NO_CFG (cond_dropout 0) and input files."""
     from skimage import data
 
-    from unitok.generation.pipeline import write_video
+    from unitok.data.media import write_video
     from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
     from unitok.tokenizers.image import ImageTokenizer, image_preset
     from unitok.tokenizers.text import TextTokenizer

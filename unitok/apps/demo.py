@@ -339,8 +339,7 @@ def _train_lm(cfg, shards: Path, run_dir: Path):
 def generation_requests(out: Path, p: DemoPlan, index: dict, speech: bool) -> list[dict]:
     """One request per task: its inputs come from the training data (the photo, clip and sentence
     shown in the report); text-to-audio asks for the duration of the spoken caption."""
-    from unitok.data.media import read_video
-    from unitok.generation.pipeline import write_video
+    from unitok.data.media import read_video, write_video
 
     first = index["images"][0]  # the centre crop of the first photo (the cat)
     other = next(x for x in index["images"] if x["centre"] and x["photo"] != first["photo"])

@@ -190,7 +190,7 @@ def write_embedded_data(out, cfg: EmbeddedConfig | None = None, *, log: Callable
     OUT/index.json holds the same."""
     from PIL import Image
 
-    from unitok.generation.pipeline import write_video
+    from unitok.data.media import write_video
 
     cfg = cfg or EmbeddedConfig()
     out = Path(out)

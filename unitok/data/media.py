@@ -6,6 +6,7 @@
 * `read_video(path, max_frames, stride)`: RGB uint8 array (T, H, W, 3) via PyAV; DataError if unreadable.
 * `to_tensor(img)` / `to_uint8(x)`: uint8 HWC <-> float CHW in [-1, 1].
 * `save_grid(rows, path)`: rows of uint8 images written as one PNG grid.
+* `write_video(stem, frames, fps)`: (T, H, W, 3) uint8 frames written as STEM.mp4 (H.264), or STEM.gif.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from unitok.errors import DataError
 
 __all__ = ["IMAGE_EXTS", "MIN_IMAGE_SIDE", "VIDEO_EXTS", "AUDIO_EXTS", "list_media", "SkipLog", "read_image", "read_video",
-           "to_tensor", "to_uint8", "save_grid"]
+           "to_tensor", "to_uint8", "save_grid", "write_video"]
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".gif"}
@@ -147,3 +148,34 @@ def save_grid(rows: list[list[np.ndarray]], path: str | Path, pad: int = 2) -> P
     p.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(p)
     return p
+
+
+def write_video(stem, frames: np.ndarray, fps: float) -> Path:
+    """(T, H, W, 3) uint8 -> STEM.mp4 (H.264 via PyAV), or STEM.gif where that fails (e.g. odd sizes,
+    which yuv420p cannot hold). Returns the path written."""
+    from fractions import Fraction
+
+    stem = Path(stem)
+    mp4 = stem.with_suffix(".mp4")
+    try:
+        import av
+
+        T, H, W, _ = frames.shape
+        with av.open(str(mp4), "w") as box:
+            st = box.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            st.width, st.height, st.pix_fmt = W, H, "yuv420p"
+            st.options = {"crf": "18"}
+            for f in frames:
+                for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                    box.mux(pkt)
+            for pkt in st.encode():
+                box.mux(pkt)
+        return mp4
+    except Exception:  # PyAV without an H.264 encoder, odd frame sizes: a GIF always works
+        mp4.unlink(missing_ok=True)
+    from PIL import Image
+
+    gif = stem.with_suffix(".gif")
+    ims = [Image.fromarray(f) for f in frames]
+    ims[0].save(gif, save_all=True, append_images=ims[1:], duration=round(1000 / fps), loop=0)
+    return gif

@@ -44,7 +44,7 @@ import torch
 
 from unitok.errors import CheckpointError, ConfigError, ContextLengthError, DataError, require_file
 
-__all__ = ["TASKS", "Pipeline", "GenerationResult", "Sample", "training_policy", "write_video", "run_cli"]
+__all__ = ["TASKS", "Pipeline", "GenerationResult", "Sample", "training_policy", "run_cli"]
 
 
 @dataclass(frozen=True)
@@ -464,39 +464,10 @@ class Pipeline:
                 s.file = stem.with_suffix(".wav")
                 write_wav(s.file, torch.from_numpy(s.media), self.tokenizers["audio"].config.sample_rate)
             else:
+                from unitok.data.media import write_video
+
                 s.file = write_video(stem, s.media, self.policy.video_fps)
             result.files.append(s.file)
-
-
-def write_video(stem, frames: np.ndarray, fps: float) -> Path:
-    """(T, H, W, 3) uint8 -> STEM.mp4 (H.264 via PyAV), or STEM.gif where that fails (e.g. odd sizes,
-    which yuv420p cannot hold). Returns the path written."""
-    from fractions import Fraction
-
-    stem = Path(stem)
-    mp4 = stem.with_suffix(".mp4")
-    try:
-        import av
-
-        T, H, W, _ = frames.shape
-        with av.open(str(mp4), "w") as box:
-            st = box.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            st.width, st.height, st.pix_fmt = W, H, "yuv420p"
-            st.options = {"crf": "18"}
-            for f in frames:
-                for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                    box.mux(pkt)
-            for pkt in st.encode():
-                box.mux(pkt)
-        return mp4
-    except Exception:  # PyAV without an H.264 encoder, odd frame sizes: a GIF always works
-        mp4.unlink(missing_ok=True)
-    from PIL import Image
-
-    gif = stem.with_suffix(".gif")
-    ims = [Image.fromarray(f) for f in frames]
-    ims[0].save(gif, save_all=True, append_images=ims[1:], duration=round(1000 / fps), loop=0)
-    return gif
 
 
 class _Progress:
