@@ -35,7 +35,7 @@ from pathlib import Path
 from unitok.data.embedded import EmbeddedConfig
 from unitok.data.pretokenize import PretokenizeConfig
 
-__all__ = ["DemoPlan", "plan", "SHARES", "run"]
+__all__ = ["DemoPlan", "plan", "SHARES", "run", "with_budget", "text_tokenizer_stage", "vqgan_stage", "encodec_stage"]
 
 # Shares of --minutes. The tokenizers stop at their share; the unified model gets what is left when
 # it starts, less the generation reserve, so an overrun elsewhere shortens it rather than the run.
@@ -183,7 +183,7 @@ class Stages:
         print(f"demo: {name} took {dt:.1f} s ({self.elapsed() / 60:.1f} min so far)", flush=True)
 
 
-def _with_budget(cfg, seconds: float):
+def with_budget(cfg, seconds: float):
     """cfg with run.max_minutes = seconds (tiny runs stop at their step counts first; there it is a guard)."""
     return replace(cfg, run=replace(cfg.run, max_minutes=max(seconds, 1.0) / 60))
 
@@ -230,18 +230,18 @@ def run(args) -> int:
               f"{len(index['speech'])} utterances ({sum(s['seconds'] for s in index['speech']):.0f} s), "
               f"{index['text_documents']} text documents ({index['text_chars'] / 1e3:.0f}k characters)", flush=True)
     with st.stage("text tokenizer"):
-        text_dir = _train_text_tokenizer(out, index, p.text_vocab)
+        text_dir = text_tokenizer_stage(out, index, p.text_vocab)
     tok_dirs = {"text": text_dir}
     with st.stage("image tokenizer", p.shares["image tokenizer"] * S):
-        tok_dirs["image"] = _train_vqgan(_with_budget(p.image, p.shares["image tokenizer"] * S),
-                                         out / "data" / "images", out / "runs" / "image-tokenizer")
+        tok_dirs["image"] = vqgan_stage(with_budget(p.image, p.shares["image tokenizer"] * S),
+                                        out / "data" / "images", out / "runs" / "image-tokenizer")
     if speech:
         with st.stage("audio tokenizer", p.shares["audio tokenizer"] * S):
-            tok_dirs["audio"] = _train_encodec(_with_budget(p.audio, p.shares["audio tokenizer"] * S),
-                                               out / "data" / "speech", out / "runs" / "audio-tokenizer")
+            tok_dirs["audio"] = encodec_stage(with_budget(p.audio, p.shares["audio tokenizer"] * S),
+                                              out / "data" / "speech", out / "runs" / "audio-tokenizer")
     with st.stage("video tokenizer", p.shares["video tokenizer"] * S):
-        tok_dirs["video"] = _train_vqgan(_with_budget(p.video, p.shares["video tokenizer"] * S),
-                                         out / "data" / "video", out / "runs" / "video-tokenizer")
+        tok_dirs["video"] = vqgan_stage(with_budget(p.video, p.shares["video tokenizer"] * S),
+                                        out / "data" / "video", out / "runs" / "video-tokenizer")
 
     with st.stage("vocabulary and shards"):
         shards = _shards(out, p, tok_dirs, speech)
@@ -263,7 +263,7 @@ def run(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- stages
-def _train_text_tokenizer(out: Path, index: dict, vocab_size: int) -> Path:
+def text_tokenizer_stage(out: Path, index: dict, vocab_size: int) -> Path:
     """SentencePiece on the pydoc documents and every caption and transcript."""
     from unitok.data.text import train_text_tokenizer
 
@@ -276,14 +276,16 @@ def _train_text_tokenizer(out: Path, index: dict, vocab_size: int) -> Path:
     return d
 
 
-def _train_vqgan(cfg, data_dir: Path, run_dir: Path) -> Path:
+def vqgan_stage(cfg, data_dir: Path, run_dir: Path) -> Path:
+    """An image or video tokenizer trained from `cfg` on data_dir in run_dir; returns its folder (run_dir/final)."""
     from unitok.training.vqgan import train
 
     train(cfg, data_dir, run_dir)
     return run_dir / "final"
 
 
-def _train_encodec(recipe, data_dir: Path, run_dir: Path) -> Path:
+def encodec_stage(recipe, data_dir: Path, run_dir: Path) -> Path:
+    """An audio tokenizer trained from `recipe` on data_dir in run_dir; returns its folder (run_dir/final)."""
     from unitok.training.encodec import train
 
     train(recipe, data_dir, run_dir)
@@ -321,7 +323,7 @@ def _lm_config(p: DemoPlan, shards_dir: Path, budget_s: float):
     _, ev = split_documents(len(sh), f, p.lm.run.seed, document_kinds(sh))  # as the trainer splits
     held_tokens = int(sum(sh.offsets[i + 1] - sh.offsets[i] for i in ev))
     batches = min(16, math.ceil(held_tokens / (p.lm.batch_size * p.lm.seq_len)) + 1)
-    cfg = replace(_with_budget(p.lm, budget_s), eval_fraction=f, eval_batches=batches)
+    cfg = replace(with_budget(p.lm, budget_s), eval_fraction=f, eval_batches=batches)
     cfg.model = replace(cfg.model)  # the trainer sets vocab_size on it
     print(f"demo: held out {len(ev)} of {len(sh)} documents ({f:.0%}, {held_tokens:,} tokens; every modality has "
           f"some), evaluated in {batches} batches", flush=True)

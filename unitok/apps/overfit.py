@@ -57,7 +57,7 @@ def run(args) -> int:
     from unitok.reporting import write_json
     from unitok.data.embedded import EmbeddedConfig, write_embedded_data
     from unitok.data.pretokenize import pretokenize
-    from unitok.apps.demo import _train_encodec, _train_text_tokenizer, _train_vqgan, _with_budget, plan
+    from unitok.apps.demo import encodec_stage, plan, text_tokenizer_stage, vqgan_stage, with_budget
     from unitok.apps.demo_report import _image_input
     from unitok.errors import ConfigError, DataError
     from unitok.generation import Pipeline
@@ -79,11 +79,11 @@ def run(args) -> int:
     if index["speech_error"]:
         raise DataError(f"bench overfit needs speech: {index['speech_error']}")
     tok_s = args.tokenizer_seconds
-    tok_dirs = {"text": _train_text_tokenizer(out, index, 512),
-                "image": _train_vqgan(_with_budget(p.image, tok_s), out / "data" / "images",
-                                      out / "runs" / "image-tokenizer"),
-                "audio": _train_encodec(_with_budget(p.audio, tok_s), out / "data" / "speech",
-                                        out / "runs" / "audio-tokenizer")}
+    tok_dirs = {"text": text_tokenizer_stage(out, index, 512),
+                "image": vqgan_stage(with_budget(p.image, tok_s), out / "data" / "images",
+                                     out / "runs" / "image-tokenizer"),
+                "audio": encodec_stage(with_budget(p.audio, tok_s), out / "data" / "speech",
+                                       out / "runs" / "audio-tokenizer")}
     t_tok = time.perf_counter()
     docs = _write_pairs(out / "data", index)
     shards = out / "shards"
