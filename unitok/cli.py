@@ -332,8 +332,8 @@ def show_vocab(args) -> int:
     print(v)
     for name, (a, b) in v.manifest()["ranges"].items():
         print(f"  {name:10s} [{a}, {b})  {b - a} ids")
-    for m, f in v.spans.items():
-        print(f"  {m} span: {' '.join([f.begin, *(f'<size:{a}>' for a in f.header), 'codes', f.end])}")
+    for m, fmt in v.spans.items():
+        print(f"  {m} span: {' '.join([fmt.begin, *(f'<size:{a}>' for a in fmt.header), 'codes', fmt.end])}")
     print(f"  token shards {v.id_dtype}, hash {v.hash}")
     return 0
 

@@ -18,8 +18,8 @@ Spans carry their own shape, so a span decodes without outside knowledge::
 
 That span layout is data on each vocabulary, not a rule of the code: `vocab.spans` maps each media
 modality to a `SpanFormat` (begin and end marker, grid axes, the axes written as size tokens in the
-header), `vocab.marker_ids` gives the markers' ids, and the grammar, the generation pipeline,
-guidance, packed batches and pretokenize read them from there; `vocab.id_dtype` is the token
+header), `vocab.marker_ids` gives the markers' ids and `vocab.span_head` the ids that open a span;
+the grammar, the generation pipeline, guidance, packed batches and pretokenize read them there; `vocab.id_dtype` is the token
 shards' dtype. The layout above is `UNITOK_SPANS`, the default; the special tokens are <bos> <eos>
 <pad> and then the begin and end marker of each span format, in modality order.
 
