@@ -332,7 +332,9 @@ def show_vocab(args) -> int:
     print(v)
     for name, (a, b) in v.manifest()["ranges"].items():
         print(f"  {name:10s} [{a}, {b})  {b - a} ids")
-    print(f"  hash {v.hash}")
+    for m, fmt in v.spans.items():
+        print(f"  {m} span: {' '.join([fmt.begin, *(f'<size:{a}>' for a in fmt.header), 'codes', fmt.end])}")
+    print(f"  token shards {v.id_dtype}, hash {v.hash}")
     return 0
 
 
@@ -352,9 +354,7 @@ def build_vocab(args) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     v.save(args.out)
-    print(f"{v} -> {args.out}")
-    if v.size > 65536:
-        print(f"note: {v.size} ids need uint32 token shards (65,536 fit uint16)")
+    print(f"{v} -> {args.out} (token shards store its ids as {v.id_dtype})")
     return 0
 
 

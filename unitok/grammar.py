@@ -8,16 +8,17 @@
     ranges = st.fitting(ranges, room)   # ... of which a span can still end within `room` tokens
     mask = g.mask(ranges)       # (V,) bool, for logits.masked_fill(~mask, -inf)
 
-The rules follow `UnifiedVocab.pack`: outside a span, text ids, <eos> and the begin marker of every
-media modality the vocabulary has; an image span is <boi> <size:H> <size:W>, exactly H x W x levels
-codes (position-major, level-minor: each position takes its level's range in turn), then <eoi>;
-a video span the same with <size:T> first; an audio span is <boa>, codes frame by frame (level-minor),
-and <eoa> only at a frame boundary after at least one frame. So every span a sampler can produce
-decodes to a whole grid or whole frames.
+The rules follow `UnifiedVocab.pack` and the vocabulary's span layout (`vocab.spans`; by default
+`UNITOK_SPANS`): outside a span, text ids, <eos> and the begin marker of every media modality the
+vocabulary has; a span with a header (image <boi> <size:H> <size:W>, video <bov> <size:T> <size:H>
+<size:W>) then takes exactly the grid's size x levels codes (position-major, level-minor: each
+position takes its level's range in turn), then its end marker; an open span (audio <boa>) takes
+codes frame by frame (level-minor), and its end marker only at a frame boundary after at least one
+frame. So every span a sampler can produce decodes to a whole grid or whole frames.
 
 Two restrictions serve tasks (`unitok.generation.pipeline`): `SpanGrammar(vocab, spans=())` opens no
 media span outside spans (text and <eos> only; a prefix given to `start` may still hold spans), and
-`GrammarState.frames` makes the open audio span exactly that many frames long (<eoa> then, not before).
+`GrammarState.frames` makes the open (audio) span exactly that many frames long (its end then, not before).
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ import torch
 
 __all__ = ["SpanGrammar", "GrammarState"]
 
-_HEADER = {"image": 2, "video": 3, "audio": 0}  # size tokens after the begin marker
-
 
 @dataclass
 class GrammarState:
@@ -38,16 +37,16 @@ class GrammarState:
     sizes: list[int] = field(default_factory=list)  # header sizes read so far
     codes: int = 0  # codes read in the open span
     ended: bool = False  # after <eos>
-    frames: int | None = None  # the open audio span's length in frames (None: it may end at any frame boundary)
+    frames: int | None = None  # the open span's length in frames (None: it may end at any frame boundary)
 
     # ------------------------------------------------------------ queries
     def expected_codes(self) -> int | None:
-        """Codes the open span needs in total (None: audio without `frames`, open-ended; or the header
+        """Codes the span being read needs in total (None: an open span without `frames`; or the header
         is incomplete)."""
-        g = self.grammar
-        if self.modality == "audio" and self.frames is not None:
-            return self.frames * g.levels["audio"]
-        if self.modality is None or self.modality == "audio" or len(self.sizes) < _HEADER[self.modality]:
+        g, m = self.grammar, self.modality
+        if m in g.open and self.frames is not None:
+            return self.frames * g.levels[m]
+        if m is None or m in g.open or len(self.sizes) < g.header[m]:
             return None
         n = g.levels[self.modality]
         for s in self.sizes:
@@ -61,11 +60,11 @@ class GrammarState:
         m = self.modality
         if m is None:
             return g.free
-        if len(self.sizes) < _HEADER[m]:
+        if len(self.sizes) < g.header[m]:
             return [(v.size_start, v.size_start + v.max_size)]
         level = self.codes % g.levels[m]
         code = [v.code_range(m, level)]
-        if m == "audio" and self.frames is None:
+        if m in g.open and self.frames is None:
             return code + ([g.end[m]] if self.codes and level == 0 else [])
         return code if self.codes < self.expected_codes() else [g.end[m]]
 
@@ -82,23 +81,23 @@ class GrammarState:
     def fitting(self, ranges: list[tuple[int, int]], room: int) -> list[tuple[int, int]]:
         """`ranges` (from `allowed` or `closing`) less the ids after which the open span, or a span
         this id opens, could not end within `room` more tokens (this one included): begin markers
-        whose shortest span is longer, header sizes whose grid would be too large, and a new audio
-        frame without room for it and <eoa>. A sampler that keeps to them never runs out of context
+        whose shortest span is longer, header sizes whose grid would be too large, and a new frame of
+        an open span without room for it and the end marker. A sampler that keeps to them never runs out of context
         inside a span."""
         g, v, m = self.grammar, self.grammar.vocab, self.modality
         if room < 1:
             return []
         if m is None:  # a span opened now needs its marker, header, one position of codes and its end
-            too_long = [b for b, mb in g.begin_of.items() if 2 + _HEADER[mb] + g.levels[mb] > room]
+            too_long = [b for b, mb in g.begin_of.items() if 2 + g.header[mb] + g.levels[mb] > room]
             return _cut(ranges, [(b, b + 1) for b in too_long])
         levels = g.levels[m]
-        if len(self.sizes) < _HEADER[m]:  # this size token, the sizes after it (>= 1 each), the codes, the end
+        if len(self.sizes) < g.header[m]:  # this size token, the sizes after it (>= 1 each), the codes, the end
             grid = levels
             for n in self.sizes:
                 grid *= n
-            most = (room - 2 - (_HEADER[m] - len(self.sizes) - 1)) // grid  # largest size that fits
+            most = (room - 2 - (g.header[m] - len(self.sizes) - 1)) // grid  # largest size that fits
             return _cut(ranges, [(v.size_start + max(most, 0), v.size_start + v.max_size)])
-        if m == "audio" and self.codes % levels == 0 and levels + 1 > room:  # no room for a frame and <eoa>
+        if m in g.open and self.codes % levels == 0 and levels + 1 > room:  # no room for a frame and the end
             return _cut(ranges, [v.code_range(m, 0)])
         return ranges
 
@@ -117,7 +116,7 @@ class GrammarState:
                 self.ended = True
             elif t in g.begin_of:
                 self.modality, self.sizes, self.codes = g.begin_of[t], [], 0
-        elif len(self.sizes) < _HEADER[m]:
+        elif len(self.sizes) < g.header[m]:
             self.sizes.append(t - v.size_start + 1)
         elif t == g.end[m][0]:
             self.modality, self.frames = None, None
@@ -142,9 +141,10 @@ class SpanGrammar:
     def __init__(self, vocab, spans=None):
         self.vocab = v = vocab
         self.levels = {m: cb.levels for m, cb in v.codebooks.items()}
-        markers = {"image": ("<boi>", "<eoi>"), "video": ("<bov>", "<eov>"), "audio": ("<boa>", "<eoa>")}
-        self.begin_of = {v.special[markers[m][0]]: m for m in v.codebooks}
-        self.end = {m: (v.special[markers[m][1]], v.special[markers[m][1]] + 1) for m in v.codebooks}
+        self.header = {m: len(v.spans[m].header) for m in v.codebooks}  # size tokens after the begin marker
+        self.open = {m for m in v.codebooks if v.spans[m].open}  # spans that end at any frame boundary
+        self.begin_of = {v.marker_ids[m][0]: m for m in v.codebooks}
+        self.end = {m: (v.marker_ids[m][1], v.marker_ids[m][1] + 1) for m in v.codebooks}
         self.spans = None if spans is None else tuple(spans)
         unknown = set(self.spans or ()) - set(v.codebooks)
         if unknown:

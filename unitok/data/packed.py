@@ -89,8 +89,8 @@ class PackedBatches:
             raise ValueError(f"{shards.path}: no training documents")
         self.state = {"epoch": 0, "pos": 0, "offset": 0}
         self._perm_epoch, self._perm = -1, None
-        vocab = shards.vocab
-        self._boi, self._eoi = vocab.special["<boi>"], vocab.special["<eoi>"]
+        if bidirectional_images:
+            self._boi, self._eoi = shards.vocab.marker_ids["image"]
 
     # -------------------------------------------------------------- documents
     def _order(self) -> np.ndarray:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import random
 import shutil
@@ -306,7 +305,7 @@ class Tokenizing:
         if wav.abs().max() < 1e-4:
             raise DataError("silent audio")
         n = int(self.cfg.audio_max_seconds * tok.config.sample_rate)
-        hop = math.prod(tok.config.upsampling_ratios)
+        hop = tok.hop_length
         check_duration(wav.shape[-1], tok.config.sample_rate)
         return [wav[None, :, s:s + n] for s in range(0, wav.shape[-1], n) if wav[:, s:s + n].shape[-1] >= hop]
 
@@ -401,7 +400,7 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
     main_tok = Tokenizing(tokenizer_dirs, cfg, device)
     vocab = main_tok.vocab
     identities = {m: t.identity() for m, t in main_tok.toks.items()}
-    dtype = np.uint16 if vocab.size <= 65536 else np.uint32
+    dtype = vocab.id_dtype
     policy = asdict(cfg)
     done, sizes = 0, [0, 0, 8]
     stats = {"documents": 0, "tokens": 0, "tokens_per_modality": {}, "skipped": [], "split_documents": 0}

@@ -23,14 +23,12 @@ from unitok.vocab import Modality
 
 __all__ = ["modalities", "unconditional_prompt", "condition_dropout", "check_guidance"]
 
-_SPANS = {"<boi>": ("<eoi>", Modality.IMAGE), "<bov>": ("<eov>", Modality.VIDEO), "<boa>": ("<eoa>", Modality.AUDIO)}
-
 
 def modalities(ids, vocab) -> np.ndarray:
     """(N,) Modality of each id as `UnifiedVocab.pack` assigns it: a span's begin marker, header,
     codes and end marker take the span's modality; everything else (text, <bos>, <eos>) is TEXT.
     A span still open at the end (a prompt that ends inside one) runs to the end."""
-    begin = {vocab.special[b]: (vocab.special[e], m) for b, (e, m) in _SPANS.items()}
+    begin = {b: (e, Modality[m.upper()]) for m, (b, e) in vocab.marker_ids.items()}
     out = np.full(len(ids), int(Modality.TEXT), np.int64)
     end = None
     for i, t in enumerate(int(t) for t in ids):

@@ -12,8 +12,9 @@ video-continuation (more frames after a clip).
 
 A prompt is built the way `unitok pretokenize` builds a training document: <bos>, the text, media
 encoded by the checkpoint's tokenizers after the same resize / crop / resample (the training policy:
-`training_policy`). For a task that produces media the pipeline writes the span header itself (image
-<boi> <size:h> <size:w>; video <bov> <size:t> <size:h> <size:w>; audio <boa>) with the requested size,
+`training_policy`). For a task that produces media the pipeline writes the span header itself
+(`UnifiedVocab.span_head`, by the vocabulary's span layout; by default image <boi> <size:h> <size:w>;
+video <bov> <size:t> <size:h> <size:w>; audio <boa>) with the requested size,
 so the span is forced; the grammar (`unitok.grammar`) then admits exactly that many codes and the end
 marker, and the span is decoded by the tokenizer. Text output is text ids until <eos> (no span is
 opened). Classifier-free guidance (`cfg` != 1) acts inside the media span only, and is refused for a
@@ -63,7 +64,6 @@ TASKS = {
     "image-to-image": TaskSpec(("image",), "image", "the lower half of an image from its upper half (--image)"),
     "video-continuation": TaskSpec(("video",), "video", "continue a clip (--video, --frames in all)"),
 }
-_MARKERS = {"image": ("<boi>", "<eoi>"), "video": ("<bov>", "<eov>"), "audio": ("<boa>", "<eoa>")}
 _QUIET_BELOW = 256  # tokens per row: shorter runs show no progress
 _POLICY_KEYS = ("image_size", "video_size", "video_fps", "video_frames", "audio_max_seconds")  # what prompts use
 
@@ -197,7 +197,7 @@ class Pipeline:
         states = [grammar.start(req.ids) for _ in range(n)]
         for st in states:
             st.frames = req.audio_frames
-        stops = [self.vocab.special[_MARKERS[spec.output][1]]] if spec.output != "text" else None
+        stops = [self.vocab.marker_ids[spec.output][1]] if spec.output != "text" else None
         bar = _Progress(req.max_new_tokens, task, progress)
         try:
             rows = generate_batch(self.model, [req.ids] * n, req.max_new_tokens, sampling=settings, seed=seed,
@@ -311,19 +311,18 @@ class Pipeline:
             return _Request(ids, max_new_tokens, settings=settings)
 
         m = spec.output
-        begin = v.special[_MARKERS[m][0]]
         ids = [bos] + text
         if m == "image":
             px = self.policy.image_size if size is None else size
             side = self._side("image", px)
             L = v.codebooks["image"].levels
-            header = [begin, v.size_token(side), v.size_token(side)]
+            header = v.span_head("image", (side, side))
             given = []
             if task == "image-to-image":
                 if side < 2:
                     raise ConfigError(f"image-to-image needs at least 2 rows of codes: size >= "
                                       f"{2 * self.tokenizers['image'].downsample} px")
-                body = self._span("image", self._encode_image(image, px))[3:-1]
+                body = self._span("image", self._encode_image(image, px))[len(header):-1]
                 given = body[: side // 2 * side * L]  # the upper rows, position-major
             codes = side * side * L - len(given)
             self._fits(task, len(ids) + len(header) + len(given), codes, "ask for a smaller --size")
@@ -349,8 +348,8 @@ class Pipeline:
                 raise ConfigError(f"{frames} frames give {T} latent frames; the vocabulary's size tokens go up to "
                                   f"{v.max_size}")
             L = v.codebooks["video"].levels
-            header = [begin, v.size_token(T), v.size_token(side), v.size_token(side)]
-            given = self._span("video", clip)[4:-1]
+            header = v.span_head("video", (T, side, side))
+            given = self._span("video", clip)[len(header):-1]
             codes = T * side * side * L - len(given)
             self._fits(task, len(ids) + len(header) + len(given), codes, "ask for fewer --frames or a smaller --size")
             settings = {"size": px, "frames": frames, "input_frames": clip_frames, "grid": [T, side, side],
@@ -359,20 +358,20 @@ class Pipeline:
         # audio
         tok = self.tokenizers["audio"]
         L, sr = v.codebooks["audio"].levels, tok.config.sample_rate
-        header = [begin]
+        header = v.span_head("audio")
         if seconds is not None:
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
                 raise ConfigError(f"--seconds must be a positive duration, got {seconds!r}")
             samples = max(1, round(seconds * sr))
             n_frames = tok.num_frames(samples)
-            self._fits(task, len(ids) + 1, n_frames * L, "ask for fewer --seconds")
+            self._fits(task, len(ids) + len(header), n_frames * L, "ask for fewer --seconds")
             return _Request(ids + header, n_frames * L + 1, span_start=len(ids), audio_frames=n_frames,
                             samples=samples, settings={"seconds": samples / sr, "frames": n_frames, "levels": L,
                                                        "sample_rate": sr})
-        room = (self.model.cfg.max_seq_len - len(ids) - 2) // L  # frames that fit before the end marker
+        room = (self.model.cfg.max_seq_len - len(ids) - len(header) - 1) // L  # frames that fit before the end marker
         n_frames = min(tok.num_frames(round(self.policy.audio_max_seconds * sr)), room)
         if n_frames < 1:
-            self._fits(task, len(ids) + 1, L, "shorten the prompt")
+            self._fits(task, len(ids) + len(header), L, "shorten the prompt")
         return _Request(ids + header, n_frames * L, span_start=len(ids),
                         settings={"max_seconds": n_frames * tok.hop_length / sr, "max_frames": n_frames, "levels": L,
                                   "sample_rate": sr})
@@ -441,9 +440,9 @@ class Pipeline:
         else:
             y = y[0]
             media = (y[:, : req.samples] if req.samples else y).float().cpu().numpy()  # (C, N)
-        header = [int(t) - v.size_start + 1 for t in span[1:1 + {"image": 2, "video": 3, "audio": 0}[output]]]
+        header = [int(t) - v.size_start + 1 for t in span[1:1 + len(v.spans[output].header)]]
         info = {"modality": output, "header": header, "codes_shape": list(codes.shape),
-                "generated_codes": len(new) - 1 if new and new[-1] == v.special[_MARKERS[output][1]] else len(new)}
+                "generated_codes": len(new) - 1 if new and new[-1] == v.marker_ids[output][1] else len(new)}
         return Sample(ids=new, media=media, span=info)
 
     def _write_media(self, result: GenerationResult, out: Path, output: str) -> None:

@@ -18,7 +18,6 @@ draw the same global batches on every rank. OUT/checkpoint/, OUT/metrics.jsonl, 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -92,7 +91,7 @@ class EncodecTask(Task):
                               f"{engine.world} processes")
         if lc.balancer and recipe.optim.grad_accum > 1:
             raise ConfigError(f"{recipe.name}: loss.balancer does its own backward; use optim.grad_accum=1")
-        frames = int(recipe.data.segment_s * mcfg.sample_rate) // math.prod(mcfg.upsampling_ratios)
+        frames = int(recipe.data.segment_s * mcfg.sample_rate) // mcfg.hop_length
         check_dead_code_threshold(QuantizerConfig(kind="rvq", levels=mcfg.levels, codebook_size=mcfg.codebook_size,
                                                   dead_code_threshold=mcfg.dead_code_threshold),
                                   recipe.data.batch_size * frames, source=f"{recipe.name}: model")
