@@ -56,9 +56,9 @@ def run(args) -> int:
 
     from unitok.bench.common import write_json
     from unitok.data.embedded import EmbeddedConfig, write_embedded_data
+    from unitok.data.policy import image_input
     from unitok.data.pretokenize import pretokenize
     from unitok.demo import _train_encodec, _train_text_tokenizer, _train_vqgan, _with_budget, plan
-    from unitok.demo_report import _image_input
     from unitok.errors import ConfigError, DataError
     from unitok.generation import Pipeline
     from unitok.metrics import cer, psnr
@@ -105,7 +105,7 @@ def run(args) -> int:
     items = []
     for x in [i for i in index["images"] if i["centre"]]:
         f = out / "data" / x["file"]
-        inp = _image_input(f, px)
+        inp = image_input(f, px)
         with torch.no_grad():
             rec = to_uint8(itok.decode(itok.encode(inp)))[0]
         photo = to_uint8(inp)[0]

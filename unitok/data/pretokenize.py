@@ -13,10 +13,10 @@ Inputs (any mix, read in the order given; inside a folder or tar in sorted / arc
 For tar and folder pairs the order (text first or media first) is a seeded per-document choice
 (`text_first_ratio`), so both directions are learned.
 
-Policy (recorded in stats.json): images resized (shorter side) and centre-cropped to `image_size`;
-video resampled to `video_fps`, resized and cropped to `video_size`, split into clips of
-`video_frames` frames; audio at the tokenizer's rate and channels (stereo mixed to mono), split
-into chunks of at most `audio_max_seconds`. A media file that is a document on its own or with its
+Policy (recorded in stats.json): the media policy of `unitok.data.policy` (images resized and
+centre-cropped to `image_size`; video at `video_fps` in clips of `video_frames` frames of
+`video_size`; audio at the tokenizer's rate and channels in chunks of at most `audio_max_seconds`),
+which `PretokenizeConfig` holds. A media file that is a document on its own or with its
 caption (folders, tars) becomes one document per clip or chunk when it is split, without its text
 (a transcript stays with its audio only when the whole clip fits); inside an interleaved JSONL
 document the chunks stay consecutive spans of that document. A document longer than
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import random
 import shutil
@@ -47,6 +46,7 @@ from typing import Iterator
 
 import numpy as np
 
+from unitok.data.policy import MediaPolicy, audio_chunks, image_input, load_audio, video_clips
 from unitok.errors import ConfigError, DataError
 from unitok.vocab import Modality
 
@@ -61,12 +61,7 @@ FILES = ("tokens.bin", "modality.bin", "offsets.bin")
 
 
 @dataclass
-class PretokenizeConfig:
-    image_size: int = 256
-    video_size: int = 128
-    video_fps: float = 8.0
-    video_frames: int = 9  # frames per clip (what the video tokenizer takes, e.g. 1 + 4k)
-    audio_max_seconds: float = 10.0
+class PretokenizeConfig(MediaPolicy):  # the media policy's fields first, then what pretokenize adds
     text_first_ratio: float = 0.5  # tar/folder pairs: probability that the text comes first
     max_doc_tokens: int | None = None  # longer documents are skipped (they cannot fit the context)
     max_image_pixels: int = 64_000_000  # decompression-bomb guard
@@ -285,52 +280,24 @@ class Tokenizing:
     def _image_inputs(self, m: Media) -> list:
         from PIL import Image
 
-        from unitok.data.media import MIN_IMAGE_SIDE, read_image, to_tensor
-
         Image.MAX_IMAGE_PIXELS = self.cfg.max_image_pixels
         try:
-            img = read_image(m.open(), MIN_IMAGE_SIDE)
+            return [image_input(m.open(), self.cfg.image_size)]  # (1, 3, S, S)
         except Image.DecompressionBombError as e:
             raise DataError(f"refused: {e}") from None
         except DataError as e:
             why = str(e).split(": ", 1)[-1]
             raise DataError(why if why.startswith("too small") else f"unreadable image ({why.split('(', 1)[-1].rstrip(')')})") from None
-        return [_resize_crop(to_tensor(img)[None], self.cfg.image_size)]  # (1, 3, S, S)
 
     def _audio_inputs(self, m: Media) -> list:
-        from unitok.data.audio import check_duration, decode_audio, to_model_format
-
         tok = self.toks["audio"]
-        wav, sr = decode_audio(m.open(), m.name)
-        wav = to_model_format(wav, sr, tok.config.sample_rate, tok.config.channels)
+        wav = load_audio(m.open(), tok, m.name)
         if wav.abs().max() < 1e-4:
             raise DataError("silent audio")
-        n = int(self.cfg.audio_max_seconds * tok.config.sample_rate)
-        hop = math.prod(tok.config.upsampling_ratios)
-        check_duration(wav.shape[-1], tok.config.sample_rate)
-        return [wav[None, :, s:s + n] for s in range(0, wav.shape[-1], n) if wav[:, s:s + n].shape[-1] >= hop]
+        return audio_chunks(wav, tok, self.cfg)
 
     def _video_inputs(self, m: Media) -> list:
-        from unitok.data.media import read_video, to_tensor
-
-        frames = read_video(m.open(), max_frames=4096, fps=self.cfg.video_fps, name=m.name)  # (T, H, W, 3)
-        F_ = self.cfg.video_frames
-        if len(frames) < F_:
-            raise DataError(f"video of {len(frames)} frames at {self.cfg.video_fps:g} fps < one clip ({F_})")
-        return [_resize_crop(to_tensor(frames[s:s + F_]), self.cfg.video_size).transpose(0, 1)[None]  # (1, 3, T, S, S)
-                for s in range(0, len(frames) - F_ + 1, F_)]
-
-
-def _resize_crop(x, size: int):
-    """(N, 3, H, W) -> (N, 3, size, size): shorter side to `size` (antialiased), centre crop."""
-    import torch.nn.functional as F
-
-    H, W = x.shape[-2:]
-    s = size / min(H, W)
-    h, w = max(size, round(H * s)), max(size, round(W * s))
-    x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=s < 1, align_corners=False)
-    t, l_ = (h - size) // 2, (w - size) // 2
-    return x[..., t:t + size, l_:l_ + size].clamp(-1, 1)
+        return video_clips(m.open(), self.cfg, m.name)
 
 
 # ------------------------------------------------------------------ the run
