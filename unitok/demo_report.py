@@ -152,7 +152,7 @@ def _flat(img: np.ndarray) -> np.ndarray:
 def write_report(out: Path, p, index: dict, tok_dirs: dict, shards_dir: Path, task, summary: dict,
                  results: list[dict], stages: list[dict], heldout: dict) -> dict:
     from unitok.data.audio import write_wav
-    from unitok.data.pretokenize import read_shards, unigram_entropy
+    from unitok.data.shards import read_shards, unigram_entropy
     from unitok.metrics import cer, psnr
     from unitok.tokenizers.base import load_tokenizer
     from unitok.training.unified import plot_curves
