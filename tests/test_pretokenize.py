@@ -12,7 +12,8 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from unitok.data.pretokenize import PretokenizeConfig, pretokenize, read_shards
+from unitok.data.pretokenize import PretokenizeConfig, pretokenize
+from unitok.data.shards import read_shards
 
 CFG = PretokenizeConfig(image_size=32, audio_max_seconds=0.5, seed=3)
 
@@ -109,7 +110,7 @@ def test_counts_skips_and_decoding(corpus, tmp_path, capsys):
     kinds = [next(iter(s)) for s in un.segments]
     assert kinds == ["text", "image", "text", "audio", "audio"] and not un.problems  # 1 s audio in 2 chunks
     assert un.segments[1]["image"].shape[-2:] == (8, 8)  # 32 px / f4
-    from unitok.data.pretokenize import decode_cli
+    from unitok.data.shards import decode_cli
     from argparse import Namespace
 
     assert decode_cli(Namespace(shards=str(tmp_path / "a"), doc=0, out=str(tmp_path / "dec"))) == 0

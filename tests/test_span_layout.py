@@ -253,7 +253,8 @@ def test_pretokenize_writes_the_vocabularys_id_dtype(tmp_path):
     dtype would wrap them into level 0 and the document would not unpack."""
     import soundfile as sf
 
-    from unitok.data.pretokenize import pretokenize, read_shards
+    from unitok.data.pretokenize import pretokenize
+    from unitok.data.shards import read_shards
     from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ import torch
 from test_engine import ENV, ROOT, _free_port, _losses
 from test_pretokenize import CFG, corpus  # noqa: F401  (fixture)
 from unitok.data.packed import PackedBatches, drop_conditions, split_documents
-from unitok.data.pretokenize import document_kinds, pretokenize, read_shards, unigram_entropy
+from unitok.data.pretokenize import pretokenize
+from unitok.data.shards import document_kinds, read_shards, unigram_entropy
 from unitok.vocab import Modality
 
 DEBUG = ROOT / "configs" / "train" / "unified-debug.yaml"

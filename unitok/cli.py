@@ -303,9 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="policy settings (see below)")
     shards = sub.add_parser("shards", help="inspect token shards").add_subparsers(dest="shards_command", metavar="COMMAND")
     shards.required = True
-    p = _add(shards, "show", "unitok.data.pretokenize:show_cli", "print the statistics of token shards")
+    p = _add(shards, "show", "unitok.data.shards:show_cli", "print the statistics of token shards")
     p.add_argument("shards", help="directory written by `unitok pretokenize`")
-    p = _add(shards, "decode", "unitok.data.pretokenize:decode_cli", "write a document back as text and media files")
+    p = _add(shards, "decode", "unitok.data.shards:decode_cli", "write a document back as text and media files")
     p.add_argument("shards", help="directory written by `unitok pretokenize`")
     p.add_argument("--doc", type=int, required=True, help="document index")
     p.add_argument("--out", required=True, help="folder for the files")

@@ -29,7 +29,7 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/
 def synthetic_shards(n_docs: int = 256, seed: int = 0):
     """In-memory shards: 8,000 text ids + an 8,192-code image codebook; documents of text and one
     16x16 image span, 300-900 tokens each."""
-    from unitok.data.pretokenize import Shards
+    from unitok.data.shards import Shards
     from unitok.vocab import CodebookSpec, UnifiedVocab
 
     vocab = UnifiedVocab(8000, [CodebookSpec("image", 8192)], max_size=64)
@@ -101,7 +101,7 @@ def _bare_run(cfg, shards, steps: int) -> float:
 def run(args) -> int:
     from unitok.reporting import write_json
     from unitok.config import load_config
-    from unitok.data.pretokenize import read_shards
+    from unitok.data.shards import read_shards
     from unitok.training.unified import UnifiedConfig
 
     cfg0 = load_config(UnifiedConfig, args.config, list(args.overrides or []))

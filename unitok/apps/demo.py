@@ -294,7 +294,8 @@ def encodec_stage(recipe, data_dir: Path, run_dir: Path) -> Path:
 
 def _shards(out: Path, p: DemoPlan, tok_dirs: dict, speech: bool) -> Path:
     """vocab.json (what `unitok vocab build` writes), then `unitok pretokenize` of every input."""
-    from unitok.data.pretokenize import _print_stats, pretokenize
+    from unitok.data.pretokenize import pretokenize
+    from unitok.data.shards import print_stats
     from unitok.tokenizers.base import load_tokenizer
     from unitok.vocab import UnifiedVocab
 
@@ -305,7 +306,7 @@ def _shards(out: Path, p: DemoPlan, tok_dirs: dict, speech: bool) -> Path:
     data = out / "data"
     inputs = [data / "text.jsonl", data / "images", data / "video"] + ([data / "speech"] if speech else [])
     stats = pretokenize(inputs, dirs, out / "shards", p.policy)
-    _print_stats(stats, out / "shards")
+    print_stats(stats, out / "shards")
     saved = json.loads((out / "shards" / "vocab.json").read_text())["hash"]
     if saved != vocab.hash:
         raise RuntimeError("the shards' vocabulary differs from vocab.json")  # one code path: never expected
@@ -316,7 +317,7 @@ def _lm_config(p: DemoPlan, shards_dir: Path, budget_s: float):
     """The unified config for these shards: held-out fraction covering every modality, evaluation
     batches covering the held-out documents, the time budget."""
     from unitok.data.packed import split_documents
-    from unitok.data.pretokenize import document_kinds, read_shards
+    from unitok.data.shards import document_kinds, read_shards
 
     sh = read_shards(shards_dir)
     f = p.eval_fraction

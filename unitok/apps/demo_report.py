@@ -29,38 +29,24 @@ MODALITIES = ("text", "image", "video", "audio")
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def _image_input(path, px: int) -> torch.Tensor:
-    from unitok.data.media import read_image, to_tensor
-    from unitok.data.pretokenize import _resize_crop
-
-    return _resize_crop(to_tensor(read_image(path))[None], px)  # (1, 3, px, px) as pretokenize sees it
-
-
-def _video_input(path, p) -> torch.Tensor:
-    from unitok.data.media import read_video, to_tensor
-    from unitok.data.pretokenize import _resize_crop
-
-    f = read_video(path, max_frames=p.policy.video_frames, fps=p.policy.video_fps)
-    return _resize_crop(to_tensor(f), p.policy.video_size).transpose(0, 1)[None]  # (1, 3, T, S, S)
-
-
 @torch.no_grad()
 def tokenizer_figures(out: Path, p, index: dict, toks: dict) -> tuple[dict, dict]:
     """(figures, examples): mean reconstruction quality per tokenizer on the demo's data (the data they
     were trained on), and the arrays the report shows (original and reconstruction)."""
     from unitok.data.audio import read_audio, to_model_format
     from unitok.data.media import to_uint8
+    from unitok.data.policy import image_input, video_clips
     from unitok.metrics import mel_distance, psnr
 
     data, fig, ex = out / "data", {}, {}
     centre = [x for x in index["images"] if x["centre"]]
-    x = torch.cat([_image_input(data / item["file"], p.policy.image_size) for item in centre])
+    x = torch.cat([image_input(data / item["file"], p.policy.image_size) for item in centre])
     y = torch.cat([toks["image"].decode(toks["image"].encode(b)) for b in x.split(16)])
     a, b = to_uint8(x), to_uint8(y)  # (N, S, S, 3)
     fig["image_psnr_db"] = float(np.mean([psnr(i, j) for i, j in zip(a, b)]))
     ex.update({f"image:{item['photo']}": (i, j) for item, i, j in zip(centre, a, b)})
 
-    x = torch.cat([_video_input(data / item["file"], p) for item in index["video"]])  # (N, 3, T, S, S)
+    x = torch.cat([video_clips(data / item["file"], p.policy)[0] for item in index["video"]])  # (N, 3, T, S, S)
     y = torch.cat([toks["video"].decode(toks["video"].encode(b)) for b in x.split(8)])
     a, b = to_uint8(x.transpose(1, 2)), to_uint8(y.transpose(1, 2))  # (N, T, S, S, 3)
     fig["video_psnr_db"] = float(np.mean([psnr(i, j) for i, j in zip(a, b)]))
@@ -166,7 +152,7 @@ def _flat(img: np.ndarray) -> np.ndarray:
 def write_report(out: Path, p, index: dict, tok_dirs: dict, shards_dir: Path, task, summary: dict,
                  results: list[dict], stages: list[dict], heldout: dict) -> dict:
     from unitok.data.audio import write_wav
-    from unitok.data.pretokenize import read_shards, unigram_entropy
+    from unitok.data.shards import read_shards, unigram_entropy
     from unitok.metrics import cer, psnr
     from unitok.tokenizers.base import load_tokenizer
     from unitok.reporting import plot_curves

@@ -56,9 +56,9 @@ def run(args) -> int:
 
     from unitok.reporting import write_json
     from unitok.data.embedded import EmbeddedConfig, write_embedded_data
+    from unitok.data.policy import image_input
     from unitok.data.pretokenize import pretokenize
     from unitok.apps.demo import encodec_stage, plan, text_tokenizer_stage, vqgan_stage, with_budget
-    from unitok.apps.demo_report import _image_input
     from unitok.errors import ConfigError, DataError
     from unitok.generation import Pipeline
     from unitok.metrics import cer, psnr
@@ -105,7 +105,7 @@ def run(args) -> int:
     items = []
     for x in [i for i in index["images"] if i["centre"]]:
         f = out / "data" / x["file"]
-        inp = _image_input(f, px)
+        inp = image_input(f, px)
         with torch.no_grad():
             rec = to_uint8(itok.decode(itok.encode(inp)))[0]
         photo = to_uint8(inp)[0]

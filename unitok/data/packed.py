@@ -81,7 +81,7 @@ class PackedBatches:
                  cond_dropout: float = 0.0, bidirectional_images: bool = False):
         self.sh, self.seq_len, self.batch_size, self.seed = shards, seq_len, batch_size, seed
         self.cond_dropout, self.bidirectional_images = cond_dropout, bidirectional_images
-        from unitok.data.pretokenize import document_kinds
+        from unitok.data.shards import document_kinds
 
         kinds = document_kinds(shards) if eval_fraction > 0 else None
         self.train_docs, self.eval_docs = split_documents(len(shards), eval_fraction, seed, kinds)

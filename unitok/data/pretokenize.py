@@ -13,21 +13,18 @@ Inputs (any mix, read in the order given; inside a folder or tar in sorted / arc
 For tar and folder pairs the order (text first or media first) is a seeded per-document choice
 (`text_first_ratio`), so both directions are learned.
 
-Policy (recorded in stats.json): images resized (shorter side) and centre-cropped to `image_size`;
-video resampled to `video_fps`, resized and cropped to `video_size`, split into clips of
-`video_frames` frames; audio at the tokenizer's rate and channels (stereo mixed to mono), split
-into chunks of at most `audio_max_seconds`. A media file that is a document on its own or with its
+Policy (recorded in stats.json): the media policy of `unitok.data.policy` (images resized and
+centre-cropped to `image_size`; video at `video_fps` in clips of `video_frames` frames of
+`video_size`; audio at the tokenizer's rate and channels in chunks of at most `audio_max_seconds`),
+which `PretokenizeConfig` holds. A media file that is a document on its own or with its
 caption (folders, tars) becomes one document per clip or chunk when it is split, without its text
 (a transcript stays with its audio only when the whole clip fits); inside an interleaved JSONL
 document the chunks stay consecutive spans of that document. A document longer than
 `max_doc_tokens` is skipped.
 
-SHARDS/: tokens.bin (uint16 when the vocabulary fits, else uint32), modality.bin (uint8, one per
-token), offsets.bin (int64, document starts and the end), vocab.json, tokenizers/<modality>/ (the
-tokenizers, for decoding), stats.json (documents, tokens per modality, every skipped input with its
-source and reason, the policy, timings). Documents are written in input order whatever the number
-of workers, and a run resumes from its last committed document (progress.json), so the output is
-byte-identical for any --workers and across interruptions.
+SHARDS/: the layout of `unitok.data.shards` (which reads it). Documents are written in input order
+whatever the number of workers, and a run resumes from its last committed document (progress.json),
+so the output is byte-identical for any --workers and across interruptions.
 """
 
 from __future__ import annotations
@@ -46,26 +43,22 @@ from typing import Iterator
 
 import numpy as np
 
+from unitok.data.policy import MediaPolicy, audio_chunks, image_input, load_audio, video_clips
+from unitok.data.shards import FILES, OFFSETS, PROGRESS, STATS, TOKENIZERS, VOCAB, print_stats
 from unitok.errors import ConfigError, DataError
 from unitok.vocab import Modality
 
-__all__ = ["PretokenizeConfig", "pretokenize", "read_shards", "Shards", "MEDIA_EXTS"]
+__all__ = ["PretokenizeConfig", "pretokenize", "MEDIA_EXTS"]
 
 MEDIA_EXTS = {
     "image": {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"},
     "audio": {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a"},
     "video": {".mp4", ".webm", ".mkv", ".mov", ".avi"},
 }
-FILES = ("tokens.bin", "modality.bin", "offsets.bin")
 
 
 @dataclass
-class PretokenizeConfig:
-    image_size: int = 256
-    video_size: int = 128
-    video_fps: float = 8.0
-    video_frames: int = 9  # frames per clip (what the video tokenizer takes, e.g. 1 + 4k)
-    audio_max_seconds: float = 10.0
+class PretokenizeConfig(MediaPolicy):  # the media policy's fields first, then what pretokenize adds
     text_first_ratio: float = 0.5  # tar/folder pairs: probability that the text comes first
     max_doc_tokens: int | None = None  # longer documents are skipped (they cannot fit the context)
     max_image_pixels: int = 64_000_000  # decompression-bomb guard
@@ -284,52 +277,24 @@ class Tokenizing:
     def _image_inputs(self, m: Media) -> list:
         from PIL import Image
 
-        from unitok.data.media import MIN_IMAGE_SIDE, read_image, to_tensor
-
         Image.MAX_IMAGE_PIXELS = self.cfg.max_image_pixels
         try:
-            img = read_image(m.open(), MIN_IMAGE_SIDE)
+            return [image_input(m.open(), self.cfg.image_size)]  # (1, 3, S, S)
         except Image.DecompressionBombError as e:
             raise DataError(f"refused: {e}") from None
         except DataError as e:
             why = str(e).split(": ", 1)[-1]
             raise DataError(why if why.startswith("too small") else f"unreadable image ({why.split('(', 1)[-1].rstrip(')')})") from None
-        return [_resize_crop(to_tensor(img)[None], self.cfg.image_size)]  # (1, 3, S, S)
 
     def _audio_inputs(self, m: Media) -> list:
-        from unitok.data.audio import check_duration, decode_audio, to_model_format
-
         tok = self.toks["audio"]
-        wav, sr = decode_audio(m.open(), m.name)
-        wav = to_model_format(wav, sr, tok.config.sample_rate, tok.config.channels)
+        wav = load_audio(m.open(), tok, m.name)
         if wav.abs().max() < 1e-4:
             raise DataError("silent audio")
-        n = int(self.cfg.audio_max_seconds * tok.config.sample_rate)
-        hop = tok.hop_length
-        check_duration(wav.shape[-1], tok.config.sample_rate)
-        return [wav[None, :, s:s + n] for s in range(0, wav.shape[-1], n) if wav[:, s:s + n].shape[-1] >= hop]
+        return audio_chunks(wav, tok, self.cfg)
 
     def _video_inputs(self, m: Media) -> list:
-        from unitok.data.media import read_video, to_tensor
-
-        frames = read_video(m.open(), max_frames=4096, fps=self.cfg.video_fps, name=m.name)  # (T, H, W, 3)
-        F_ = self.cfg.video_frames
-        if len(frames) < F_:
-            raise DataError(f"video of {len(frames)} frames at {self.cfg.video_fps:g} fps < one clip ({F_})")
-        return [_resize_crop(to_tensor(frames[s:s + F_]), self.cfg.video_size).transpose(0, 1)[None]  # (1, 3, T, S, S)
-                for s in range(0, len(frames) - F_ + 1, F_)]
-
-
-def _resize_crop(x, size: int):
-    """(N, 3, H, W) -> (N, 3, size, size): shorter side to `size` (antialiased), centre crop."""
-    import torch.nn.functional as F
-
-    H, W = x.shape[-2:]
-    s = size / min(H, W)
-    h, w = max(size, round(H * s)), max(size, round(W * s))
-    x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=s < 1, align_corners=False)
-    t, l_ = (h - size) // 2, (w - size) // 2
-    return x[..., t:t + size, l_:l_ + size].clamp(-1, 1)
+        return video_clips(m.open(), self.cfg, m.name)
 
 
 # ------------------------------------------------------------------ the run
@@ -384,7 +349,7 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
     0; ranks other than 0 return None."""
     cfg = cfg or PretokenizeConfig()
     out = Path(out)
-    prog_path = out / "progress.json"
+    prog_path = out / PROGRESS
     ddp = _distributed()
     world, rank, local = ddp or (1, 0, 0)
     main = rank == 0
@@ -392,7 +357,7 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         raise ConfigError("--workers under torchrun: every rank is one worker; leave --workers at 0")
     if out.exists() and any(out.iterdir()) and not resume:
         raise DataError(f"{out} is not empty; pass --resume to continue an interrupted run or choose another --out")
-    if resume and (out / "stats.json").is_file() and not prog_path.is_file():
+    if resume and (out / STATS).is_file() and not prog_path.is_file():
         raise DataError(f"{out} is complete (stats.json); nothing to resume")
     import torch
 
@@ -417,11 +382,11 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         return _follow(iter_documents(list(map(str, inputs)), cfg, []), main_tok, world, rank, done, stop_after)
     out.mkdir(parents=True, exist_ok=True)
     if not (resume and prog_path.is_file()):
-        vocab.save(out / "vocab.json")
+        vocab.save(out / VOCAB)
         for m, t in main_tok.toks.items():
-            shutil.rmtree(out / "tokenizers" / m, ignore_errors=True)
-            t.save_pretrained(out / "tokenizers" / m)
-        (out / "offsets.bin").write_bytes(np.zeros(1, np.int64).tobytes())
+            shutil.rmtree(out / TOKENIZERS / m, ignore_errors=True)
+            t.save_pretrained(out / TOKENIZERS / m)
+        (out / OFFSETS).write_bytes(np.zeros(1, np.int64).tobytes())
         for f in FILES[:2]:
             (out / f).write_bytes(b"")
     for f, size in zip(FILES, sizes):  # drop what was written after the last commit
@@ -507,7 +472,7 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
     stats.update(vocab_size=vocab.size, dtype=np.dtype(dtype).name, policy=policy, inputs=[str(i) for i in inputs],
                  tokenizers=identities,
                  timings={"seconds": round(time.time() - t0, 2), "workers": workers, "processes": world})
-    (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    (out / STATS).write_text(json.dumps(stats, indent=1) + "\n")
     prog_path.unlink(missing_ok=True)
     return stats
 
@@ -521,105 +486,6 @@ def _follow(docs, tok, world: int, rank: int, done: int, stop_after: int | None)
         seen += 1
         if stop_after is not None and seen >= stop_after:
             raise KeyboardInterrupt
-
-
-# ------------------------------------------------------------------ reading shards
-@dataclass
-class Shards:
-    """Memory-mapped token shards: tokens[offsets[i]:offsets[i+1]] is document i."""
-
-    path: Path
-    tokens: np.ndarray
-    modality: np.ndarray
-    offsets: np.ndarray
-    vocab: object
-    stats: dict
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def document(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return self.tokens[a:b], self.modality[a:b]
-
-
-def document_kinds(shards: Shards, chunk: int = 1 << 16) -> np.ndarray:
-    """Per document: its most frequent media modality (a `Modality` value), or TEXT (0) when it has
-    no media tokens. One pass over modality.bin, `chunk` documents at a time."""
-    n, off = len(shards), shards.offsets
-    kinds = np.zeros(n, np.int64)
-    for a in range(0, n, chunk):
-        b = min(n, a + chunk)
-        mod = np.asarray(shards.modality[off[a]:off[b]])
-        starts = off[a:b] - off[a]
-        nonempty = off[a + 1:b + 1] > off[a:b]
-        counts = np.stack([np.add.reduceat((mod == m).astype(np.int64), np.minimum(starts, max(len(mod) - 1, 0)))
-                           if len(mod) else np.zeros(b - a, np.int64) for m in (1, 2, 3)], 1)
-        counts[~nonempty] = 0
-        kinds[a:b] = np.where(counts.any(1), counts.argmax(1) + 1, 0)
-    return kinds
-
-
-def unigram_entropy(shards: Shards, docs=None, chunk: int = 4096) -> dict:
-    """Per modality name: (tokens, H, H_level) in nats over the given documents (all by default).
-    H is the entropy of that modality's unigram token distribution: a model whose loss is below it has
-    learned more than token frequencies. H_level is the entropy given the residual level (codebooks
-    with several levels use one id range per level, so the level of the next code is known from its
-    position): the frequency baseline of a model that knows only the layout; H_level == H with one level."""
-    from unitok.vocab import Modality
-
-    docs = np.arange(len(shards)) if docs is None else np.asarray(docs, np.int64)
-    v = shards.vocab
-    counts = [np.zeros(v.size, np.int64) for _ in Modality]
-    for a in range(0, len(docs), chunk):  # one bincount per modality per chunk of documents
-        parts = [shards.document(int(i)) for i in docs[a:a + chunk]]
-        ids = np.concatenate([np.asarray(t, np.int64) for t, _ in parts])
-        mod = np.concatenate([np.asarray(m) for _, m in parts])
-        for m in Modality:
-            counts[m] += np.bincount(ids[mod == m], minlength=v.size)
-
-    def entropy(c):
-        c = c[c > 0].astype(np.float64)
-        q = c / c.sum()
-        return float(-(q * np.log(q)).sum())
-
-    out = {}
-    for m in Modality:
-        name, c = m.name.lower(), counts[m]
-        total = int(c.sum())
-        if not total:
-            continue
-        groups, rest = [], np.ones(v.size, bool)
-        cb = v.codebooks.get(name)
-        for lvl in range(cb.levels if cb is not None else 0):
-            a, b = v.code_range(name, lvl)
-            groups.append(c[a:b])
-            rest[a:b] = False
-        groups.append(c[rest])  # text ids, span markers and size tokens
-        h_level = sum(g.sum() / total * entropy(g) for g in groups if g.sum())
-        out[name] = (total, entropy(c), float(h_level))
-    return out
-
-
-def read_shards(path) -> Shards:
-    from unitok.vocab import UnifiedVocab
-
-    p = Path(path)
-    if (p / "progress.json").is_file():
-        raise DataError(f"{p}: pretokenization was interrupted; finish it with `unitok pretokenize ... --resume`")
-    for f in (*FILES, "vocab.json", "stats.json"):
-        if not (p / f).is_file():
-            raise DataError(f"{p}: not a token shard directory ({f} is missing)")
-    vocab = UnifiedVocab.load(p / "vocab.json")
-    stats = json.loads((p / "stats.json").read_text())
-    dtype = np.dtype(stats["dtype"])
-    tokens = np.memmap(p / "tokens.bin", dtype=dtype, mode="r") if (p / "tokens.bin").stat().st_size else \
-        np.zeros(0, dtype)
-    modality = np.memmap(p / "modality.bin", dtype=np.uint8, mode="r") if len(tokens) else np.zeros(0, np.uint8)
-    offsets = np.fromfile(p / "offsets.bin", dtype=np.int64)
-    if offsets[-1] != len(tokens) or len(modality) != len(tokens):
-        raise DataError(f"{p}: shard files disagree (offsets end {offsets[-1]}, {len(tokens)} tokens)")
-    return Shards(p, tokens, modality, offsets, vocab, stats)
 
 
 # ------------------------------------------------------------------ CLI
@@ -641,69 +507,5 @@ def run_cli(args) -> int:
                 dist.barrier()  # gloo can abort when one rank tears the group down while another still uses it
                 dist.destroy_process_group()
     if stats is not None:  # rank 0 (or the only process)
-        _print_stats(stats, args.out)
-    return 0
-
-
-def _print_stats(stats: dict, path) -> None:
-    t = stats["timings"]
-    print(f"{path}: {stats['documents']} documents, {stats['tokens']} tokens ({stats['dtype']}, vocabulary "
-          f"{stats['vocab_size']}) in {t['seconds']} s with "
-          + (f"{t['processes']} torchrun processes" if t.get("processes", 1) > 1 else f"{t['workers']} worker(s)"))
-    for m, n in stats["tokens_per_modality"].items():
-        print(f"  {m:6s} {n} tokens")
-    print(f"  skipped {len(stats['skipped'])}" + "".join(f"\n    {x['source']}: {x['reason']}" for x in stats["skipped"][:20]))
-
-
-def show_cli(args) -> int:
-    sh = read_shards(args.shards)
-    _print_stats(sh.stats, sh.path)
-    return 0
-
-
-def decode_cli(args) -> int:
-    """Write document N back as text and media files through the tokenizers' decoders."""
-    import torch
-
-    from unitok.data.audio import write_wav
-    from unitok.data.media import to_uint8
-    from unitok.tokenizers.base import load_tokenizer
-
-    sh = read_shards(args.shards)
-    if not 0 <= args.doc < len(sh):
-        raise DataError(f"--doc {args.doc} outside [0, {len(sh)})")
-    toks = {d.name: load_tokenizer(d) for d in sorted((sh.path / "tokenizers").iterdir())}
-    ids, _ = sh.document(args.doc)
-    un = sh.vocab.unpack(np.asarray(ids, np.int64), text_tokenizer=toks.get("text"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, seg in enumerate(un.segments):
-        (kind, value), = seg.items()
-        f = out / f"doc{args.doc}_{i:02d}_{kind}"
-        if kind == "text":
-            f = f.with_suffix(".txt")
-            f.write_text(value if isinstance(value, str) else " ".join(map(str, value)))
-        else:
-            with torch.no_grad():
-                codes = torch.as_tensor(np.asarray(value))[None]
-                y = toks[kind].decode(codes)[0]
-            if kind == "image":
-                from PIL import Image
-
-                f = f.with_suffix(".png")
-                Image.fromarray(to_uint8(y)).save(f)
-            elif kind == "audio":
-                f = f.with_suffix(".wav")
-                write_wav(f, y, toks[kind].config.sample_rate)
-            else:
-                import imageio.v3 as iio
-
-                f = f.with_suffix(".gif")
-                iio.imwrite(f, to_uint8(y.transpose(0, 1)), duration=1000 / 8, loop=0)
-        written.append(f)
-    for w in written:
-        print(w)
-    for p in un.problems:
-        print(f"problem: {p}", file=sys.stderr)
+        print_stats(stats, args.out)
     return 0

@@ -11,8 +11,8 @@ audio-to-text (transcription), image-to-image (the lower half of an image from i
 video-continuation (more frames after a clip).
 
 A prompt is built the way `unitok pretokenize` builds a training document: <bos>, the text, media
-encoded by the checkpoint's tokenizers after the same resize / crop / resample (the training policy:
-`training_policy`). For a task that produces media the pipeline writes the span header itself
+encoded by the checkpoint's tokenizers through the media policy of training (`unitok.data.policy`,
+recorded: `training_policy`). For a task that produces media the pipeline writes the span header itself
 (`UnifiedVocab.span_head`, by the vocabulary's span layout; by default image <boi> <size:h> <size:w>;
 video <bov> <size:t> <size:h> <size:w>; audio <boa>) with the requested size,
 so the span is forced; the grammar (`unitok.grammar`) then admits exactly that many codes and the end
@@ -37,7 +37,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,24 +65,18 @@ TASKS = {
     "video-continuation": TaskSpec(("video",), "video", "continue a clip (--video, --frames in all)"),
 }
 _QUIET_BELOW = 256  # tokens per row: shorter runs show no progress
-_POLICY_KEYS = ("image_size", "video_size", "video_fps", "video_frames", "audio_max_seconds")  # what prompts use
 
 
 def training_policy(state=None):
-    """The resize / crop / resample policy of the training data (`PretokenizeConfig`): the one recorded
-    in the checkpoint (`state.json` -> `task.policy`, fields of PretokenizeConfig) where there is one,
-    else pretokenize's defaults (images 256 px, video 128 px at 8 fps in clips of 9 frames, audio
-    chunks of at most 10 s)."""
-    from unitok.data.pretokenize import PretokenizeConfig
+    """The media policy of the training data (`unitok.data.policy.MediaPolicy`): the one recorded in
+    the checkpoint (`state.json` -> `task.policy`) where there is one, else the policy's defaults
+    (images 256 px, video 128 px at 8 fps in clips of 9 frames, audio chunks of at most 10 s)."""
+    from unitok.data.policy import MediaPolicy
 
     state = getattr(state, "state", state) or {}
     task = state.get("task") if isinstance(state, dict) else None
     rec = task.get("policy") if isinstance(task, dict) else None
-    cfg = PretokenizeConfig()
-    if isinstance(rec, dict):
-        known = {f.name for f in fields(PretokenizeConfig)}
-        cfg = replace(cfg, **{k: v for k, v in rec.items() if k in known})
-    return cfg
+    return MediaPolicy.from_record(rec if isinstance(rec, dict) else None)
 
 
 @dataclass
@@ -215,7 +209,7 @@ class Pipeline:
             settings={"checkpoint": str(self.path), "vocab_hash": self.vocab.hash, "n": n, "seed": seed, "cfg": cfg,
                       "cond_dropout": self.cond_dropout, "max_new_tokens": req.max_new_tokens,
                       "sampling": {m: asdict(s) for m, s in settings.items()}, **req.settings,
-                      "policy": {k: getattr(self.policy, k) for k in _POLICY_KEYS}, "device": str(self.device)},
+                      "policy": asdict(self.policy), "device": str(self.device)},
             timings={"prompt_s": round(t1 - t0, 4), "generate_s": round(t2 - t1, 4), "decode_s": round(t3 - t2, 4),
                      "new_tokens": sum(len(r) for r in rows),
                      "tokens_per_s": round(sum(len(r) for r in rows) / max(t2 - t1, 1e-9), 1)})
@@ -380,41 +374,32 @@ class Pipeline:
         return self.vocab.pack([{modality: codes}], bos=False, eos=False).ids.tolist()
 
     def _encode_image(self, path, px: int) -> np.ndarray:
-        from unitok.data.media import MIN_IMAGE_SIDE, read_image, to_tensor
-        from unitok.data.pretokenize import _resize_crop
+        from unitok.data.policy import image_input
 
         self._side("image", px)
-        img = read_image(require_file(path, "image"), MIN_IMAGE_SIDE)
-        x = _resize_crop(to_tensor(img)[None], px)  # (1, 3, px, px): pretokenize's resize and centre crop
+        x = image_input(require_file(path, "image"), px)  # (1, 3, px, px)
         return self.tokenizers["image"].encode(x)[0].cpu().numpy()
 
     def _encode_audio(self, path) -> np.ndarray:
-        from unitok.data.audio import check_duration, read_audio, to_model_format
+        from unitok.data.policy import audio_chunks, load_audio
 
         tok = self.tokenizers["audio"]
-        wav, sr = read_audio(require_file(path, "audio"))
-        wav = to_model_format(wav, sr, tok.config.sample_rate, tok.config.channels)
+        wav = load_audio(require_file(path, "audio"), tok)
         try:
-            check_duration(wav.shape[-1], tok.config.sample_rate)
+            chunks = audio_chunks(wav, tok, self.policy)
         except DataError as e:
             raise DataError(f"{path}: {e}") from None
-        # training kept a transcript only with a clip of at most audio_max_seconds: the same here
-        wav = wav[:, : int(self.policy.audio_max_seconds * tok.config.sample_rate)]
-        return tok.encode(wav[None])[0].cpu().numpy()  # (L, T')
+        # training kept a transcript only with a clip of at most audio_max_seconds: the first chunk here
+        return tok.encode(chunks[0])[0].cpu().numpy()  # (L, T')
 
     def _encode_video(self, path, px: int) -> tuple[np.ndarray, int]:
-        """The input clip: its first policy.video_frames frames at policy.video_fps (fewer when the
-        video is shorter: 1 + k x the temporal factor), resized and cropped to px. -> codes, frames."""
-        from unitok.data.media import read_video, to_tensor
-        from unitok.data.pretokenize import _resize_crop
+        """The input clip (`prompt_clip`: the policy's first clip, or less of a shorter video),
+        resized and cropped to px. -> codes, frames."""
+        from unitok.data.policy import prompt_clip
 
         tok = self.tokenizers["video"]
-        tf = tok.config.temporal_factor
-        frames = read_video(require_file(path, "video"), max_frames=self.policy.video_frames, fps=self.policy.video_fps,
-                            name=str(path))  # (T, H, W, 3)
-        T = 1 + (min(len(frames), self.policy.video_frames) - 1) // tf * tf
-        x = _resize_crop(to_tensor(frames[:T]), px)  # (T, 3, px, px)
-        return tok.encode(x.transpose(0, 1)[None])[0].cpu().numpy(), T
+        x = prompt_clip(require_file(path, "video"), self.policy, px, tok.config.temporal_factor)  # (1, 3, T, px, px)
+        return tok.encode(x)[0].cpu().numpy(), x.shape[2]
 
     # ------------------------------------------------------------------ outputs
     def _read(self, output: str, req: _Request, new: list[int]) -> Sample:

@@ -198,7 +198,7 @@ class UnifiedTask(Task):
 
 def train_unified(cfg: UnifiedConfig, shards_dir, out, *, resume: bool = False, allow_recipe_change: bool = False,
                   progress: bool = True) -> tuple:
-    from unitok.data.pretokenize import read_shards
+    from unitok.data.shards import read_shards
 
     shards = read_shards(shards_dir)
     out = Path(out)
@@ -216,7 +216,7 @@ def train_unified(cfg: UnifiedConfig, shards_dir, out, *, resume: bool = False, 
               f"{len(task.data.train_docs)} training / {len(task.data.eval_docs)} held-out documents", flush=True)
     summary = engine.fit(task)
     if engine.main:
-        from unitok.data.pretokenize import unigram_entropy
+        from unitok.data.shards import unigram_entropy
 
         ent = unigram_entropy(shards, task.data.train_docs)
         for m, (_, h, h_level) in ent.items():
