@@ -88,3 +88,40 @@ def test_preset_replaces_the_codes_it_replaced_before(name):
     for level, (a, b) in enumerate(zip(with_expiry, without)):
         replaced = (a - b).abs().amax(-1) > 1e-4
         assert replaced.nonzero().flatten().tolist() == EXPECTED[name], (name, level)
+
+
+def test_a_count_is_refused_in_one_line():
+    from unitok.errors import ConfigError
+    from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+    from unitok.tokenizers.quantizers import Quantizer, QuantizerConfig
+
+    for build in (lambda t: Quantizer(QuantizerConfig(kind="rvq", levels=2, codebook_size=32, dead_code_threshold=t), 8),
+                  lambda t: AudioTokenizer(AudioTokenizerConfig.tiny(dead_code_threshold=t))):
+        build(0.99)
+        with pytest.raises(ConfigError, match=r"dead_code_threshold 2.0 must be in \[0, 1\): it is a fraction"):
+            build(2.0)
+
+
+def test_generate_on_vq_tokenizers_prints_only_its_own_lines(tmp_path):
+    """Loading VQ and RVQ tokenizers warns about no deprecated option: `unitok generate` writes
+    nothing on stderr but its own progress lines (none for a run this short)."""
+    import subprocess
+    import sys
+
+    from test_engine import ENV
+    from test_pipeline import _checkpoint
+    from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+    from unitok.tokenizers.image import ImageTokenizer, image_preset
+    from unitok.tokenizers.text import TextTokenizer
+
+    (tmp_path / "t.txt").write_text("a photo of a cat. the sound of a bird.\n" * 50)
+    toks = {"text": TextTokenizer.train([tmp_path / "t.txt"], vocab_size=300),
+            "image": ImageTokenizer(image_preset("debug")).eval(),  # one VQ
+            "audio": AudioTokenizer(AudioTokenizerConfig.tiny()).eval()}  # an RVQ with dead-code expiry
+    run = _checkpoint(tmp_path / "run", toks)
+    r = subprocess.run([sys.executable, "-m", "unitok.cli", "generate", str(run), "--task", "text-to-image",
+                        "--prompt", "a cat", "--size", "32", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, cwd=ROOT, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert "sample0.png" in r.stdout
+    assert [line for line in r.stderr.splitlines() if not line.startswith("generate ")] == [], r.stderr
