@@ -107,14 +107,14 @@ class TextLMTask(Task):
                                   "(--data differs)")
 
     def data_state(self):
-        from unitok.training.loop import _b64
+        from unitok.training.loop import encode_rng_state
 
-        return _b64(self.windows.gen.get_state())
+        return encode_rng_state(self.windows.gen.get_state())
 
     def load_data_state(self, state) -> None:
-        from unitok.training.loop import _unb64
+        from unitok.training.loop import decode_rng_state
 
-        self.windows.gen.set_state(_unb64(state))
+        self.windows.gen.set_state(decode_rng_state(state))
 
     # the step
     def forward_backward(self, scale: float) -> dict:
