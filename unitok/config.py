@@ -175,7 +175,10 @@ def _check(tp, value, source, key, fill_missing):
                 return _check(a, value, source, key, fill_missing)
             except ConfigError as e:
                 errors.append(e)
-        raise bad(" or ".join(getattr(a, "__name__", str(a)) for a in args))
+        if len(errors) == 1:  # `X | None`: what is wrong inside X (e.g. an unknown key of a nested block)
+            raise errors[0]
+        why = "; ".join(str(e).removeprefix(f"{source}: ") for e in errors)
+        raise ConfigError(f"{source}: config key '{key}' fits none of its types: {why}")
     if origin is typing.Literal:
         if value not in args:
             raise bad("one of " + ", ".join(repr(a) for a in args))

@@ -336,9 +336,10 @@ def _train_lm(cfg, shards: Path, run_dir: Path):
 
 
 # ---------------------------------------------------------------------------------------------- generation
-def generation_requests(out: Path, p: DemoPlan, index: dict, speech: bool) -> list[dict]:
+def generation_requests(out: Path, p: DemoPlan, index: dict, speech: bool, temporal_factor: int) -> list[dict]:
     """One request per task: its inputs come from the training data (the photo, clip and sentence
-    shown in the report); text-to-audio asks for the duration of the spoken caption."""
+    shown in the report); text-to-audio asks for the duration of the spoken caption; the clip given to
+    video continuation has 1 + k x the video tokenizer's `temporal_factor` frames."""
     from unitok.data.media import read_video
     from unitok.generation.pipeline import write_video
 
@@ -347,7 +348,7 @@ def generation_requests(out: Path, p: DemoPlan, index: dict, speech: bool) -> li
     clip = index["video"][0]
     inputs = out / "generate" / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
-    given = p.policy.video_frames // 2 // 4 * 4 + 1  # 5 of 9 frames: 1 + k x the temporal factor (4)
+    given = p.policy.video_frames // 2 // temporal_factor * temporal_factor + 1  # 5 of 9 frames with factor 4
     frames = read_video(out / "data" / clip["file"], max_frames=given, fps=p.policy.video_fps)
     clip_in = write_video(inputs / "clip_start", frames, p.policy.video_fps)
     reqs = [
@@ -376,7 +377,7 @@ def _generate(out: Path, p: DemoPlan, index: dict, speech: bool) -> list[dict]:
 
     pipe = Pipeline.from_pretrained(out / "runs" / "unified", device=p.torch_device())
     results = []
-    for r in generation_requests(out, p, index, speech):
+    for r in generation_requests(out, p, index, speech, pipe.tokenizers["video"].config.temporal_factor):
         res = pipe(r["task"], **r["kw"], seed=p.seed, out=out / "generate" / r["task"], progress=True)
         s = res.samples[0]
         what = repr(s.text[:70]) if s.text is not None else "x".join(map(str, s.media.shape))
