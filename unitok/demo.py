@@ -322,7 +322,6 @@ def _lm_config(p: DemoPlan, shards_dir: Path, budget_s: float):
     held_tokens = int(sum(sh.offsets[i + 1] - sh.offsets[i] for i in ev))
     batches = min(16, math.ceil(held_tokens / (p.lm.batch_size * p.lm.seq_len)) + 1)
     cfg = replace(_with_budget(p.lm, budget_s), eval_fraction=f, eval_batches=batches)
-    cfg.model = replace(cfg.model)  # the trainer sets vocab_size on it
     print(f"demo: held out {len(ev)} of {len(sh)} documents ({f:.0%}, {held_tokens:,} tokens; every modality has "
           f"some), evaluated in {batches} batches", flush=True)
     return cfg, {"fraction": f, "documents": int(len(ev)), "tokens": held_tokens,

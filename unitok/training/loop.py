@@ -51,7 +51,7 @@ from unitok import checkpoint as ckpt_io
 from unitok.errors import CheckpointError, ConfigError, UnitokError
 
 __all__ = ["OptimConfig", "RunConfig", "Engine", "Task", "TrainingDiverged", "lr_factor", "recipe_diff",
-           "transformer_param_groups", "encode_rng_state", "decode_rng_state", "python_rng_state"]
+           "encode_rng_state", "decode_rng_state", "python_rng_state"]
 
 
 @dataclass
@@ -120,15 +120,6 @@ def lr_factor(opt: OptimConfig, step: int, progress: float) -> float:
         start = 1 - opt.decay_fraction
         return 1.0 if p <= start else 1 - (1 - opt.min_lr_ratio) * (p - start) / opt.decay_fraction
     return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-
-def transformer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups for a UnifiedTransformer: weight decay on linear weights only (not norms, biases
-    or the embedding)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "tok_emb" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def recipe_diff(a: Any, b: Any, path: str = "") -> list[str]:
