@@ -64,3 +64,19 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(Run, tmp_path / "bad.yaml")
+
+
+def test_errors_inside_a_union_are_reported():
+    @dataclass
+    class Outer:
+        inner: Optional[Model] = None
+        size: int | str = 0
+
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner.n_layers'; did you mean n_layer"):
+        from_dict(Outer, {"inner": {"n_layers": 3}})
+    with pytest.raises(ConfigError, match=r"config key 'inner.dim' expects an integer, got 'wide'"):
+        from_dict(Outer, {"inner": {"dim": "wide"}})
+    with pytest.raises(ConfigError, match=r"'size' fits none of its types: config key 'size' expects an integer, got "
+                                          r"\[1\]; config key 'size' expects a string, got \[1\]"):
+        from_dict(Outer, {"size": [1]})
+    assert from_dict(Outer, {"inner": {"dim": 8}, "size": "big"}) == Outer(Model(dim=8), "big")

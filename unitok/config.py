@@ -37,7 +37,7 @@ from unitok.errors import ConfigError
 T = TypeVar("T")
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
-__all__ = ["load_config", "read_yaml", "from_dict", "to_dict", "apply_overrides", "parse_overrides"]
+__all__ = ["load_config", "read_yaml", "from_dict", "to_dict", "apply_overrides", "parse_overrides", "merge"]
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
@@ -59,13 +59,14 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' must be a file path")
-    return _merge(read_yaml(path.parent / base, _seen + (resolved,)), data)
+    return merge(read_yaml(path.parent / base, _seen + (resolved,)), data)
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """`over`'s keys over `base`'s, recursively for nested mappings (neither is modified)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -92,7 +93,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict:
 
 
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
-    return _merge(data, parse_overrides(overrides))
+    return merge(data, parse_overrides(overrides))
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
@@ -138,7 +139,7 @@ def _build(cls, data, source, prefix, fill_missing):
             value = data[name]
             if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]) \
                     and f.default_factory is not dataclasses.MISSING and fill_missing:
-                value = _merge(to_dict(f.default_factory()), value)  # a partial block keeps this field's defaults
+                value = merge(to_dict(f.default_factory()), value)  # a partial block keeps this field's defaults
             kwargs[name] = _check(hints[name], value, source, prefix + name, fill_missing)
         elif (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) or not fill_missing:
             if dataclasses.is_dataclass(hints[name]) and fill_missing:
@@ -174,7 +175,10 @@ def _check(tp, value, source, key, fill_missing):
                 return _check(a, value, source, key, fill_missing)
             except ConfigError as e:
                 errors.append(e)
-        raise bad(" or ".join(getattr(a, "__name__", str(a)) for a in args))
+        if len(errors) == 1:  # `X | None`: what is wrong inside X (e.g. an unknown key of a nested block)
+            raise errors[0]
+        why = "; ".join(str(e).removeprefix(f"{source}: ") for e in errors)
+        raise ConfigError(f"{source}: config key '{key}' fits none of its types: {why}")
     if origin is typing.Literal:
         if value not in args:
             raise bad("one of " + ", ".join(repr(a) for a in args))

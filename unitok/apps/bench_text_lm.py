@@ -20,6 +20,7 @@ Protocol (honest by construction):
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from unitok.config import load_config, to_dict
@@ -37,7 +38,6 @@ def run(args) -> int:
     t_start = time.perf_counter()
     cfg_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     cfg = load_config(TrainConfig, cfg_path, list(getattr(args, "overrides", []) or []) + [f"run.seed={args.seed}"])
-    cfg.run.ckpt_every, cfg.run.ckpt_every_min = 0, 0.0
     raw = read_text(args.data)
     extra = read_text(args.eval_data) if args.eval_data else None
     train_text, held_text = split_text(raw, 0.1)
@@ -47,12 +47,12 @@ def run(args) -> int:
     t0 = time.perf_counter()
     tok = train_text_tokenizer(train_text, cfg.text_vocab_size, out)
     vocab = text_vocab(tok)
-    cfg.model.vocab_size = vocab.size
     train_ids, held_ids = encode_doc(tok, vocab, train_text), encode_doc(tok, vocab, held_text)
     tok_s = time.perf_counter() - t0
 
     budget = args.minutes * 60 - (time.perf_counter() - t_start)
-    cfg.run.max_minutes = budget / 60  # the budget comes from --minutes (tokenizer time taken off)
+    # the budget comes from --minutes (tokenizer time taken off); no checkpoints but the last
+    cfg = replace(cfg, run=replace(cfg.run, max_minutes=budget / 60, ckpt_every=0, ckpt_every_min=0.0))
     engine = Engine(cfg.run, cfg.optim, out, recipe=to_dict(cfg), name="text-lm")
     task = TextLMTask(cfg, engine, train_ids, held_ids, vocab, tok, eval_chars=len(held_text))
     print(f"tokenizer: {tok.vocab_size} pieces in {tok_s:.1f}s, {len(train_text) / (len(train_ids) - 1):.2f} chars/token "

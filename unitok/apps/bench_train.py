@@ -16,6 +16,7 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,8 @@ def _engine_run(cfg, shards, steps: int, tmp: Path) -> dict:
     from unitok.training.loop import Engine
     from unitok.training.unified import UnifiedTask
 
-    cfg.run.max_steps, cfg.run.ckpt_every, cfg.run.ckpt_every_min, cfg.run.max_minutes = steps, 0, 0.0, None
-    cfg.eval_every, cfg.eval_fraction, cfg.run.log_every = 0, 0.0, 1
+    cfg = replace(cfg, eval_every=0, eval_fraction=0.0, run=replace(cfg.run, max_steps=steps, ckpt_every=0,
+                                                                    ckpt_every_min=0.0, max_minutes=None, log_every=1))
     engine = Engine(cfg.run, cfg.optim, tmp, recipe={}, progress=False, name="bench")
     task = UnifiedTask(cfg, engine, shards)
     task.finish = lambda: {}  # no final evaluation in the timing run
@@ -81,7 +82,7 @@ def _bare_run(cfg, shards, steps: int) -> float:
     from unitok.model.transformer import UnifiedTransformer
 
     torch.manual_seed(cfg.run.seed)
-    model = UnifiedTransformer(cfg.model)
+    model = UnifiedTransformer(replace(cfg.model, vocab_size=shards.vocab.size))
     data = PackedBatches(shards, cfg.seq_len, cfg.batch_size, cfg.run.seed, 0.0, cfg.cond_dropout)
     batches = [data.next() for _ in range(steps)]
     o = cfg.optim
@@ -106,20 +107,16 @@ def run(args) -> int:
 
     cfg0 = load_config(UnifiedConfig, args.config, list(args.overrides or []))
     shards = read_shards(args.data) if args.data else synthetic_shards()
-    cfg0.model.vocab_size = shards.vocab.size
     tokens = (args.steps - 1) * cfg0.batch_size * cfg0.seq_len
     eng, bare, wait = [], [], []
     model = None
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            cfg = load_config(UnifiedConfig, args.config, list(args.overrides or []))
-            res = _engine_run(cfg, shards, args.steps, Path(tmp) / f"e{r}")
+            res = _engine_run(cfg0, shards, args.steps, Path(tmp) / f"e{r}")
             eng.append(tokens / res["seconds"])
             wait.append(res["data_wait_s"] / res["seconds"])
             model = res["model"]
-            cfg = load_config(UnifiedConfig, args.config, list(args.overrides or []))
-            cfg.model.vocab_size = shards.vocab.size
-            bare.append(tokens / _bare_run(cfg, shards, args.steps))
+            bare.append(tokens / _bare_run(cfg0, shards, args.steps))
             print(f"repeat {r + 1}/{args.repeats}: engine {eng[-1]:.0f} tokens/s, bare loop {bare[-1]:.0f} tokens/s")
     fpt = model_flops_per_token(model, cfg0.seq_len)
     e, b = float(np.median(eng)), float(np.median(bare))

@@ -325,7 +325,6 @@ def _lm_config(p: DemoPlan, shards_dir: Path, budget_s: float):
     held_tokens = int(sum(sh.offsets[i + 1] - sh.offsets[i] for i in ev))
     batches = min(16, math.ceil(held_tokens / (p.lm.batch_size * p.lm.seq_len)) + 1)
     cfg = replace(with_budget(p.lm, budget_s), eval_fraction=f, eval_batches=batches)
-    cfg.model = replace(cfg.model)  # the trainer sets vocab_size on it
     print(f"demo: held out {len(ev)} of {len(sh)} documents ({f:.0%}, {held_tokens:,} tokens; every modality has "
           f"some), evaluated in {batches} batches", flush=True)
     return cfg, {"fraction": f, "documents": int(len(ev)), "tokens": held_tokens,
@@ -339,9 +338,10 @@ def _train_lm(cfg, shards: Path, run_dir: Path):
 
 
 # ---------------------------------------------------------------------------------------------- generation
-def generation_requests(out: Path, p: DemoPlan, index: dict, speech: bool) -> list[dict]:
+def generation_requests(out: Path, p: DemoPlan, index: dict, speech: bool, temporal_factor: int) -> list[dict]:
     """One request per task: its inputs come from the training data (the photo, clip and sentence
-    shown in the report); text-to-audio asks for the duration of the spoken caption."""
+    shown in the report); text-to-audio asks for the duration of the spoken caption; the clip given to
+    video continuation has 1 + k x the video tokenizer's `temporal_factor` frames."""
     from unitok.data.media import read_video, write_video
 
     first = index["images"][0]  # the centre crop of the first photo (the cat)
@@ -349,7 +349,7 @@ def generation_requests(out: Path, p: DemoPlan, index: dict, speech: bool) -> li
     clip = index["video"][0]
     inputs = out / "generate" / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
-    given = p.policy.video_frames // 2 // 4 * 4 + 1  # 5 of 9 frames: 1 + k x the temporal factor (4)
+    given = p.policy.video_frames // 2 // temporal_factor * temporal_factor + 1  # 5 of 9 frames with factor 4
     frames = read_video(out / "data" / clip["file"], max_frames=given, fps=p.policy.video_fps)
     clip_in = write_video(inputs / "clip_start", frames, p.policy.video_fps)
     reqs = [
@@ -378,7 +378,7 @@ def _generate(out: Path, p: DemoPlan, index: dict, speech: bool) -> list[dict]:
 
     pipe = Pipeline.from_pretrained(out / "runs" / "unified", device=p.torch_device())
     results = []
-    for r in generation_requests(out, p, index, speech):
+    for r in generation_requests(out, p, index, speech, pipe.tokenizers["video"].config.temporal_factor):
         res = pipe(r["task"], **r["kw"], seed=p.seed, out=out / "generate" / r["task"], progress=True)
         s = res.samples[0]
         what = repr(s.text[:70]) if s.text is not None else "x".join(map(str, s.media.shape))

@@ -1,12 +1,14 @@
 """Fused kernels and their dispatchers.
 
 Each op takes `backend=`:
-- attention:            "sdpa" (torch reference), "triton" (fused flash attention), "auto"
+- attention:            "sdpa" (torch reference), "flex" (PyTorch FlexAttention, a block mask that skips
+                        masked blocks; fast only compiled), "triton" (fused flash attention), "auto"
 - linear_cross_entropy: "torch" (unfused reference), "chunked" (pure torch, never holds all logits),
                         "triton" (fused kernel), "auto"
 - rms_norm:             "torch" (reference), "triton" (fused kernel), "auto"
 
-"auto" picks the Triton kernel for CUDA tensors it supports and falls back to torch otherwise.
+"auto" picks the Triton kernel for CUDA tensors it supports and falls back to torch otherwise
+(never "flex": it is chosen by name, e.g. `model.attention=flex`).
 "triton" always runs the kernel: on a machine without CUDA it runs in Triton's interpreter
 (TRITON_INTERPRET=1, set automatically there; slow, for tests). The Triton modules are imported
 only when a Triton backend is used, so importing unitok.kernels never imports triton.

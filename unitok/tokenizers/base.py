@@ -31,7 +31,8 @@ from torch import nn
 from unitok.config import from_dict, to_dict
 from unitok.errors import CheckpointError, read_json
 
-__all__ = ["Tokenizer", "NeuralTokenizer", "load_tokenizer", "tokenizer_from_config", "TOKENIZER_TYPES", "file_sha256"]
+__all__ = ["Tokenizer", "NeuralTokenizer", "load_tokenizer", "tokenizer_from_config", "read_tokenizer_config",
+           "TOKENIZER_TYPES", "file_sha256"]
 
 # type name -> "module:Class"; imported lazily so text-only users never import vision/audio code.
 TOKENIZER_TYPES: dict[str, str] = {
@@ -127,7 +128,7 @@ class NeuralTokenizer(Tokenizer, nn.Module):
         from safetensors.torch import load_file
 
         d = Path(directory)
-        cfg = _read_config(d, cls.type_name)
+        cfg = read_tokenizer_config(d, cls.type_name)
         model = cls(from_dict(cls.config_class, cls.upgrade_config(cfg), source=str(d / CONFIG_NAME)))
         wpath = d / WEIGHTS_NAME
         if not wpath.is_file():
@@ -166,7 +167,8 @@ def weights_sha256(state: dict[str, torch.Tensor], n_hex: int = 16) -> str:
     return h.hexdigest()[:n_hex]
 
 
-def _read_config(d: Path, expected_type: str | None = None) -> dict:
+def read_tokenizer_config(d: Path, expected_type: str | None = None) -> dict:
+    """A saved tokenizer's config.json without its "type" (checked against `expected_type` if given)."""
     path = d / CONFIG_NAME
     if not d.is_dir():
         raise CheckpointError(f"pretrained tokenizer directory not found: {d}")
@@ -192,7 +194,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Load any tokenizer saved with `save_pretrained`, dispatching on its config's type."""
     d = Path(directory)
     path = d / CONFIG_NAME
-    _read_config(d)  # existence and JSON checks with clear errors
+    read_tokenizer_config(d)  # existence and JSON checks with clear errors
     return _tokenizer_class(json.loads(path.read_text())["type"], path).from_pretrained(d)
 
 

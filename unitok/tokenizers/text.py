@@ -23,7 +23,7 @@ from typing import Iterable
 import sentencepiece as spm
 
 from unitok.errors import CheckpointError, DataError
-from unitok.tokenizers.base import CONFIG_NAME, Tokenizer, _read_config
+from unitok.tokenizers.base import CONFIG_NAME, Tokenizer, read_tokenizer_config
 
 __all__ = ["TextTokenizer"]
 
@@ -141,7 +141,7 @@ class TextTokenizer(Tokenizer):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "TextTokenizer":
         d = Path(directory)
-        cfg = _read_config(d, cls.type_name)
+        cfg = read_tokenizer_config(d, cls.type_name)
         tok = cls.from_model_file(d / cfg.get("model_file", MODEL_NAME))
         if cfg.get("sha256") and tok.identity()["sha256"] != cfg["sha256"]:
             raise CheckpointError(f"{d}: {MODEL_NAME} does not match the hash in {CONFIG_NAME} (modified or corrupt)")

@@ -28,7 +28,7 @@ from unitok.config import from_dict, to_dict
 from unitok.errors import ConfigError
 from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 from unitok.tokenizers.quantizers import QuantizerConfig, check_dead_code_threshold
-from unitok.training.loop import Engine, OptimConfig, RunConfig, Task
+from unitok.training.loop import Engine, OptimConfig, RunConfig, Task, decode_rng_state, encode_rng_state
 
 __all__ = ["EncodecRecipe", "AudioDataConfig", "AudioLossConfig", "EncodecTask", "train", "train_from_recipe"]
 
@@ -127,14 +127,10 @@ class EncodecTask(Task):
         return {"type": self.model.type_name, **to_dict(self.model.config)}
 
     def data_state(self):
-        from unitok.training.loop import _b64
-
-        return _b64(self.gen.get_state())
+        return encode_rng_state(self.gen.get_state())
 
     def load_data_state(self, state) -> None:
-        from unitok.training.loop import _unb64
-
-        self.gen.set_state(_unb64(state))
+        self.gen.set_state(decode_rng_state(state))
 
     def extra_state(self) -> dict:
         return {"frozen": self.frozen}

@@ -28,17 +28,18 @@ import numpy as np
 
 from unitok.config import load_config, to_dict
 from unitok.data.text import TextWindows, encode_doc, read_text, split_text, train_text_tokenizer
-from unitok.errors import CheckpointError, ConfigError, VocabMismatchError
+from unitok.errors import CheckpointError, VocabMismatchError
 from unitok.model.config import ModelConfig, text
 from unitok.model.scoring import score_tokens
-from unitok.training.loop import Engine, OptimConfig, RunConfig, Task, transformer_param_groups
+from unitok.training.loop import Engine, OptimConfig, RunConfig, decode_rng_state, encode_rng_state
+from unitok.training.transformer_task import TransformerTask
 
 __all__ = ["TrainConfig", "TextLMTask", "text_vocab", "prepare", "run_cli", "train_text_lm"]
 
 
 @dataclass
 class TrainConfig:
-    """One LM training run. `model.vocab_size` is filled in from the vocabulary."""
+    """One LM training run. The model's vocab_size comes from the vocabulary (`model.vocab_size` is unused)."""
 
     model: ModelConfig = field(default_factory=text)
     text_vocab_size: int = 2048  # SentencePiece pieces (256 of them are byte fallbacks)
@@ -68,33 +69,18 @@ def text_vocab(tokenizer):
     return UnifiedVocab.from_tokenizers([tokenizer], max_size=1)
 
 
-class TextLMTask(Task):
+class TextLMTask(TransformerTask):
     """Next-token prediction on random windows of one long tokenized text."""
-
-    kind = "transformer"
 
     def __init__(self, cfg: TrainConfig, engine: Engine, train_ids: np.ndarray, eval_ids: np.ndarray | None,
                  vocab, tokenizer, *, eval_chars: int | None = None, data_hash: str = ""):
-        from unitok.model.transformer import UnifiedTransformer
-
-        if cfg.batch_size % engine.world:
-            raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {engine.world} processes")
-        self.cfg, self.engine, self._vocab, self.tokenizer = cfg, engine, vocab, tokenizer
+        super().__init__(engine, cfg.model, vocab, batch_size=cfg.batch_size, seq_len=cfg.seq_len, optim=cfg.optim)
+        self.cfg, self.tokenizer = cfg, tokenizer
         self.eval_ids, self.eval_chars, self.data_hash = eval_ids, eval_chars, data_hash
-        self.model = UnifiedTransformer(cfg.model).to(engine.device)
-        self.model_train = engine.parallelize(self.model)
-        self.param_groups = transformer_param_groups(self.model, cfg.optim.weight_decay)
         self.windows = TextWindows(train_ids, cfg.batch_size, cfg.seq_len, cfg.run.seed + 1)
-        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.optim.grad_accum
         self._t_last, self._tok_last = time.perf_counter(), 0
 
     # what the checkpoint holds
-    def model_config(self) -> dict:
-        return to_dict(self.cfg.model)
-
-    def vocab(self):
-        return self._vocab
-
     def tokenizers(self) -> dict:
         return {"text": self.tokenizer}
 
@@ -107,14 +93,10 @@ class TextLMTask(Task):
                                   "(--data differs)")
 
     def data_state(self):
-        from unitok.training.loop import _b64
-
-        return _b64(self.windows.gen.get_state())
+        return encode_rng_state(self.windows.gen.get_state())
 
     def load_data_state(self, state) -> None:
-        from unitok.training.loop import _unb64
-
-        self.windows.gen.set_state(_unb64(state))
+        self.windows.gen.set_state(decode_rng_state(state))
 
     # the step
     def forward_backward(self, scale: float) -> dict:
@@ -191,7 +173,6 @@ def prepare(cfg: TrainConfig, data: str, eval_data: str | None, out: Path, token
         raise VocabMismatchError(f"the checkpoint's text tokenizer has {tokenizer.vocab_size} pieces; "
                                  f"the config asks for text_vocab_size={cfg.text_vocab_size}")
     vocab = text_vocab(tokenizer)
-    cfg.model.vocab_size = vocab.size
     return dict(tokenizer=tokenizer, vocab=vocab, train_ids=encode_doc(tokenizer, vocab, train_text),
                 eval_ids=encode_doc(tokenizer, vocab, eval_text), eval_chars=len(eval_text),
                 data_hash=hashlib.sha256(raw.encode()).hexdigest()[:16])

@@ -51,7 +51,7 @@ from unitok import checkpoint as ckpt_io
 from unitok.errors import CheckpointError, ConfigError, UnitokError
 
 __all__ = ["OptimConfig", "RunConfig", "Engine", "Task", "TrainingDiverged", "lr_factor", "recipe_diff",
-           "transformer_param_groups"]
+           "encode_rng_state", "decode_rng_state", "python_rng_state"]
 
 
 @dataclass
@@ -120,15 +120,6 @@ def lr_factor(opt: OptimConfig, step: int, progress: float) -> float:
         start = 1 - opt.decay_fraction
         return 1.0 if p <= start else 1 - (1 - opt.min_lr_ratio) * (p - start) / opt.decay_fraction
     return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-
-def transformer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups for a UnifiedTransformer: weight decay on linear weights only (not norms, biases
-    or the embedding)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "tok_emb" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def recipe_diff(a: Any, b: Any, path: str = "") -> list[str]:
@@ -202,11 +193,13 @@ class Task:
         return {}
 
 
-def _b64(t: torch.Tensor) -> str:
+def encode_rng_state(t: torch.Tensor) -> str:
+    """A torch RNG state (uint8 tensor: `torch.get_rng_state()`, `Generator.get_state()`) as JSON text."""
     return base64.b64encode(t.numpy().tobytes()).decode()
 
 
-def _unb64(s: str) -> torch.Tensor:
+def decode_rng_state(s: str) -> torch.Tensor:
+    """The inverse of `encode_rng_state`."""
     return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
 
 
@@ -385,11 +378,11 @@ class Engine:
                 raise CheckpointError(f"{ck}: saved by {len(ranks)} ranks, resumed with {self.world}; data positions "
                                       "are per rank, so resume with the same number of processes")
             mine = ranks[self.rank]
-            torch.set_rng_state(_unb64(mine["torch"]))
-            random.setstate(_to_tuple(mine["python"]))
+            torch.set_rng_state(decode_rng_state(mine["torch"]))
+            random.setstate(python_rng_state(mine["python"]))
             np.random.set_state(_np_state(mine["numpy"]))
             if self.device.type == "cuda" and mine.get("cuda"):
-                torch.cuda.set_rng_state(_unb64(mine["cuda"]), self.device)
+                torch.cuda.set_rng_state(decode_rng_state(mine["cuda"]), self.device)
             task.load_data_state(mine["data"])
             task.load_extra_state(st.get("task", {}))
             self.step, self.elapsed = int(st["step"]), float(st["elapsed_s"])
@@ -399,10 +392,10 @@ class Engine:
 
     # -------------------------------------------------------------- checkpoints
     def _rank_state(self, task: Task) -> dict:
-        s = {"torch": _b64(torch.get_rng_state()), "python": random.getstate(),
+        s = {"torch": encode_rng_state(torch.get_rng_state()), "python": random.getstate(),
              "numpy": _np_json(np.random.get_state()), "data": task.data_state()}
         if self.device.type == "cuda":
-            s["cuda"] = _b64(torch.cuda.get_rng_state(self.device).cpu())
+            s["cuda"] = encode_rng_state(torch.cuda.get_rng_state(self.device).cpu())
         return s
 
     def save(self, task: Task) -> Path | None:
@@ -596,8 +589,9 @@ class Progress:
             self.bar.close()
 
 
-def _to_tuple(x):
-    return tuple(_to_tuple(v) for v in x) if isinstance(x, list) else x
+def python_rng_state(x):
+    """`random.getstate()` after a JSON round trip (nested lists) as the tuples `setstate` takes."""
+    return tuple(python_rng_state(v) for v in x) if isinstance(x, list) else x
 
 
 def _np_json(st) -> list:

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from unitok.config import load_config, to_dict
-from unitok.errors import ConfigError, VocabMismatchError
+from unitok.errors import VocabMismatchError
 from unitok.model.config import ModelConfig, debug
 from unitok.reporting import plot_curves
-from unitok.training.loop import Engine, OptimConfig, RunConfig, Task, transformer_param_groups
+from unitok.training.loop import Engine, OptimConfig, RunConfig
+from unitok.training.transformer_task import TransformerTask
 from unitok.vocab import Modality
 
 __all__ = ["UnifiedConfig", "UnifiedTask", "train_unified", "run_cli", "MODALITIES"]
@@ -64,65 +65,20 @@ class UnifiedConfig:
             raise ValueError("cond_dropout must be in [0, 1)")
 
 
-class UnifiedTask(Task):
-    kind = "transformer"
-
+class UnifiedTask(TransformerTask):
     def __init__(self, cfg: UnifiedConfig, engine: Engine, shards):
         from unitok.data.packed import PackedBatches
-        from unitok.model.transformer import UnifiedTransformer
 
-        if cfg.batch_size % engine.world:
-            raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {engine.world} processes")
-        self.cfg, self.engine, self.shards = cfg, engine, shards
-        cfg.model.vocab_size = shards.vocab.size
-        self.model = UnifiedTransformer(cfg.model).to(engine.device)
-        if cfg.init_from:
-            self._init_from(cfg.init_from)
-        if cfg.activation_checkpointing:
-            from unitok.training.parallel import checkpoint_blocks
-
-            checkpoint_blocks(self.model)
-        self.model_train = engine.parallelize(self.model)
-        self.param_groups = transformer_param_groups(self.model, cfg.optim.weight_decay)
+        super().__init__(engine, cfg.model, shards.vocab, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                         optim=cfg.optim, init_from=cfg.init_from,
+                         activation_checkpointing=cfg.activation_checkpointing)
+        self.cfg, self.shards = cfg, shards
         self.data = PackedBatches(shards, cfg.seq_len, cfg.batch_size, cfg.run.seed, cfg.eval_fraction,
                                   cfg.cond_dropout, cfg.bidirectional_images)
         w = torch.tensor([cfg.loss_weights.get(m, 1.0) for m in MODALITIES], dtype=torch.float32)
         self.weights = w.to(engine.device)
-        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.optim.grad_accum
-
-    def _init_from(self, path) -> None:
-        """Copy a text LM's weights: every tensor of the same shape, and the text + special rows of
-        the embedding and output matrices (their ids are the same in both vocabularies)."""
-        from unitok.checkpoint import load_model
-
-        lm = load_model(path)
-        if lm.kind != "transformer" or lm.vocab is None:
-            raise ConfigError(f"init_from {path}: not a language-model checkpoint")
-        if lm.vocab.text_tokenizer != self.shards.vocab.text_tokenizer:
-            raise VocabMismatchError(f"init_from {path}: its text tokenizer differs from the shards' "
-                                     f"({lm.vocab.text_tokenizer.get('sha256')} vs "
-                                     f"{self.shards.vocab.text_tokenizer.get('sha256')})")
-        n = lm.vocab.size_start  # text ids, then the special tokens
-        own, src = self.model.state_dict(), lm.model.state_dict()
-        with torch.no_grad():
-            for k, v in src.items():
-                if k not in own:
-                    continue
-                if own[k].shape == v.shape:
-                    own[k].copy_(v)
-                elif k in ("tok_emb.weight", "lm_head.weight") and own[k].shape[1:] == v.shape[1:]:
-                    own[k][:n].copy_(v[:n])
-                else:
-                    raise ConfigError(f"init_from {path}: {k} has shape {tuple(v.shape)}, the model "
-                                      f"{tuple(own[k].shape)}; use the same model dimensions")
 
     # what the checkpoint holds
-    def model_config(self) -> dict:
-        return to_dict(self.cfg.model)
-
-    def vocab(self):
-        return self.shards.vocab
-
     def tokenizers(self) -> dict:
         d = self.shards.path / "tokenizers"
         return {t.name: t for t in sorted(d.iterdir())} if d.is_dir() else {}
@@ -237,7 +193,7 @@ def write_card(task: UnifiedTask, summary: dict, path: Path) -> None:
     toks = "\n".join(f"- {m}: `{json.dumps(i)}`" for m, i in st.get("tokenizers", {}).items())
     path.write_text(f"""# Unified model card
 
-- parameters: {task.model.num_params():,}; config: `{json.dumps(to_dict(task.cfg.model))}`
+- parameters: {task.model.num_params():,}; config: `{json.dumps(task.model_config())}`
 - vocabulary: {v.size} ids (hash {v.hash[:12]}); condition dropout {task.cfg.cond_dropout}
 - data: {task.shards.path} ({st['documents']} documents, {st['tokens']:,} tokens); {summary['steps']} steps,
   {summary['minutes']} min

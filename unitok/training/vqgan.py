@@ -30,13 +30,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from unitok.config import _merge, from_dict, to_dict
+from unitok.config import from_dict, merge, to_dict
 from unitok.data.crops import CropConfig, ImageCropSampler, VideoClipSampler
 from unitok.data.media import save_grid, to_uint8
 from unitok.errors import ConfigError
 from unitok.metrics import psnr_from_mse
 from unitok.tokenizers.quantizers import Quantizer, check_dead_code_threshold
-from unitok.training.loop import Engine, OptimConfig, RunConfig, Task
+from unitok.training.loop import Engine, OptimConfig, RunConfig, Task, python_rng_state
 
 __all__ = ["TrainConfig", "LossConfig", "VQGANTask", "train", "train_from_recipe"]
 
@@ -90,7 +90,7 @@ def build_tokenizer(cfg: TrainConfig):
         from unitok.tokenizers.video import VideoTokenizer, VideoTokenizerConfig, video_preset
 
         base, cls, ccls = video_preset(cfg.preset), VideoTokenizer, VideoTokenizerConfig
-    mcfg = from_dict(ccls, _merge(to_dict(base), cfg.model), source=f"{cfg.name}: model")
+    mcfg = from_dict(ccls, merge(to_dict(base), cfg.model), source=f"{cfg.name}: model")
     return cls(mcfg)
 
 
@@ -186,9 +186,7 @@ class VQGANTask(Task):
         return self.sampler.rng.getstate()
 
     def load_data_state(self, state) -> None:
-        from unitok.training.loop import _to_tuple
-
-        self.sampler.rng.setstate(_to_tuple(state))
+        self.sampler.rng.setstate(python_rng_state(state))
 
     def extra_state(self) -> dict:
         return {"frozen": self.frozen}

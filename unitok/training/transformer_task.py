@@ -1,0 +1,94 @@
+"""The transformer task: what the text LM (`lm.py`) and the unified trainer (`unified.py`) share.
+
+    class MyTask(TransformerTask):
+        def __init__(self, cfg, engine, vocab):
+            super().__init__(engine, cfg.model, vocab, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                             optim=cfg.optim)
+            self.data = ...                       # the subclass supplies its data and its step
+
+The model is built from the recipe's `ModelConfig` with the vocabulary's size filled in on a copy
+(`dataclasses.replace`: the caller's config is never written to); `init_from` copies a text LM's
+weights before the model is wrapped; the engine wraps it (`parallelize`), AdamW decays matrices only,
+and `tokens_per_step` counts the tokens of one optimizer step over all ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from unitok.config import to_dict
+from unitok.errors import ConfigError, VocabMismatchError
+from unitok.model.config import ModelConfig
+from unitok.training.loop import Engine, OptimConfig, Task
+
+__all__ = ["TransformerTask", "transformer_param_groups"]
+
+
+def transformer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups for a UnifiedTransformer: weight decay on linear weights only (not norms, biases
+    or the embedding)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "tok_emb" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class TransformerTask(Task):
+    """A `UnifiedTransformer` over `vocab` (a `UnifiedVocab`), trained on the engine."""
+
+    kind = "transformer"
+
+    def __init__(self, engine: Engine, model: ModelConfig, vocab, *, batch_size: int, seq_len: int,
+                 optim: OptimConfig, init_from: str | None = None, activation_checkpointing: bool = False):
+        from unitok.model.transformer import UnifiedTransformer
+
+        if batch_size % engine.world:
+            raise ConfigError(f"batch_size {batch_size} must be a multiple of the {engine.world} processes")
+        self.engine, self._vocab = engine, vocab
+        self.model_cfg = replace(model, vocab_size=vocab.size)
+        self.model = UnifiedTransformer(self.model_cfg).to(engine.device)
+        if init_from:
+            self._init_from(init_from)
+        if activation_checkpointing:
+            from unitok.training.parallel import checkpoint_blocks
+
+            checkpoint_blocks(self.model)
+        self.model_train = engine.parallelize(self.model)
+        self.param_groups = transformer_param_groups(self.model, optim.weight_decay)
+        self.tokens_per_step = batch_size * seq_len * optim.grad_accum
+
+    def _init_from(self, path) -> None:
+        """Copy a text LM's weights: every tensor of the same shape, and the text + special rows of
+        the embedding and output matrices (their ids are the same in both vocabularies)."""
+        from unitok.checkpoint import load_model
+
+        lm = load_model(path)
+        if lm.kind != "transformer" or lm.vocab is None:
+            raise ConfigError(f"init_from {path}: not a language-model checkpoint")
+        if lm.vocab.text_tokenizer != self._vocab.text_tokenizer:
+            raise VocabMismatchError(f"init_from {path}: its text tokenizer differs from the training vocabulary's "
+                                     f"({lm.vocab.text_tokenizer.get('sha256')} vs "
+                                     f"{self._vocab.text_tokenizer.get('sha256')})")
+        n = lm.vocab.size_start  # text ids, then the special tokens
+        own, src = self.model.state_dict(), lm.model.state_dict()
+        with torch.no_grad():
+            for k, v in src.items():
+                if k not in own:
+                    continue
+                if own[k].shape == v.shape:
+                    own[k].copy_(v)
+                elif k in ("tok_emb.weight", "lm_head.weight") and own[k].shape[1:] == v.shape[1:]:
+                    own[k][:n].copy_(v[:n])
+                else:
+                    raise ConfigError(f"init_from {path}: {k} has shape {tuple(v.shape)}, the model "
+                                      f"{tuple(own[k].shape)}; use the same model dimensions")
+
+    # what the checkpoint holds
+    def model_config(self) -> dict:
+        return to_dict(self.model_cfg)
+
+    def vocab(self):
+        return self._vocab
