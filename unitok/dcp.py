@@ -58,9 +58,9 @@ def read_metadata(directory: Path) -> Metadata:
             raise CheckpointError(f"{path}: not sharded-checkpoint metadata ({type(info).__name__} in storage_data)")
         shard = inside(directory, info.relative_path, "shard")
         if shard not in sizes:
-            sizes[shard] = shard.stat().st_size if shard.is_file() else None
-        if sizes[shard] is None:
-            raise CheckpointError(f"{directory}: incomplete sharded checkpoint, {info.relative_path} is missing")
+            if not shard.is_file():
+                raise CheckpointError(f"{directory}: incomplete sharded checkpoint, {info.relative_path} is missing")
+            sizes[shard] = shard.stat().st_size
         span = (info.offset, info.length)
         if not all(isinstance(v, int) and v >= 0 for v in span) or sum(span) > sizes[shard]:
             raise CheckpointError(f"{path}: bytes {span} of {info.relative_path} lie outside its "

@@ -16,8 +16,8 @@ Sizes a file states are checked before anything is allocated: a zip record's sta
 the bytes the archive holds for it (torch allocates a record's stated size before inflating it) and
 against the tensor's byte size; a legacy storage's element count against the bytes left in the file
 (torch's legacy loader allocates every storage a pickle claims before reading any, so legacy files
-are read by our reader alone). `RestrictedUnpickler` is also the reader of other pickles on a load
-path (the metadata of sharded checkpoints, unitok.checkpoint), with their own allow-list.
+are read by our reader alone). `RestrictedUnpickler` also reads the other pickles on a load path,
+with their own allow-lists (the metadata of sharded checkpoints: unitok.dcp).
 """
 
 from __future__ import annotations
@@ -223,11 +223,12 @@ def _read_legacy(path: Path, refused: dict):
         def storage(key, dtype, numel):
             nonlocal claimed
             if key not in typed:
-                claimed, left = claimed + _nbytes(key, dtype, numel), size - f.tell()
+                nbytes, left = _nbytes(key, dtype, numel), size - f.tell()
+                claimed += nbytes
                 if claimed > left:  # the storages' bytes follow the pickles
                     raise CheckpointError(f"storage {key} claims {numel} elements; the storages would need "
                                           f"{claimed} bytes, more than the {left} left in the file")
-                raw[key] = (torch.UntypedStorage(numel * dtype.itemsize), dtype)
+                raw[key] = (torch.UntypedStorage(nbytes), dtype)
                 typed[key] = _typed(raw[key][0], dtype)
             return typed[key]
 
