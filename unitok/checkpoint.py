@@ -20,11 +20,16 @@ safetensors and torch on a CPU; no training code, no GPU, no Triton. A sharded (
 model.safetensors and optimizer.pt; `load_model` consolidates it in one process, and
 `unitok checkpoint export` writes the inference part alone (model.json, the inference weights as
 model.safetensors, vocab, tokenizers).
+
+Loading trusts nothing in the directory: no pickle is read unrestricted (optimizer.pt with
+weights_only=True, dcp/ through unitok.dcp), the names model.json gives are plain names of files or
+folders inside it, and a symlink or special file anywhere inside is refused (CheckpointError).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -34,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unitok.errors import CheckpointError, read_json
+from unitok.errors import CheckpointError, inside, read_json
 
 __all__ = ["FORMAT", "Loaded", "save_checkpoint", "load_model", "read_state", "read_weights", "read_optimizers",
            "resolve", "export", "convert", "module_state"]
@@ -84,8 +89,9 @@ def save_checkpoint(directory, *, kind: str, config: dict, modules: dict[str, nn
     if vocab is not None:
         vocab.save(tmp / VOCAB_JSON)
     for name, tok in (tokenizers or {}).items():
-        if isinstance(tok, (str, Path)):  # already saved: copy its folder
-            shutil.copytree(tok, tmp / TOKENIZERS / name)
+        if isinstance(tok, (str, Path)):  # already saved: copy its folder of regular files
+            check_tree(Path(tok))
+            shutil.copytree(tok, tmp / TOKENIZERS / name, symlinks=True)  # never follow a link (none was there)
         else:
             tok.save_pretrained(tmp / TOKENIZERS / name)
     _write_json(tmp / STATE_JSON, state)
@@ -107,13 +113,28 @@ def _replace(tmp: Path, d: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def check_tree(root: Path) -> None:
+    """A checkpoint (or a folder copied into one) holds regular files and folders only: a symlink may
+    point anywhere, a FIFO blocks a reader and a device never ends."""
+    for folder, dirs, files in os.walk(root):  # os.walk lists symlinked folders but does not enter them
+        for name in dirs + files:
+            p = Path(folder) / name
+            if p.is_symlink() or not (p.is_dir() or p.is_file()):
+                what = "a symlink" if p.is_symlink() else "a special file"
+                raise CheckpointError(f"{root}: {p.relative_to(root)} is {what}; a checkpoint holds regular "
+                                      "files and folders only")
+
+
 def resolve(path) -> Path:
-    """A run directory (holding checkpoint/) or a checkpoint directory -> the checkpoint directory."""
+    """A run directory (holding checkpoint/) or a checkpoint directory -> the checkpoint directory,
+    checked by `check_tree`."""
     p = Path(path)
-    if (p / CKPT_DIR / MODEL_JSON).is_file():
-        return p / CKPT_DIR
-    if (p / MODEL_JSON).is_file():
-        return p
+    for ckpt in (p / CKPT_DIR, p):
+        if (ckpt / MODEL_JSON).is_file():
+            if ckpt.is_symlink() and ckpt != p:  # the run directory's checkpoint/ must be its own
+                raise CheckpointError(f"{ckpt} is a symlink; a run directory holds its checkpoint itself")
+            check_tree(ckpt)
+            return ckpt
     for old in (p / CKPT_DIR / "state.json", p / "state.json", p / "ckpt" / "last.pt", p / "checkpoint.pt"):
         if old.is_file():
             raise CheckpointError(f"{path}: a checkpoint of an older unitok layout; convert it with "
@@ -149,6 +170,7 @@ def read_weights(ckpt: Path, name: str = "model", map_location="cpu") -> dict[st
 
     if name == "dcp":
         return read_sharded_weights(ckpt)
+    inside(ckpt, name, "weights name")
     p = ckpt / f"{name}.safetensors"
     if not p.is_file():
         raise CheckpointError(f"{ckpt}: incomplete checkpoint, {p.name} is missing")
@@ -161,29 +183,28 @@ def read_weights(ckpt: Path, name: str = "model", map_location="cpu") -> dict[st
 def read_sharded_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     """Consolidate the model of a sharded (FSDP2) checkpoint in one process: build the model that
     model.json describes and let torch.distributed.checkpoint fill its full tensors (no process group)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
+    from unitok.dcp import load_dcp
 
     if not (ckpt / "dcp").is_dir():
         raise CheckpointError(f"{ckpt}: incomplete sharded checkpoint, dcp/ is missing")
     model, _ = build_model(read_meta(ckpt), ckpt / MODEL_JSON)
     state = {"model": model.state_dict()}
-    try:
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load(state, checkpoint_id=str(ckpt / "dcp"), no_dist=True)
-    except (Exception, CheckpointException) as e:  # CheckpointException derives from BaseException
-        raise CheckpointError(f"{ckpt / 'dcp'}: cannot read the sharded weights ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:200]})") from None
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        load_dcp(state, ckpt / "dcp", no_dist=True)
     return state["model"]
 
 
 def read_optimizers(ckpt: Path, map_location="cpu") -> dict:
+    from unitok.foreign import load_weights_only
+
     p = ckpt / OPTIM
     if not p.is_file():
         raise CheckpointError(f"{ckpt}: incomplete checkpoint, {OPTIM} is missing")
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        return load_weights_only(p, map_location)
+    except CheckpointError as e:  # a stated size refused
+        raise CheckpointError(f"{p}: corrupt optimizer state ({e})") from None
     except Exception as e:  # torch raises many types for truncated or garbled files
         raise CheckpointError(f"{p}: corrupt optimizer state ({type(e).__name__})") from None
 
@@ -259,10 +280,18 @@ def load_model(path, *, map_location="cpu", weights: str | None = None) -> Loade
     return out
 
 
+def tokenizer_dirs(ckpt: Path, meta: dict) -> dict[str, Path]:
+    """The folders of the tokenizers model.json lists, each a plain name inside tokenizers/."""
+    names = meta.get("tokenizers", [])
+    if not isinstance(names, list):
+        raise CheckpointError(f"{ckpt / MODEL_JSON}: \"tokenizers\" is not a list of names")
+    return {name: inside(ckpt / TOKENIZERS, name, "tokenizer name") for name in names}
+
+
 def load_tokenizers(ckpt: Path, meta: dict) -> dict:
     from unitok.tokenizers.base import load_tokenizer
 
-    return {name: load_tokenizer(ckpt / TOKENIZERS / name) for name in meta.get("tokenizers", [])}
+    return {name: load_tokenizer(d) for name, d in tokenizer_dirs(ckpt, meta).items()}
 
 
 def load_vocab(ckpt: Path, tokenizers: dict, vocab_size: int | None):
@@ -290,7 +319,7 @@ def export(path, out) -> Path:
         raise CheckpointError(f"{out} exists and is not empty; choose another --out")
     st = read_state(ckpt)
     state = {"step": st.get("step"), "exported_from": str(ckpt), "history": st.get("history", [])}
-    tokenizers = {name: ckpt / TOKENIZERS / name for name in meta.get("tokenizers", [])}
+    tokenizers = tokenizer_dirs(ckpt, meta)
     vocab = None
     if (ckpt / VOCAB_JSON).is_file():
         from unitok.vocab import UnifiedVocab

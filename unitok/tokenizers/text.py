@@ -22,7 +22,7 @@ from typing import Iterable
 
 import sentencepiece as spm
 
-from unitok.errors import CheckpointError, DataError
+from unitok.errors import CheckpointError, DataError, inside
 from unitok.tokenizers.base import CONFIG_NAME, Tokenizer, read_tokenizer_config
 
 __all__ = ["TextTokenizer"]
@@ -142,7 +142,7 @@ class TextTokenizer(Tokenizer):
     def from_pretrained(cls, directory: str | Path) -> "TextTokenizer":
         d = Path(directory)
         cfg = read_tokenizer_config(d, cls.type_name)
-        tok = cls.from_model_file(d / cfg.get("model_file", MODEL_NAME))
+        tok = cls.from_model_file(inside(d, cfg.get("model_file", MODEL_NAME), "model_file"))
         if cfg.get("sha256") and tok.identity()["sha256"] != cfg["sha256"]:
             raise CheckpointError(f"{d}: {MODEL_NAME} does not match the hash in {CONFIG_NAME} (modified or corrupt)")
         return tok

@@ -46,12 +46,13 @@ def save_sharded(directory: Path, model: nn.Module, optimizer) -> None:
 
 
 def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    from unitok.dcp import load_dcp  # dcp.load, without unpickling the checkpoint's metadata
 
     m, o = _states(model, optimizer)
     state = {"model": m, "optim": o}
-    dcp.load(state, checkpoint_id=str(Path(directory) / DCP_DIR))
+    load_dcp(state, Path(directory) / DCP_DIR)
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
 
