@@ -290,16 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "pretokenize", "unitok.data.pretokenize:run_cli", "interleaved documents -> token shards",
              "Tokenize JSONL manifests, webdataset .tar shards and folders of media (with .txt captions or a\n"
              "captions.tsv / transcripts.tsv) with the given tokenizers into memory-mapped token shards.\n"
-             "Bad files are skipped and listed in stats.json; --resume continues an interrupted run; the\n"
-             "output is byte-identical for any --workers, and under torchrun (one process per GPU: each rank\n"
-             "encodes a share of the documents, rank 0 writes them in order).",
+             "Bad files are skipped and listed in stats.json, each reason naming its file; a run that keeps\n"
+             "no document exits 2 with the count of each reason. --resume continues an interrupted run (on a\n"
+             "complete output it changes nothing); the output is byte-identical for any --workers, and under\n"
+             "torchrun (one process per GPU: each rank encodes a share of the documents, rank 0 writes them\n"
+             "in order). Tars are read as a stream; a file over a limit is refused from its header, before\n"
+             "decoding.",
              epilog="Policy: --set image_size=256 video_size=128 video_fps=8 video_frames=9 audio_max_seconds=10 "
-                    "text_first_ratio=0.5 max_doc_tokens=4096 seed=0.")
+                    "text_first_ratio=0.5 max_doc_tokens=4096 seed=0. Limits: max_video_frames=4096 (at video_fps) "
+                    "max_video_pixels=500000000 (frames x width x height) max_recording_seconds=3600 "
+                    "max_image_pixels=64000000 max_member_mb=256 (a tar member) max_tar_mb=16384 (a tar).")
     p.add_argument("data", nargs="+", help="JSONL manifests, .tar shards or folders")
     p.add_argument("--tokenizer", nargs="+", required=True, metavar="DIR", help="tokenizer directories (save_pretrained)")
     p.add_argument("--out", required=True, help="shard directory")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: 0 = this process)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="accept JSONL media paths that are absolute or lead out of the manifest's folder")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="policy settings (see below)")
     shards = sub.add_parser("shards", help="inspect token shards").add_subparsers(dest="shards_command", metavar="COMMAND")
     shards.required = True

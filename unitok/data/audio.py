@@ -6,7 +6,8 @@
     m = log_mel(x, 16000, n_fft=1024, n_mels=80)      # (..., 80, frames) log10 mel
 
 soundfile (libsndfile) reads WAV/FLAC/OGG/MP3; anything else (e.g. an audio track in
-an MP4) falls back to PyAV. Unreadable files raise `DataError` naming the file.
+an MP4) falls back to PyAV. Unreadable files raise `DataError` naming the file; `decode_audio`
+with `max_seconds` refuses a longer recording from its header, before decoding it.
 """
 
 from __future__ import annotations
@@ -45,41 +46,65 @@ def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     return decode_audio(str(path), str(path))
 
 
-def decode_audio(src, name: str) -> tuple[torch.Tensor, int]:
-    """read_audio for a path or a file object (e.g. a tar member held in memory)."""
+def decode_audio(src, name: str, max_seconds: float | None = None) -> tuple[torch.Tensor, int]:
+    """read_audio for a path or a file object (e.g. a tar member held in memory). A recording longer
+    than `max_seconds` is refused from its header before decoding, and decoding stops at the limit
+    when the header understates the length."""
     try:
         import soundfile as sf
 
-        data, sr = sf.read(src, dtype="float32", always_2d=True)  # (N, C)
+        with sf.SoundFile(src) as f:
+            sr = f.samplerate
+            _refuse_longer(f.frames / sr, max_seconds, name)
+            limit = -1 if max_seconds is None else int(max_seconds * sr) + 1  # -1: all
+            data = f.read(limit, dtype="float32", always_2d=True)  # (N, C)
         wav = torch.from_numpy(np.ascontiguousarray(data.T))
+    except DataError:
+        raise
     except Exception:
         if hasattr(src, "seek"):
             src.seek(0)
-        wav, sr = _read_av(src, name)
+        wav, sr = _read_av(src, name, max_seconds)
     if wav.numel() == 0:
         raise DataError(f"{name}: no audio samples")
+    if max_seconds is not None and wav.shape[-1] > max_seconds * sr:
+        raise DataError(f"{name}: recording of more than {max_seconds:g} s > max_recording_seconds "
+                        "(stopped decoding at the limit)")
     if not torch.isfinite(wav).all():
         raise DataError(f"{name}: audio contains NaN or Inf")
     return wav, int(sr)
 
 
-def _read_av(src, path) -> tuple[torch.Tensor, int]:
+def _refuse_longer(seconds: float | None, max_seconds: float | None, name: str) -> None:
+    if max_seconds is not None and seconds is not None and seconds > max_seconds:
+        raise DataError(f"{name}: recording of {seconds:,.0f} s > max_recording_seconds {max_seconds:g} "
+                        "(refused before decoding)")
+
+
+def _read_av(src, path, max_seconds: float | None = None) -> tuple[torch.Tensor, int]:
     try:
         import av
 
         with av.open(src) as box:
             stream = next(s for s in box.streams if s.type == "audio")
             sr = stream.rate
-            chunks = []
+            _refuse_longer(float(stream.duration * stream.time_base) if stream.duration
+                           else box.duration / 1e6 if box.duration else None, max_seconds, path)  # microseconds
+            chunks, n = [], 0
             resampler = av.AudioResampler(format="fltp")
             for frame in box.decode(stream):
                 for f in resampler.resample(frame):
                     chunks.append(f.to_ndarray())  # (C, n) planar float
+                    n += chunks[-1].shape[-1]
+                if max_seconds is not None and n > max_seconds * sr:
+                    break  # decode_audio refuses it
         if not chunks:
             raise ValueError("no audio frames")
         return torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32)), int(sr)
     except StopIteration:
         raise DataError(f"{path}: no audio stream") from None
+    except DataError:
+        raise
     except Exception as e:  # av.error.*, ValueError, OSError
         raise DataError(f"{path}: unreadable audio ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 

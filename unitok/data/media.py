@@ -3,7 +3,8 @@
 * `list_media(dir, kind)`: files of one kind under a folder (recursive, sorted), by extension.
 * `SkipLog`: counts and remembers files that could not be read (never fatal), with one summary line.
 * `read_image(path)`: RGB uint8 array (H, W, 3); grayscale/palette/alpha converted; DataError if unreadable.
-* `read_video(path, max_frames, stride)`: RGB uint8 array (T, H, W, 3) via PyAV; DataError if unreadable.
+* `read_video(path, max_frames, stride)`: RGB uint8 array (T, H, W, 3) via PyAV; DataError if unreadable
+  or over its limits (frames, frames x pixels: checked against the header before decoding).
 * `to_tensor(img)` / `to_uint8(x)`: uint8 HWC <-> float CHW in [-1, 1].
 * `save_grid(rows, path)`: rows of uint8 images written as one PNG grid.
 * `write_video(stem, frames, fps)`: (T, H, W, 3) uint8 frames written as STEM.mp4 (H.264), or STEM.gif.
@@ -91,17 +92,31 @@ def read_image(path: str | Path, min_side: int = 1) -> np.ndarray:
 
 
 def read_video(path, max_frames: int | None = None, stride: int = 1, fps: float | None = None,
-               name: str | None = None) -> np.ndarray:
+               name: str | None = None, max_pixels: int | None = None, refuse_longer: bool = False) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB frames: every `stride`-th, or with `fps` one frame per 1/fps seconds (the
-    first at or after each tick), at most `max_frames`. `path` may be a file object (`name` for
-    messages). DataError if unreadable."""
+    first at or after each tick), at most `max_frames` (with `refuse_longer`, a longer video is refused
+    instead of cut); `max_pixels` bounds frames x width x height. The limits are checked against the
+    container's header before decoding, and again while decoding (a header may understate the length
+    or say nothing). `path` may be a file object (`name` for messages). DataError if unreadable or
+    over a limit."""
     import av
 
     name = name or str(path)
-    frames, tick = [], 0.0
+    at = f" at {fps:g} fps" if fps else ""
+    frames, tick, pixels = [], 0.0, 0
     try:
         with av.open(path if hasattr(path, "read") else str(path)) as c:
             stream = c.streams.video[0]
+            n = _stated_frames(c, stream, stride, fps)
+            if refuse_longer and n is not None and n > max_frames:
+                raise DataError(f"{name}: video of {n:,} frames{at} > max_video_frames {max_frames:,} "
+                                "(refused before decoding)")
+            n = max(n or 0, 1)  # an unknown length: one frame here, the rest while decoding
+            n = n if max_frames is None else min(n, max_frames)
+            W, H = stream.codec_context.width, stream.codec_context.height
+            if max_pixels is not None and n * W * H > max_pixels:
+                raise DataError(f"{name}: {n:,} frames of {W}x{H} px > max_video_pixels {max_pixels:,} "
+                                "(refused before decoding)")
             for i, fr in enumerate(c.decode(stream)):
                 if fps is None:
                     if i % stride:
@@ -111,14 +126,36 @@ def read_video(path, max_frames: int | None = None, stride: int = 1, fps: float 
                     if t + 1e-6 < tick:
                         continue
                     tick += 1.0 / fps
+                if max_frames is not None and len(frames) == max_frames:  # only with refuse_longer
+                    raise DataError(f"{name}: video of more than {max_frames:,} frames{at} > max_video_frames "
+                                    "(stopped decoding at the limit)")
+                pixels += fr.width * fr.height
+                if max_pixels is not None and pixels > max_pixels:
+                    raise DataError(f"{name}: frames of more than {max_pixels:,} px in all > max_video_pixels "
+                                    "(stopped decoding at the limit)")
                 frames.append(fr.to_ndarray(format="rgb24"))
-                if max_frames is not None and len(frames) >= max_frames:
+                if not refuse_longer and max_frames is not None and len(frames) >= max_frames:
                     break
     except (av.error.FFmpegError, IndexError, OSError, ValueError) as e:
         raise DataError(f"{name}: unreadable video ({str(e)[:120]})") from None
     if not frames:
         raise DataError(f"{name}: no video frames")
     return np.stack(frames)
+
+
+def _stated_frames(c, stream, stride: int, fps: float | None) -> int | None:
+    """The number of frames read_video would keep according to the container's header (its duration,
+    frame count and frame rate); None when the header says neither (e.g. a raw H.264 stream)."""
+    rate = float(stream.average_rate or 0)
+    seconds = (float(stream.duration * stream.time_base) if stream.duration
+               else c.duration / 1e6 if c.duration  # microseconds
+               else stream.frames / rate if stream.frames and rate else None)
+    native = stream.frames or (int(seconds * rate) if seconds and rate else None)
+    if fps is None:
+        return -(-native // stride) if native else None
+    if seconds is None:
+        return None
+    return min(int(seconds * fps), native) if native else int(seconds * fps)  # int: a border case is left to decoding
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

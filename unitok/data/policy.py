@@ -14,6 +14,11 @@ report, so that a prompt's media are encoded exactly as the training data were.
 * audio: the tokenizer's sample rate and channels (stereo mixed to mono for a mono codec), cut into
   chunks of at most `audio_max_seconds` (a last chunk shorter than one codec frame is dropped).
 
+Limits: a file's header is read before it is decoded, and a video longer than `max_video_frames` at
+`video_fps`, one whose decoded frames would exceed `max_video_pixels` (frames x width x height), or
+a recording longer than `max_recording_seconds` is refused with a one-line DataError; decoding also
+stops at the limit when the header understates the length.
+
 The policy is recorded with the data: in stats.json of the shards (`PretokenizeConfig`, which holds
 it) and from there in each unified checkpoint (`task.policy`); `MediaPolicy.from_record` reads it back.
 """
@@ -34,6 +39,10 @@ class MediaPolicy:
     video_fps: float = 8.0
     video_frames: int = 9  # frames per clip (what the video tokenizer takes, e.g. 1 + 4k)
     audio_max_seconds: float = 10.0
+    # limits, each checked against the file's header before decoding (and again while decoding)
+    max_video_frames: int = 4096  # frames at video_fps (8.5 min at 8 fps)
+    max_video_pixels: int = 500_000_000  # decoded frames x width x height, held as RGB: 1.5 GB (30 s of 1080p at 8 fps)
+    max_recording_seconds: float = 3600.0  # held whole as float32: 230 MB at 16 kHz mono, 1.4 GB at 48 kHz stereo
 
     @classmethod
     def from_record(cls, rec: dict | None) -> "MediaPolicy":
@@ -53,10 +62,12 @@ def image_input(source, size: int):
 
 def video_clips(source, policy: MediaPolicy, name: str | None = None) -> list:
     """A video (a path or a file object; `name` for messages) -> its clips, each (1, 3, T, S, S) with
-    T = policy.video_frames, S = policy.video_size. DataError when it is shorter than one clip."""
+    T = policy.video_frames, S = policy.video_size. DataError when it is shorter than one clip, or
+    longer than max_video_frames, or its frames exceed max_video_pixels."""
     from unitok.data.media import read_video
 
-    frames = read_video(source, max_frames=4096, fps=policy.video_fps, name=name)  # (T, H, W, 3)
+    frames = read_video(source, max_frames=policy.max_video_frames, fps=policy.video_fps, name=name,
+                        max_pixels=policy.max_video_pixels, refuse_longer=True)  # (T, H, W, 3)
     F_ = policy.video_frames
     if len(frames) < F_:
         raise DataError(f"video of {len(frames)} frames at {policy.video_fps:g} fps < one clip ({F_})")
@@ -68,18 +79,20 @@ def prompt_clip(source, policy: MediaPolicy, size: int, temporal_factor: int):
     first 1 + k x `temporal_factor` frames (what the video tokenizer takes). -> (1, 3, T, size, size)."""
     from unitok.data.media import read_video
 
-    frames = read_video(source, max_frames=policy.video_frames, fps=policy.video_fps)  # (T, H, W, 3)
+    frames = read_video(source, max_frames=policy.video_frames, fps=policy.video_fps,
+                        max_pixels=policy.max_video_pixels)  # (T, H, W, 3)
     T = 1 + (min(len(frames), policy.video_frames) - 1) // temporal_factor * temporal_factor
     return _clip(frames[:T], size)
 
 
-def load_audio(source, tokenizer, name: str | None = None):
+def load_audio(source, tokenizer, name: str | None = None, policy: MediaPolicy | None = None):
     """A recording (a path or a file object; `name` for messages) -> (C, N) float at the audio
-    tokenizer's sample rate and channels. DataError if unreadable or empty."""
+    tokenizer's sample rate and channels. DataError if unreadable, empty or longer than the policy's
+    (default: MediaPolicy's) max_recording_seconds."""
     from unitok.data.audio import decode_audio, to_model_format
 
     src = source if hasattr(source, "read") else str(source)
-    wav, sr = decode_audio(src, name or src)
+    wav, sr = decode_audio(src, name or src, (policy or MediaPolicy()).max_recording_seconds)
     return to_model_format(wav, sr, tokenizer.config.sample_rate, tokenizer.config.channels)
 
 

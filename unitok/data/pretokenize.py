@@ -4,10 +4,14 @@
 
 Inputs (any mix, read in the order given; inside a folder or tar in sorted / archive order):
 * JSONL manifests: one document per line, {"segments": [{"text": "..."}, {"image": "a.jpg"},
-  {"audio": "b.wav"}, {"video": "c.mp4"}]}, media paths relative to the manifest;
-* webdataset tar shards: members grouped by key (the name up to its first dot): media files and a
-  `.txt` or `.json` ({"text": ...} or {"caption": ...}) text. Read in memory, never extracted;
-  members that are not regular files, or larger than `max_member_mb`, are refused with a reason;
+  {"audio": "b.wav"}, {"video": "c.mp4"}]}, media paths relative to the manifest and inside its
+  folder (absolute paths, `..` out of it and symlinks out of it are refused unless
+  `allow_outside_paths`, the CLI's --allow-outside-paths);
+* webdataset tar shards: consecutive members with one key (the name up to its first dot) are a
+  sample: a media file and a `.txt` or `.json` ({"text": ...} or {"caption": ...}) text. Read as a
+  stream, one sample at a time, never extracted; links and other members that are not regular
+  files, members larger than `max_member_mb` and a tar larger than `max_tar_mb` (its file, or the
+  bytes read from a compressed one) are refused with a reason;
 * folders of media with same-stem `.txt` captions, or a `captions.tsv` / `transcripts.tsv`
   (file <TAB> text) beside them.
 For tar and folder pairs the order (text first or media first) is a seeded per-document choice
@@ -16,7 +20,8 @@ For tar and folder pairs the order (text first or media first) is a seeded per-d
 Policy (recorded in stats.json): the media policy of `unitok.data.policy` (images resized and
 centre-cropped to `image_size`; video at `video_fps` in clips of `video_frames` frames of
 `video_size`; audio at the tokenizer's rate and channels in chunks of at most `audio_max_seconds`),
-which `PretokenizeConfig` holds. A media file that is a document on its own or with its
+which `PretokenizeConfig` holds, with its limits (video frames and pixels, recording seconds: checked
+against each file's header before decoding). A media file that is a document on its own or with its
 caption (folders, tars) becomes one document per clip or chunk when it is split, without its text
 (a transcript stays with its audio only when the whole clip fits); inside an interleaved JSONL
 document the chunks stay consecutive spans of that document. A document longer than
@@ -24,7 +29,9 @@ document the chunks stay consecutive spans of that document. A document longer t
 
 SHARDS/: the layout of `unitok.data.shards` (which reads it). Documents are written in input order
 whatever the number of workers, and a run resumes from its last committed document (progress.json),
-so the output is byte-identical for any --workers and across interruptions.
+so the output is byte-identical for any --workers and across interruptions; resuming a complete
+output changes nothing. Every skipped input or document is in stats.json with its source and a
+reason that names the media file; a run that keeps no document is a DataError naming the reasons.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tarfile
@@ -63,6 +71,8 @@ class PretokenizeConfig(MediaPolicy):  # the media policy's fields first, then w
     max_doc_tokens: int | None = None  # longer documents are skipped (they cannot fit the context)
     max_image_pixels: int = 64_000_000  # decompression-bomb guard
     max_member_mb: float = 256.0  # tar members larger than this are refused
+    max_tar_mb: float = 16384.0  # a tar larger than this (its file, or the bytes read from it) is refused
+    allow_outside_paths: bool = False  # JSONL media paths may be absolute or lead out of the manifest's folder
     seed: int = 0
 
 
@@ -98,7 +108,7 @@ def iter_documents(inputs: list[str], cfg: PretokenizeConfig, skipped: list) -> 
         if p.is_dir():
             yield from _folder(p, cfg, skipped)
         elif p.suffix == ".jsonl":
-            yield from _jsonl(p, skipped)
+            yield from _jsonl(p, cfg, skipped)
         elif p.suffix == ".tar":
             yield from _tar(p, cfg, skipped)
         elif not p.exists():
@@ -107,29 +117,39 @@ def iter_documents(inputs: list[str], cfg: PretokenizeConfig, skipped: list) -> 
             skipped.append({"source": str(p), "reason": "not a .jsonl manifest, a .tar shard or a folder"})
 
 
-def _jsonl(p: Path, skipped: list) -> Iterator[tuple]:
+def _jsonl(p: Path, cfg: PretokenizeConfig, skipped: list) -> Iterator[tuple]:
     try:
         lines = p.read_bytes().split(b"\n")
     except OSError as e:
         skipped.append({"source": str(p), "reason": f"unreadable ({e.strerror})"})
         return
+    root = Path(os.path.realpath(p.parent))
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         src = f"{p}:{n}"
         try:
             doc = json.loads(line.decode("utf-8"))
-            segs = []
+            segs, outside = [], []
             for seg in doc["segments"]:
                 (kind, value), = seg.items()
                 if kind == "text":
                     segs.append(("text", str(value)))
                 elif kind in MEDIA_EXTS:
-                    segs.append((kind, Media(str(p.parent / value), path=str(p.parent / value))))
+                    rel = str(value)
+                    path = p.parent / rel
+                    # realpath resolves `..` and symlinks: a link inside the folder may lead out of it
+                    if os.path.isabs(rel) or not Path(os.path.realpath(path)).is_relative_to(root):
+                        outside.append(rel)
+                    segs.append((kind, Media(str(path), path=str(path))))
                 else:
                     raise ValueError(f"unknown segment kind {kind!r}")
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             skipped.append({"source": src, "reason": f"malformed line ({type(e).__name__}: {str(e)[:80]})"})
+            continue
+        if outside and not cfg.allow_outside_paths:
+            skipped.append({"source": src, "reason": f"media path outside the manifest's folder ({', '.join(outside)}; "
+                                                     "refused unless --allow-outside-paths)"})
             continue
         yield src, segs
 
@@ -167,43 +187,78 @@ def _folder(d: Path, cfg: PretokenizeConfig, skipped: list) -> Iterator[tuple]:
 
 
 def _tar(p: Path, cfg: PretokenizeConfig, skipped: list) -> Iterator[tuple]:
-    limit = int(cfg.max_member_mb * 2**20)
-    groups: dict[str, dict] = {}
+    """The samples of a webdataset tar as a stream: the members of a sample are consecutive (the
+    webdataset convention), so a sample is yielded when the next key starts and only its members are
+    held in memory; the data of members that are neither media nor text are never read."""
+    member_cap, tar_cap = int(cfg.max_member_mb * 2**20), int(cfg.max_tar_mb * 2**20)
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        skipped.append({"source": str(p), "reason": f"unreadable ({e.strerror})"})
+        return
+    if size > tar_cap:
+        skipped.append({"source": str(p), "reason": f"tar of {size / 2**20:,.0f} MB > max_tar_mb {cfg.max_tar_mb:g} "
+                                                    "(refused before reading)"})
+        return
+    key, members, done = None, {}, set()
     try:
         with tarfile.open(p, "r:*") as tf:
             for m in tf:
                 src = f"{p}:{m.name}"
+                if m.offset_data + m.size > tar_cap:  # a compressed tar inflates past its file size
+                    # the sample being read may continue in this member: it is refused with the rest
+                    rest = f"sample {key}" if members else "this member"
+                    skipped.append({"source": src, "reason": f"tar over max_tar_mb {cfg.max_tar_mb:g} (refused from "
+                                                             f"{rest} on)"})
+                    members = {}
+                    break
                 if not m.isfile():
                     if not m.isdir():
-                        skipped.append({"source": src, "reason": "not a regular file (refused)"})
+                        what = "symbolic link" if m.issym() else "hard link" if m.islnk() else "not a regular file"
+                        skipped.append({"source": src, "reason": f"{what} (refused)"})
                     continue
-                if m.size > limit:
-                    skipped.append({"source": src, "reason": f"member of {m.size / 2**20:.0f} MB > max_member_mb"})
+                if m.size > member_cap:
+                    skipped.append({"source": src, "reason": f"member of {m.size / 2**20:,.0f} MB > max_member_mb "
+                                                             f"{cfg.max_member_mb:g}"})
                     continue
                 base = os.path.basename(m.name)
                 if base.startswith(".") or "." not in base:
                     continue
-                key = os.path.join(os.path.dirname(m.name), base.split(".", 1)[0])
-                groups.setdefault(key, {})[base.split(".", 1)[1].lower()] = (m.name, tf.extractfile(m).read())
+                k, ext = os.path.join(os.path.dirname(m.name), base.split(".", 1)[0]), base.split(".", 1)[1].lower()
+                if k != key:
+                    if members and (doc := _sample(p, key, members, cfg, skipped)):
+                        yield doc
+                    done.add(key)
+                    key, members = k, {}
+                if k in done:
+                    skipped.append({"source": src, "reason": "not next to the earlier members of its sample (refused)"})
+                    continue
+                wanted = _kind(base) or ext in ("txt", "json")
+                members[ext] = (m.name, tf.extractfile(m).read() if wanted else None)
     except (tarfile.TarError, OSError, EOFError) as e:
         skipped.append({"source": str(p), "reason": f"unreadable tar ({type(e).__name__}: {str(e)[:80]})"})
-    for key, members in groups.items():
-        src = f"{p}:{key}"
-        media = [(k, n, raw) for ext, (n, raw) in members.items() if (k := _kind("x." + ext))]
-        if len(media) != 1:
-            skipped.append({"source": src, "reason": f"{len(media)} media files in the sample (need one)"})
-            continue
-        kind, name, raw = media[0]
-        text = None
-        try:
-            if "txt" in members:
-                text = _decode_text(members["txt"][1], f"{p}:{members['txt'][0]}").strip()
-            elif "json" in members:
-                meta = json.loads(_decode_text(members["json"][1], f"{p}:{members['json'][0]}"))
-                text = meta.get("text", meta.get("caption")) if isinstance(meta, dict) else None
-        except (DataError, json.JSONDecodeError) as e:
-            skipped.append({"source": src, "reason": f"{str(e).split(': ', 1)[-1]}; media kept without text"})
-        yield _pair(src, text, kind, Media(f"{p}:{name}", data=raw), cfg)
+    if members and (doc := _sample(p, key, members, cfg, skipped)):
+        yield doc
+
+
+def _sample(p: Path, key: str, members: dict, cfg: PretokenizeConfig, skipped: list) -> tuple | None:
+    """One tar sample ({extension: (member name, bytes)}) -> a document, or None (skipped with a reason)."""
+    src = f"{p}:{key}"
+    media = [(k, n, raw) for ext, (n, raw) in members.items() if (k := _kind("x." + ext))]
+    if len(media) != 1:
+        skipped.append({"source": src, "reason": f"{len(media)} media files in the sample (need one)"})
+        return None
+    kind, name, raw = media[0]
+    text = None
+    try:
+        if "txt" in members:
+            text = _decode_text(members["txt"][1], f"{p}:{members['txt'][0]}").strip()
+        elif "json" in members:
+            meta = json.loads(_decode_text(members["json"][1], f"{p}:{members['json'][0]}"))
+            text = meta.get("text", meta.get("caption")) if isinstance(meta, dict) else None
+    except (DataError, json.JSONDecodeError) as e:
+        skipped.append({"source": src, "reason": f"{str(e).split(': ', 1)[-1]}; media kept without text"})
+    return _pair(src, text, kind, Media(f"{p}:{name}", data=raw), cfg)
 
 
 # ------------------------------------------------------------------ tokenizing one document
@@ -236,7 +291,8 @@ class Tokenizing:
         self.vocab = UnifiedVocab.from_tokenizers(self.toks.values())
 
     def __call__(self, doc) -> tuple:
-        """-> (source, "ok", [Packed]), (source, "split", [Packed per chunk]) or (source, "skip", reason)."""
+        """-> (source, "ok", [Packed]), (source, "split", [Packed per chunk]) or (source, "skip", (media, why)),
+        media the name of the media file it is about (None for the document as a whole)."""
         source, segs = doc
         return (source, *self._tokenize(segs))
 
@@ -250,17 +306,18 @@ class Tokenizing:
                         raise DataError("no text tokenizer given")
                     out.append({"text": self.toks["text"].encode(value)})
                     continue
-                if kind not in self.toks:
-                    raise DataError(f"no {kind} tokenizer given")
-                chunks = self._encode(kind, self.inputs(kind, value))
+                try:
+                    if kind not in self.toks:
+                        raise DataError(f"no {kind} tokenizer given")
+                    chunks = self._encode(kind, self.inputs(kind, value))
+                except (DataError, ValueError, RuntimeError) as e:
+                    return "skip", (value.name, _why(e, value.name))
                 if single and len(chunks) > 1:  # a document per chunk; a transcript only with a whole clip
                     return "split", [self.vocab.pack([{kind: c}]) for c in chunks]
                 out.extend({kind: c} for c in chunks)
             packed = self.vocab.pack(out)
-        except DataError as e:
-            return "skip", str(e)
-        except (ValueError, RuntimeError) as e:
-            return "skip", f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        except (DataError, ValueError, RuntimeError) as e:
+            return "skip", (None, _why(e))
         return "ok", [packed]
 
     def _encode(self, kind: str, inputs: list) -> list:
@@ -281,20 +338,40 @@ class Tokenizing:
         try:
             return [image_input(m.open(), self.cfg.image_size)]  # (1, 3, S, S)
         except Image.DecompressionBombError as e:
-            raise DataError(f"refused: {e}") from None
+            raise DataError(f"image over max_image_pixels (refused: {e})") from None
         except DataError as e:
             why = str(e).split(": ", 1)[-1]
             raise DataError(why if why.startswith("too small") else f"unreadable image ({why.split('(', 1)[-1].rstrip(')')})") from None
 
     def _audio_inputs(self, m: Media) -> list:
         tok = self.toks["audio"]
-        wav = load_audio(m.open(), tok, m.name)
+        wav = load_audio(m.open(), tok, m.name, self.cfg)
         if wav.abs().max() < 1e-4:
             raise DataError("silent audio")
         return audio_chunks(wav, tok, self.cfg)
 
     def _video_inputs(self, m: Media) -> list:
         return video_clips(m.open(), self.cfg, m.name)
+
+
+def _why(e: Exception, name: str | None = None) -> str:
+    """A skip reason: a DataError's message less the file name it may start with (the reason puts the
+    name first itself), or another error's type and first line."""
+    if not isinstance(e, DataError):
+        return f"{type(e).__name__} ({str(e).splitlines()[0][:160]})" if str(e) else type(e).__name__
+    why = str(e)
+    return why[len(name) + 2:] if name and why.startswith(f"{name}: ") else why
+
+
+def _reason_kind(why: str) -> str:
+    """What skip reasons are counted by: the reason before its details, numbers as N
+    ("unreadable image (truncated)" -> "unreadable image", "member of 300 MB > ..." -> "member of N MB > ...")."""
+    return re.sub(r"(?<![\w-])\d[\d,.]*", "N", why.split(" (")[0].split(";")[0])  # not the 8 of UTF-8
+
+
+def _nothing_kept(stats: dict, out: Path) -> DataError:
+    reasons = ", ".join(f"{k} ({n})" for k, n in stats["skip_reasons"].items()) or "the inputs hold no document"
+    return DataError(f"{out}: no document kept; skipped: {reasons} (each skip with its source in {out / STATS})")
 
 
 # ------------------------------------------------------------------ the run
@@ -357,8 +434,6 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         raise ConfigError("--workers under torchrun: every rank is one worker; leave --workers at 0")
     if out.exists() and any(out.iterdir()) and not resume:
         raise DataError(f"{out} is not empty; pass --resume to continue an interrupted run or choose another --out")
-    if resume and (out / STATS).is_file() and not prog_path.is_file():
-        raise DataError(f"{out} is complete (stats.json); nothing to resume")
     import torch
 
     device = f"cuda:{local}" if ddp and torch.cuda.is_available() else "cpu"
@@ -367,8 +442,11 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
     identities = {m: t.identity() for m, t in main_tok.toks.items()}
     dtype = vocab.id_dtype
     policy = asdict(cfg)
+    if resume and (out / STATS).is_file() and not prog_path.is_file():
+        return _complete(out, inputs, policy, identities, main, progress)
     done, sizes = 0, [0, 0, 8]
-    stats = {"documents": 0, "tokens": 0, "tokens_per_modality": {}, "skipped": [], "split_documents": 0}
+    stats = {"documents": 0, "tokens": 0, "tokens_per_modality": {}, "skipped": [], "skip_reasons": {},
+             "split_documents": 0}
     if resume and prog_path.is_file():
         prog = json.loads(prog_path.read_text())
         if prog["policy"] != policy or prog["vocab_hash"] != vocab.hash or prog["inputs"] != [str(i) for i in inputs]:
@@ -407,6 +485,14 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
                                    "policy": policy, "vocab_hash": vocab.hash, "inputs": [str(i) for i in inputs]}))
         os.replace(tmp, prog_path)
 
+    def count(why: str):
+        kind = _reason_kind(why)
+        stats["skip_reasons"][kind] = stats["skip_reasons"].get(kind, 0) + 1
+
+    def skip(source: str, why: str, media: str | None = None):
+        stats["skipped"].append({"source": source, "reason": f"{media}: {why}" if media else why})
+        count(why)
+
     def write(packed):
         nonlocal n_tokens
         if cfg.max_doc_tokens and len(packed.ids) > cfg.max_doc_tokens:
@@ -441,14 +527,15 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         for doc, kind, payload in results:
             seen += 1
             if kind == "skip":
-                stats["skipped"].append({"source": doc, "reason": payload})
+                media, why = payload
+                skip(doc, why, media)
             else:
                 if kind == "split":
                     stats["split_documents"] += 1
                 for packed in payload:
                     why = write(packed)
                     if why:
-                        stats["skipped"].append({"source": doc, "reason": why})
+                        skip(doc, why)
             if seen % commit_every == 0:
                 commit()
             if progress and time.time() - last_print > 10:
@@ -469,12 +556,31 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         for fh in files:
             fh.close()
     stats["skipped"] = skipped_inputs + stats["skipped"]  # unreadable inputs (manifests, archives) first
+    for x in skipped_inputs:
+        count(x["reason"])
+    stats["skip_reasons"] = dict(sorted(stats["skip_reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
     stats.update(vocab_size=vocab.size, dtype=np.dtype(dtype).name, policy=policy, inputs=[str(i) for i in inputs],
                  tokenizers=identities,
                  timings={"seconds": round(time.time() - t0, 2), "workers": workers, "processes": world})
     (out / STATS).write_text(json.dumps(stats, indent=1) + "\n")
     prog_path.unlink(missing_ok=True)
+    if not stats["documents"]:
+        raise _nothing_kept(stats, out)
     return stats
+
+
+def _complete(out: Path, inputs, policy: dict, identities: dict, main: bool, progress: bool) -> dict | None:
+    """--resume on a complete output: its stats, nothing written, when it was made from these inputs,
+    tokenizers and policy (a ConfigError otherwise)."""
+    stats = json.loads((out / STATS).read_text())
+    same = json.loads(json.dumps([[str(i) for i in inputs], policy, identities]))  # as stats.json holds them
+    if [stats.get("inputs"), stats.get("policy"), stats.get("tokenizers")] != same:
+        raise ConfigError(f"{out} is complete, from other inputs, tokenizers or policy; choose another --out")
+    if not stats["documents"]:
+        raise _nothing_kept(stats, out)
+    if main and progress:
+        print(f"pretokenize: {out} is already complete (stats.json); nothing to do", file=sys.stderr, flush=True)
+    return stats if main else None
 
 
 def _follow(docs, tok, world: int, rank: int, done: int, stop_after: int | None) -> None:
@@ -493,6 +599,7 @@ def run_cli(args) -> int:
     from unitok.config import from_dict, parse_overrides
 
     cfg = from_dict(PretokenizeConfig, parse_overrides(args.set or []), source="--set")
+    cfg.allow_outside_paths |= args.allow_outside_paths
     try:
         stats = pretokenize(args.data, args.tokenizer, args.out, cfg, workers=args.workers, resume=args.resume)
     except KeyboardInterrupt:
