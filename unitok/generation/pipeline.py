@@ -384,7 +384,7 @@ class Pipeline:
         from unitok.data.policy import audio_chunks, load_audio
 
         tok = self.tokenizers["audio"]
-        wav = load_audio(require_file(path, "audio"), tok)
+        wav = load_audio(require_file(path, "audio"), tok, policy=self.policy)
         try:
             chunks = audio_chunks(wav, tok, self.policy)
         except DataError as e:
