@@ -379,3 +379,37 @@ def test_hf_text_tokenizer_encodes_and_decodes_like_tokenizers(tokenizer_json, t
     (tmp_path / "t" / "tokenizer.json").write_text("{}")
     with pytest.raises(CheckpointError):
         load_tokenizer(tmp_path / "t")
+
+
+def test_vocabulary_of_an_imported_model():
+    """Special tokens inside the text range: packing, unpacking, names, manifest, and what is refused."""
+    specials = {"<bos>": 7, "<eos>": 9, "<pad>": 9}
+    v = UnifiedVocab(20, max_size=0, spans={}, specials=specials)
+    assert (v.size, v.size_start, v.bos, v.eos, v.pad) == (20, 20, 7, 9, 9)
+    packed = v.pack([{"text": [3, 4]}])
+    assert packed.ids.tolist() == [7, 3, 4, 9]
+    assert v.unpack(packed.ids).segments == [{"text": [3, 4]}]
+    again = UnifiedVocab.from_manifest(v.manifest())
+    assert again.special == v.special and again.hash == v.hash
+    assert v.hash != UnifiedVocab(20, max_size=0, spans={}, specials={**specials, "<pad>": 8}).hash
+    assert "special_ids" not in UnifiedVocab(20).manifest()  # unitok's own vocabularies are unchanged
+    with pytest.raises(ValueError, match=r"text id in \[0, 20\)"):
+        UnifiedVocab(20, max_size=0, spans={}, specials={"<eos>": 20})
+    with pytest.raises(ValueError, match="share an id"):
+        UnifiedVocab(20, specials={"<bos>": 1, "<boi>": 1})
+    with pytest.raises(ValueError, match="span header holds size tokens"):
+        UnifiedVocab(20, max_size=0)
+
+
+def test_pipeline_text_output_leaves_out_an_imported_eos(folders, tmp_path):
+    """With <eos> a text id (here id 0), a text answer ends at it and does not print it."""
+    from unitok.generation import Pipeline
+
+    src = tmp_path / "src"
+    shutil.copytree(folders["llama"][0], src)
+    _edit_config(src, bos_token_id=1, eos_token_id=0)
+    loaded = load_model(import_checkpoint(src, tmp_path / "run"))
+    with torch.no_grad():
+        loaded.model.norm.weight.zero_()  # every logit 0: greedy picks id 0, the <eos>
+    result = Pipeline(loaded)("text-to-text", prompt="The quick", max_new_tokens=3, temperature=0)
+    assert result.samples[0].ids == [0] and result.samples[0].text == ""
