@@ -266,7 +266,11 @@ def test_export_of_an_import_serves_its_tokenizer(folders, tmp_path):
     assert (tok.bos_token_id, tok.eos_token_id) == (0, 1)
     result = Pipeline.from_pretrained(out)("text-to-text", prompt="The quick", max_new_tokens=3, temperature=0)
     assert len(result.samples[0].ids) == 3
-    # `unitok checkpoint export` of the folder writes our names again
+    # exporting the export writes the same tensors; `unitok checkpoint export` of it writes our names again
+    from safetensors.torch import load_file
+
+    first, again = load_file(out / "model.safetensors"), load_file(export_hf(out, tmp_path / "again") / "model.safetensors")
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
     assert main(["checkpoint", "export", str(out), "--out", str(tmp_path / "plain")]) == 0
     assert "layout" not in json.loads((tmp_path / "plain" / "model.json").read_text())
     assert load_model(tmp_path / "plain").model.state_dict().keys() == load_model(run).model.state_dict().keys()
@@ -302,6 +306,7 @@ def _edit_config(folder: Path, **changes) -> None:
 @pytest.mark.parametrize("case,expected", [
     ("no-folder", "model folder not found"),
     ("no-config", "no config.json"),
+    ("no-model-type", "names no model_type; pass --format"),
     ("unknown-architecture", "unknown architecture 'mistral'"),
     ("wrong-format", "describes a llama model, not qwen3"),
     ("shape", "config.json implies"),
@@ -320,6 +325,8 @@ def test_bad_folders_give_one_line_errors(folders, tmp_path, capsys, case, expec
         src = tmp_path / "missing"
     elif case == "no-config":
         (src / "config.json").unlink()
+    elif case == "no-model-type":
+        _edit_config(src, model_type=None, architectures=None)
     elif case == "unknown-architecture":
         _edit_config(src, model_type="mistral", architectures=["MistralForCausalLM"])
     elif case == "wrong-format":
@@ -345,6 +352,14 @@ def test_bad_folders_give_one_line_errors(folders, tmp_path, capsys, case, expec
                                    "--format", fmt])
     assert expected in err
     assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def test_format_names_the_family_where_config_json_does_not(folders, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(folders["qwen2"][0], src)
+    _edit_config(src, model_type=None, architectures=None)
+    cfg = load_model(import_checkpoint(src, tmp_path / "run", "qwen2")).model.cfg
+    assert cfg.qkv_bias and not cfg.qk_norm
 
 
 def test_bad_index_cannot_name_files_outside_the_folder(folders, tmp_path):

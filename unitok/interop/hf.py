@@ -161,8 +161,6 @@ def export_hf(run, out) -> Path:
     meta = ck.read_meta(ckpt)
     if meta["kind"] != "transformer" or not (ckpt / ck.VOCAB_JSON).is_file():
         raise CheckpointError(f"{ckpt}: not a language model with a vocabulary; export-hf writes language models")
-    if meta.get("layout"):
-        raise CheckpointError(f"{ckpt}: already a transformers checkpoint ({meta['layout']} layout)")
     state = ck.read_state(ckpt)
     if (state.get("recipe") or {}).get("bidirectional_images"):
         raise CheckpointError(f"{ckpt}: trained with bidirectional_images (full attention inside image spans); "
@@ -170,7 +168,7 @@ def export_hf(run, out) -> Path:
     cfg = from_dict(ModelConfig, meta["config"], source=str(ckpt / ck.MODEL_JSON))
     tokenizers = ck.load_tokenizers(ckpt, meta)
     vocab = ck.load_vocab(ckpt, tokenizers, cfg.vocab_size)
-    weights = ck.read_weights(ckpt, meta.get("weights", "model"))
+    weights = unitok_weights(meta, ck.read_weights(ckpt, meta.get("weights", "model")), ckpt)
     dtype = weights["tok_emb.weight"].dtype
     config = hf_config(cfg, vocab, dtype)
 

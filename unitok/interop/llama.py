@@ -209,7 +209,7 @@ def to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.T
     for ours, t in state.items():
         parts = _names(ours)
         for n, piece in zip(parts, t.chunk(len(parts))):
-            out[n] = piece.contiguous()
+            out[n] = piece.clone() if len(parts) > 1 else t.contiguous()  # no two views of one storage
         if ours.endswith("attn.wo.weight") and cfg.qkv_bias:
             out[parts[0].replace(".weight", ".bias")] = t.new_zeros(t.shape[0])
     return out
