@@ -25,8 +25,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from abc import abstractmethod
 from pathlib import Path
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import sentencepiece as spm
 
@@ -40,15 +41,52 @@ TOKENIZER_JSON = "tokenizer.json"
 _META = "\u2581"
 
 
-class TextTokenizer(Tokenizer):
-    type_name = "text-sentencepiece"
+class _OneFileTextTokenizer(Tokenizer):
+    """What both text tokenizers share: the model is one file (`_data`, bytes), saved under
+    `file_name` beside a config.json that records its hash, which loading checks."""
+
     modality = "text"
+    file_name: ClassVar[str]
+    _data: bytes
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return [self.vocab_size]
+
+    def identity(self) -> dict:
+        return {"type": self.type_name, "vocab_size": self.vocab_size, "sha256": hashlib.sha256(self._data).hexdigest()[:16]}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / self.file_name).write_bytes(self._data)
+        (d / CONFIG_NAME).write_text(json.dumps({**self.identity(), "model_file": self.file_name}, indent=2) + "\n")
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path):
+        d = Path(directory)
+        cfg = _read_config(d, cls.type_name)
+        tok = cls._from_saved(d / cfg.get("model_file", cls.file_name), cfg)
+        if cfg.get("sha256") and tok.identity()["sha256"] != cfg["sha256"]:
+            raise CheckpointError(f"{d}: {cls.file_name} does not match the hash in {CONFIG_NAME} (modified or corrupt)")
+        return tok
+
+    @classmethod
+    @abstractmethod
+    def _from_saved(cls, path: Path, cfg: dict):
+        """The tokenizer in `path`, with what its config.json says."""
+
+
+class TextTokenizer(_OneFileTextTokenizer):
+    type_name = "text-sentencepiece"
+    file_name = MODEL_NAME
 
     def __init__(self, model_proto: bytes):
-        self._proto = bytes(model_proto)
+        self._data = bytes(model_proto)
         self.sp = spm.SentencePieceProcessor()
         try:
-            self.sp.LoadFromSerializedProto(self._proto)
+            self.sp.LoadFromSerializedProto(self._data)
         except (RuntimeError, OSError) as e:
             raise CheckpointError(f"not a valid SentencePiece model ({str(e).splitlines()[0]})") from None
         self._meta_bytes = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in _META.encode()]
@@ -126,35 +164,16 @@ class TextTokenizer(Tokenizer):
     @property
     def model_proto(self) -> bytes:
         """The serialized SentencePiece model: `TextTokenizer(tok.model_proto)` is the same tokenizer."""
-        return self._proto
+        return self._data
 
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
-    @property
-    def codebook_sizes(self) -> list[int]:
-        return [self.vocab_size]
-
-    def identity(self) -> dict:
-        return {"type": self.type_name, "vocab_size": self.vocab_size, "sha256": hashlib.sha256(self._proto).hexdigest()[:16]}
-
     # ------------------------------------------------------------ save/load
-    def save_pretrained(self, directory: str | Path) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / MODEL_NAME).write_bytes(self._proto)
-        (d / CONFIG_NAME).write_text(json.dumps({**self.identity(), "model_file": MODEL_NAME}, indent=2) + "\n")
-        return d
-
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "TextTokenizer":
-        d = Path(directory)
-        cfg = _read_config(d, cls.type_name)
-        tok = cls.from_model_file(d / cfg.get("model_file", MODEL_NAME))
-        if cfg.get("sha256") and tok.identity()["sha256"] != cfg["sha256"]:
-            raise CheckpointError(f"{d}: {MODEL_NAME} does not match the hash in {CONFIG_NAME} (modified or corrupt)")
-        return tok
+    def _from_saved(cls, path: Path, cfg: dict) -> "TextTokenizer":
+        return cls.from_model_file(path)
 
     @classmethod
     def from_model_file(cls, path: str | Path) -> "TextTokenizer":
@@ -167,20 +186,20 @@ class TextTokenizer(Tokenizer):
             raise CheckpointError(f"{p}: {e}") from None
 
 
-class HFTextTokenizer(Tokenizer):
+class HFTextTokenizer(_OneFileTextTokenizer):
     """A `tokenizer.json` through the `tokenizers` package. `vocab_size`: the model's text id range,
     at least the tokenizer's (models pad their embedding beyond it, e.g. Qwen2's 151,936 rows for
     151,665 tokens); None: the tokenizer's own, its largest id + 1."""
 
     type_name = "text-hf-tokenizer"
-    modality = "text"
+    file_name = TOKENIZER_JSON
 
     def __init__(self, tokenizer_json: bytes, vocab_size: int | None = None):
         from tokenizers import Tokenizer as HFTokenizer
 
-        self._json = bytes(tokenizer_json)
+        self._data = bytes(tokenizer_json)
         try:
-            self.tk = HFTokenizer.from_str(self._json.decode("utf-8"))
+            self.tk = HFTokenizer.from_str(self._data.decode("utf-8"))
         except Exception as e:  # tokenizers raises its own Exception types for malformed files
             raise CheckpointError(f"not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from None
         own = max(self.tk.get_vocab(with_added_tokens=True).values(), default=-1) + 1
@@ -207,34 +226,15 @@ class HFTextTokenizer(Tokenizer):
 
     @property
     def tokenizer_json(self) -> bytes:
-        return self._json
+        return self._data
 
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
 
-    @property
-    def codebook_sizes(self) -> list[int]:
-        return [self.vocab_size]
-
-    def identity(self) -> dict:
-        return {"type": self.type_name, "vocab_size": self.vocab_size, "sha256": hashlib.sha256(self._json).hexdigest()[:16]}
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / TOKENIZER_JSON).write_bytes(self._json)
-        (d / CONFIG_NAME).write_text(json.dumps({**self.identity(), "tokenizer_file": TOKENIZER_JSON}, indent=2) + "\n")
-        return d
-
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "HFTextTokenizer":
-        d = Path(directory)
-        cfg = _read_config(d, cls.type_name)
-        tok = cls.from_file(d / TOKENIZER_JSON, vocab_size=cfg.get("vocab_size"))
-        if cfg.get("sha256") and tok.identity()["sha256"] != cfg["sha256"]:
-            raise CheckpointError(f"{d}: {TOKENIZER_JSON} does not match the hash in {CONFIG_NAME} (modified or corrupt)")
-        return tok
+    def _from_saved(cls, path: Path, cfg: dict) -> "HFTextTokenizer":
+        return cls.from_file(path, vocab_size=cfg.get("vocab_size"))
 
     @classmethod
     def from_file(cls, path: str | Path, vocab_size: int | None = None) -> "HFTextTokenizer":
