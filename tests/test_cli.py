@@ -8,7 +8,8 @@ from unitok.cli import build_parser, main
 SUBCOMMANDS = [
     ["demo"], ["text", "train-tokenizer"], ["text", "encode"], ["lm", "train"], ["lm", "sample"],
     ["tokenizer", "train"], ["tokenizer", "bench"], ["bench", "text-lm"], ["bench", "kernels"], ["vocab", "show"], ["vocab", "build"],
-    ["checkpoint", "export"], ["checkpoint", "convert"], ["pretokenize"], ["shards", "show"], ["shards", "decode"],
+    ["checkpoint", "export"], ["checkpoint", "convert"], ["checkpoint", "import"], ["checkpoint", "export-hf"],
+    ["pretokenize"], ["shards", "show"], ["shards", "decode"],
     ["train"], ["bench", "train"], ["bench", "generate"], ["bench", "rd"], ["generate"], ["bench", "overfit"],
     ["bench", "pretokenize"],
 ]

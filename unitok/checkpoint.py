@@ -271,7 +271,12 @@ def load_model(path, *, map_location="cpu", weights: str | None = None) -> Loade
                 cfg[k] = "auto"
         meta = {**meta, "config": cfg}
     model, cfg = build_model(meta, ckpt / MODEL_JSON)
-    load_into(model, read_weights(ckpt, weights or meta.get("weights", "model"), map_location), ckpt)
+    state = read_weights(ckpt, weights or meta.get("weights", "model"), map_location)
+    if "layout" in meta:  # weights under transformers' names (`unitok checkpoint export-hf`)
+        from unitok.interop import unitok_weights
+
+        state = unitok_weights(meta, state, ckpt)
+    load_into(model, state, ckpt)
     model.eval()
     out = Loaded(model=model, kind=meta["kind"], config=cfg, path=ckpt, state=read_state(ckpt))
     out.tokenizers = load_tokenizers(ckpt, meta)
@@ -314,6 +319,10 @@ def export(path, out) -> Path:
     ckpt = resolve(path)
     meta = read_meta(ckpt)
     weights = read_weights(ckpt, meta.get("weights", "model"))
+    if "layout" in meta:  # an export-hf folder: written back under our names
+        from unitok.interop import unitok_weights
+
+        weights = unitok_weights(meta, weights, ckpt)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out} exists and is not empty; choose another --out")

@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", default="attention,ce,rms_norm", help="which benchmarks to run (default: all three)")
 
     # --- checkpoint
-    ck = sub.add_parser("checkpoint", help="export and convert checkpoints").add_subparsers(
+    ck = sub.add_parser("checkpoint", help="export, convert and import checkpoints").add_subparsers(
         dest="checkpoint_command", metavar="COMMAND")
     ck.required = True
     p = _add(ck, "export", "unitok.checkpoint:export_cli", "write a consolidated checkpoint for inference",
@@ -232,6 +232,24 @@ def build_parser() -> argparse.ArgumentParser:
              "optimizer). Tokenizer folders written by save_pretrained (OUT/final) load as they are.")
     p.add_argument("old", help="old run directory or checkpoint directory")
     p.add_argument("new", help="directory to write the converted run into")
+    p = _add(ck, "import", "unitok.interop.hf:import_cli", "import a transformers model folder (Llama, Qwen2, Qwen3)",
+             "Read a transformers folder (config.json, model.safetensors or its sharded index, tokenizer.json; a\n"
+             "pytorch_model.bin only through unitok's pickle reader, which executes nothing) and write a unitok\n"
+             "run: the weights under our names, the tokenizer.json as its text tokenizer and a vocabulary of the\n"
+             "model's own ids. `unitok lm sample`, `unitok generate --task text-to-text` and load_model read it.\n"
+             "What maps to what, and what is refused: docs/interop.md.",
+             epilog="example:\n  unitok checkpoint import ~/models/Qwen3-0.6B --out runs/qwen3")
+    p.add_argument("src", help="transformers model folder")
+    p.add_argument("--out", required=True, help="run directory to write (its checkpoint/ must not exist)")
+    p.add_argument("--format", default="auto", choices=["auto", "llama", "qwen2", "qwen3"],
+                   help="model family (default: auto, config.json's model_type)")
+    p = _add(ck, "export-hf", "unitok.interop.hf:export_hf_cli", "write a run as a transformers checkpoint",
+             "Write RUN's model as a folder that AutoModelForCausalLM.from_pretrained loads without custom code\n"
+             "(Qwen3 layout when the model has QK-norm, Llama without), with the unitok vocabulary and\n"
+             "tokenizers beside it (Pipeline.from_pretrained loads the folder too) and a README card. Models no\n"
+             "stock transformers class computes are refused with the reason (docs/interop.md).")
+    p.add_argument("run", help="run directory or checkpoint directory")
+    p.add_argument("--out", required=True, help="new directory for the transformers checkpoint")
 
     # --- generate (any-to-any, from a unified checkpoint)
     p = _add(sub, "generate", "unitok.generation.pipeline:run_cli",

@@ -21,7 +21,9 @@ modality to a `SpanFormat` (begin and end marker, grid axes, the axes written as
 header), `vocab.marker_ids` gives the markers' ids and `vocab.span_head` the ids that open a span;
 the grammar, the generation pipeline, guidance, packed batches and pretokenize read them there; `vocab.id_dtype` is the token
 shards' dtype. The layout above is `UNITOK_SPANS`, the default; the special tokens are <bos> <eos>
-<pad> and then the begin and end marker of each span format, in modality order.
+<pad> and then the begin and end marker of each span format, in modality order. A vocabulary that
+describes an imported model's ids as they are (`unitok.interop`) names the text ids its special tokens
+already have (`specials`, recorded as `special_ids`) and may have no size tokens (`max_size` 0).
 
 Codes are laid out position-major, level-minor: all levels of one position
 (pixel of the latent grid, or audio frame) come before the next position, so a
@@ -162,7 +164,13 @@ class UnifiedVocab:
     """The shared id space of text, special tokens, size tokens and media codebooks.
 
     `spans`: the span format of each media modality (default `UNITOK_SPANS`); every codebook needs
-    one, and their markers follow <bos> <eos> <pad> as special tokens."""
+    one, and their markers follow <bos> <eos> <pad> as special tokens.
+
+    `specials`: special tokens that already have an id inside the text range, {name: id}: a model
+    imported from elsewhere keeps its own ids (`unitok.interop`; Llama 3's <bos> is text id 128000).
+    Those ids must be distinct, except that <bos>, <eos> and <pad> may share one (Qwen separates
+    documents with one token); the special tokens not named follow the text ids as usual. `max_size`
+    may be 0 (no size tokens) where no span has a header."""
 
     def __init__(
         self,
@@ -172,11 +180,12 @@ class UnifiedVocab:
         max_size: int = 1024,
         text_tokenizer: Mapping[str, Any] | None = None,
         spans: Mapping[str, SpanFormat] | None = None,
+        specials: Mapping[str, int] | None = None,
     ):
         if text_size < 0:
             raise ValueError("text_size must be >= 0")
-        if max_size < 1:
-            raise ValueError("max_size must be >= 1")
+        if max_size < 0:
+            raise ValueError("max_size must be >= 0")
         books = list(codebooks.values()) if isinstance(codebooks, Mapping) else list(codebooks)
         self.codebooks: dict[str, CodebookSpec] = {}
         for cb in books:
@@ -198,11 +207,17 @@ class UnifiedVocab:
         self.special_tokens = _DOCUMENT_TOKENS + tuple(t for f in self.spans.values() for t in (f.begin, f.end))
         if len(set(self.special_tokens)) < len(self.special_tokens):
             raise ValueError(f"special tokens must be distinct, got {self.special_tokens}")
+        if max_size < 1 and any(f.header for f in self.spans.values()):
+            raise ValueError("max_size must be >= 1: a span header holds size tokens")
+        self.specials = _check_specials(specials or {}, self.special_tokens, text_size)
 
-        self.special = {tok: text_size + i for i, tok in enumerate(self.special_tokens)}
+        # the special tokens with an id of their own follow the text ids
+        appended = [tok for tok in self.special_tokens if tok not in self.specials]
+        self.special = {tok: self.specials[tok] if tok in self.specials else text_size + appended.index(tok)
+                        for tok in self.special_tokens}
         # modality -> (begin, end) marker ids
         self.marker_ids = {m: (self.special[f.begin], self.special[f.end]) for m, f in self.spans.items()}
-        self.size_start = text_size + len(self.special_tokens)  # id of <size:1>
+        self.size_start = text_size + len(appended)  # id of <size:1>
         nxt = self.size_start + max_size
         # (modality, level) -> start id of that level's range
         self.code_start: dict[tuple[str, int], int] = {}
@@ -264,11 +279,11 @@ class UnifiedVocab:
     def token_name(self, i: int) -> str:
         """Human-readable name of an id, for debugging and error messages."""
         i = int(i)
-        if 0 <= i < self.text_size:
-            return f"text:{i}"
         for tok, j in self.special.items():
             if i == j:
                 return tok
+        if 0 <= i < self.text_size:
+            return f"text:{i}"
         if self.size_start <= i < self._media_start:
             return f"<size:{i - self.size_start + 1}>"
         if self._media_start <= i < self.size:
@@ -383,12 +398,12 @@ class UnifiedVocab:
 
         while i < n:
             t = int(arr[i])
-            if 0 <= t < self.text_size:
+            if t in skip:  # before text: an imported vocabulary's <bos> and <eos> are text ids
+                end_stray(i)
+                i += 1
+            elif 0 <= t < self.text_size:
                 end_stray(i)
                 text.append(t)
-                i += 1
-            elif t in skip:
-                end_stray(i)
                 i += 1
             elif t in begin_of and begin_of[t] in self.codebooks:
                 end_stray(i)
@@ -475,6 +490,8 @@ class UnifiedVocab:
             "ranges": self._ranges(),
             "total_size": self.size,
         }
+        if self.specials:  # only then: manifests without it keep their hash
+            body["special_ids"] = dict(self.specials)
         return {**body, "hash": _hash(body)}
 
     @property
@@ -498,7 +515,7 @@ class UnifiedVocab:
             spans = {m: SpanFormat.from_json(f) for m, f in manifest.get("spans", _spans_json(UNITOK_SPANS)).items()}
             books = [CodebookSpec(m, c["size"], c["levels"], c.get("tokenizer", {})) for m, c in manifest["codebooks"].items()]
             vocab = cls(manifest["text"]["size"], books, max_size=manifest["max_size"], text_tokenizer=manifest["text"].get("tokenizer"),
-                        spans=spans)
+                        spans=spans, specials=manifest.get("special_ids"))
             if list(manifest["special_tokens"]) != list(vocab.special_tokens):
                 raise VocabMismatchError(f"{source}: special tokens {manifest['special_tokens']} differ from those of its "
                                          f"span layout {list(vocab.special_tokens)}")
@@ -538,26 +555,43 @@ class UnifiedVocab:
 
     @classmethod
     def from_tokenizers(cls, tokenizers: Mapping[str, Any] | Iterable[Any], *, max_size: int = 1024,
-                        spans: Mapping[str, SpanFormat] | None = None) -> "UnifiedVocab":
+                        spans: Mapping[str, SpanFormat] | None = None,
+                        specials: Mapping[str, int] | None = None) -> "UnifiedVocab":
         """The vocabulary of any set of tokenizers (at most one text tokenizer and one per media
         modality): text ids from the text tokenizer (none without one), then one codebook range
-        per media tokenizer level, each identified by the tokenizer's identity; `spans` as in the
-        constructor."""
+        per media tokenizer level, each identified by the tokenizer's identity; `spans` and
+        `specials` as in the constructor."""
         toks = list(tokenizers.values()) if isinstance(tokenizers, Mapping) else list(tokenizers)
         text = [t for t in toks if t.modality == "text"]
         if len(text) > 1:
             raise ValueError("more than one text tokenizer")
         books = [t.codebook_spec() for t in toks if t.modality != "text"]
         return cls(text[0].vocab_size if text else 0, books, max_size=max_size,
-                   text_tokenizer=text[0].identity() if text else None, spans=spans)
+                   text_tokenizer=text[0].identity() if text else None, spans=spans, specials=specials)
 
     def check_tokenizers(self, tokenizers, what: str = "tokenizers") -> None:
         """Raise `VocabMismatchError` unless `tokenizers` build exactly this vocabulary."""
-        UnifiedVocab.from_tokenizers(tokenizers, max_size=self.max_size, spans=self.spans).check_same(self, what=what)
+        UnifiedVocab.from_tokenizers(tokenizers, max_size=self.max_size, spans=self.spans,
+                                     specials=self.specials).check_same(self, what=what)
 
     def __repr__(self) -> str:
         books = ", ".join(f"{m}={cb.levels}x{cb.size}" for m, cb in self.codebooks.items())
         return f"UnifiedVocab(size={self.size}, text={self.text_size}, {books})"
+
+
+def _check_specials(specials: Mapping[str, int], names: tuple[str, ...], text_size: int) -> dict[str, int]:
+    """`specials` ({name: id} inside the text range) checked against the vocabulary's special tokens."""
+    out = {}
+    for name, i in specials.items():
+        if name not in names:
+            raise ValueError(f"special token {name!r} is not one of this vocabulary's {names}")
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < text_size:
+            raise ValueError(f"special token {name} must have a text id in [0, {text_size}), got {i!r}")
+        out[name] = i
+    markers = [i for n, i in out.items() if n not in _DOCUMENT_TOKENS]
+    if len(set(markers)) < len(markers) or set(markers) & {i for n, i in out.items() if n in _DOCUMENT_TOKENS}:
+        raise ValueError(f"special tokens {out} share an id (only <bos>, <eos> and <pad> may)")
+    return out
 
 
 def _spans_json(spans: Mapping[str, SpanFormat]) -> dict:

@@ -405,7 +405,7 @@ class Pipeline:
     def _read(self, output: str, req: _Request, new: list[int]) -> Sample:
         v = self.vocab
         if output == "text":
-            keep = [t for t in new if t < v.text_size]
+            keep = [t for t in new if t < v.text_size and t != v.eos]  # an imported <eos> is a text id
             return Sample(ids=new, text=self.tokenizers["text"].decode(keep))
         span = req.ids[req.span_start:] + new
         un = v.unpack(span)

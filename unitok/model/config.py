@@ -13,7 +13,34 @@ from typing import Optional
 
 from unitok.kernels import BACKENDS, CE_BACKENDS, NORM_BACKENDS, TRITON_HEAD_DIMS
 
-__all__ = ["ModelConfig", "debug", "text", "small", "base", "PRESETS", "preset"]
+__all__ = ["ModelConfig", "debug", "text", "small", "base", "PRESETS", "preset", "QK_NORM_TYPES", "ROPE_SCALING",
+           "check_rope_scaling"]
+
+QK_NORM_TYPES = ("rms",)
+# RoPE scalings: rope_type -> the keys its dict needs (the names of transformers' `rope_scaling`).
+# "llama3" (Llama 3.1+): wavelengths longer than original_max_position_embeddings / low_freq_factor are
+# stretched by `factor`, those shorter than original_max_position_embeddings / high_freq_factor kept, and
+# the band between interpolated (unitok.model.transformer.rope_frequencies).
+ROPE_SCALING = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
+def check_rope_scaling(scaling: Optional[dict]) -> None:
+    """ValueError (one line) unless `scaling` is None or a RoPE scaling this model computes."""
+    if scaling is None:
+        return
+    kind = scaling.get("rope_type")
+    if kind not in ROPE_SCALING:
+        raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_SCALING)}; "
+                         "or none)")
+    keys = ROPE_SCALING[kind]
+    if set(scaling) != {"rope_type", *keys}:
+        raise ValueError(f"rope_scaling {kind!r} takes exactly the keys rope_type, {', '.join(keys)}; got "
+                         f"{', '.join(sorted(scaling))}")
+    for k in keys:
+        if isinstance(scaling[k], bool) or not isinstance(scaling[k], (int, float)) or scaling[k] <= 0:
+            raise ValueError(f"rope_scaling {k} must be a positive number, got {scaling[k]!r}")
+    if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        raise ValueError("rope_scaling llama3 needs high_freq_factor > low_freq_factor")
 
 
 @dataclass
@@ -36,14 +63,24 @@ class ModelConfig:
     attention: str = "sdpa"  # backend name for unitok.kernels.attention
     ce_backend: str = "torch"  # backend name for unitok.kernels.linear_cross_entropy
     norm_backend: str = "torch"  # backend name for unitok.kernels.rms_norm
+    # Options that other model families need (unitok.interop imports them); the defaults are unitok's model.
+    qk_norm_type: str = "rms"  # with qk_norm: "rms" = RMSNorm over head_dim, one gain for all heads (as Qwen3)
+    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
+    attn_head_dim: Optional[int] = None  # None: dim // n_head; set where heads are not dim / n_head wide (Qwen3)
+    rope_scaling: Optional[dict] = None  # None: plain RoPE; {"rope_type": "llama3", ...} (see ROPE_SCALING)
 
     def __post_init__(self):
-        if self.dim % self.n_head:
+        if self.attn_head_dim is None and self.dim % self.n_head:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.n_head % self.kv_heads:
             raise ValueError(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
-        if (self.dim // self.n_head) % 2:
-            raise ValueError(f"head dim {self.dim // self.n_head} must be even for RoPE")
+        if self.attn_head_dim is not None and self.attn_head_dim < 1:
+            raise ValueError(f"attn_head_dim must be >= 1, got {self.attn_head_dim}")
+        if self.head_dim % 2:
+            raise ValueError(f"head dim {self.head_dim} must be even for RoPE")
+        if self.qk_norm_type not in QK_NORM_TYPES:
+            raise ValueError(f"unknown qk_norm_type {self.qk_norm_type!r}; available: {', '.join(QK_NORM_TYPES)}")
+        check_rope_scaling(self.rope_scaling)
         if min(self.vocab_size, self.n_layer, self.max_seq_len) < 1:
             raise ValueError("vocab_size, n_layer and max_seq_len must be >= 1")
         for name, value, known in (("attention", self.attention, BACKENDS),
@@ -61,7 +98,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_head
+        return self.dim // self.n_head if self.attn_head_dim is None else self.attn_head_dim
 
     @property
     def hidden_dim(self) -> int:

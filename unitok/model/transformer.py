@@ -1,6 +1,8 @@
 """Llama-style decoder-only transformer over the unified vocabulary.
 
-RMSNorm (pre-norm), RoPE, SwiGLU, optional QK-norm, grouped-query attention.
+RMSNorm (pre-norm), RoPE (optionally Llama 3 scaled), SwiGLU, optional QK-norm and q/k/v biases,
+grouped-query attention: the computation of transformers' Llama, Qwen2 and Qwen3 (`unitok.interop`
+maps their weights; RoPE rotates the halves of each head, as their `rotate_half`).
 Attention goes through `unitok.kernels.attention`, the norms through
 `unitok.kernels.rms_norm` and the loss through `unitok.kernels.linear_cross_entropy`,
 so fused kernels plug in by backend name (`attention`, `norm_backend`, `ce_backend`).
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unitok.kernels import attention, linear_cross_entropy, rms_norm
-from unitok.model.config import ModelConfig
+from unitok.model.config import ROPE_SCALING, ModelConfig
 
 __all__ = ["UnifiedTransformer", "KVCache", "RMSNorm", "doc_positions", "cached_attention"]
 
@@ -38,9 +40,26 @@ def doc_positions(doc_ids: torch.Tensor) -> torch.Tensor:
     return idx - first
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin: (max_len, head_dim // 2) in fp32."""
+def rope_frequencies(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """The (head_dim // 2,) angular frequencies in fp64, under `scaling` (`ModelConfig.rope_scaling`).
+
+    "llama3" compares each wavelength 2 pi / f with the pretraining context L
+    (original_max_position_embeddings): r = L f / (2 pi) wavelengths fit in it. Frequencies with
+    r <= low_freq_factor are divided by `factor` (stretched to the longer context), those with
+    r >= high_freq_factor kept, and between the two the result moves linearly in r from the first
+    to the second."""
     inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    if scaling is None:
+        return inv
+    factor, low, high, context = (scaling[k] for k in ROPE_SCALING["llama3"])
+    keep = ((context * inv / (2 * math.pi) - low) / (high - low)).clamp(0, 1)  # 0: stretch, 1: keep
+    return inv / factor * (1 - keep) + inv * keep
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, scaling: dict | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin: (max_len, head_dim // 2) in fp32."""
+    inv = rope_frequencies(head_dim, theta, scaling)
     ang = torch.outer(torch.arange(max_len, dtype=torch.float64), inv)
     return ang.cos().float(), ang.sin().float()
 
@@ -184,9 +203,10 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         hd = cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_head * hd, bias=False)
-        self.wkv = nn.Linear(cfg.dim, 2 * cfg.kv_heads * hd, bias=False)
+        self.wq = nn.Linear(cfg.dim, cfg.n_head * hd, bias=cfg.qkv_bias)
+        self.wkv = nn.Linear(cfg.dim, 2 * cfg.kv_heads * hd, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_head * hd, cfg.dim, bias=False)
+        # qk_norm_type "rms": one RMSNorm over head_dim, its gain shared by the heads; before RoPE
         self.q_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_backend) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_backend) if cfg.qk_norm else nn.Identity()
 
@@ -249,15 +269,18 @@ class UnifiedTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_backend)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self):
-        """Normal(0, 0.02) weights; residual output projections scaled by 1/sqrt(2 n_layer) (GPT-2)."""
+        """Normal(0, 0.02) weights; residual output projections scaled by 1/sqrt(2 n_layer) (GPT-2);
+        biases (qkv_bias) zero."""
         out_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
         for name, p in self.named_parameters():
+            if name.endswith(".bias"):
+                nn.init.zeros_(p)
             if p.dim() < 2:
                 continue  # norm gains keep their ones
             nn.init.normal_(p, std=out_std if name.endswith(("wo.weight", "w2.weight")) else 0.02)

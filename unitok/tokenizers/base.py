@@ -37,6 +37,7 @@ __all__ = ["Tokenizer", "NeuralTokenizer", "load_tokenizer", "tokenizer_from_con
 # type name -> "module:Class"; imported lazily so text-only users never import vision/audio code.
 TOKENIZER_TYPES: dict[str, str] = {
     "text-sentencepiece": "unitok.tokenizers.text:TextTokenizer",
+    "text-hf-tokenizer": "unitok.tokenizers.text:HFTextTokenizer",
     "image-vqgan": "unitok.tokenizers.image:ImageTokenizer",
     "video-vq3d": "unitok.tokenizers.video:VideoTokenizer",
     "audio-encodec": "unitok.tokenizers.audio:AudioTokenizer",
