@@ -128,6 +128,7 @@ def test_held_out_split_keeps_every_source_on_one_side(media):
         for k in (Modality.AUDIO, Modality.VIDEO):  # two sources: one held out, one trained on
             assert (kinds[held] == k).sum() == 4 and (kinds[train] == k).sum() == 4, (seed, k)
         assert report["audio"] == "1 of 2 sources held out (4 of 8 documents)"
+        assert sorted(kinds[held[:3]]) == [Modality.TEXT, Modality.VIDEO, Modality.AUDIO]  # evaluated kinds first
         text_held = held[kinds[held] == Modality.TEXT]  # the 16 passages come first: blocks 0-3, 4-7, ...
         blocks = np.unique(text_held // 4)
         assert 0 < len(blocks) < 4 and all((text_held // 4 == b).sum() == 4 for b in blocks), (seed, text_held)
@@ -182,10 +183,11 @@ def test_evaluate_has_no_z_loss_and_matches_each_document_alone(media, tmp_path)
     from unitok.training.unified import UnifiedConfig, UnifiedTask
 
     cfg = load_config(UnifiedConfig, DEBUG, ["run.threads=1", "model.z_loss=0.5", "eval_fraction=0.3",
-                                             "eval_batches=100", "seq_len=320", "model.max_seq_len=320"])
+                                             "seq_len=2048", "model.max_seq_len=2048"])
     task = UnifiedTask(cfg, Engine(cfg.run, cfg.optim, tmp_path / "run", recipe={}), read_shards(media))
     ev = task.evaluate()
     model, sh = task.model.eval(), task.shards
+    assert sum(len(sh.document(int(i))[0]) for i in task.data.eval_docs) <= 2049  # one row: no document is cut
     sums, counts, with_z = np.zeros(4), np.zeros(4), 0.0
     with torch.no_grad():
         for i in task.data.eval_docs:  # each held-out document alone, as one sequence
@@ -195,7 +197,7 @@ def test_evaluate_has_no_z_loss_and_matches_each_document_alone(media, tmp_path)
             np.add.at(sums, mod[1:].numpy(), nll.numpy())
             np.add.at(counts, mod[1:].numpy(), 1)
     assert counts[Modality.AUDIO] > 500 and counts[Modality.VIDEO] > 100
-    for m in np.flatnonzero(counts):  # every document fits one row: the packed pieces score as the documents alone
+    for m in np.flatnonzero(counts):  # the packed pieces score as the documents alone
         assert ev[f"eval_loss_{Modality(m).name.lower()}"] == pytest.approx(sums[m] / counts[m], rel=1e-4), m
     assert ev["eval_loss"] == pytest.approx(sums.sum() / counts.sum(), rel=1e-4)
     assert with_z / counts.sum() > ev["eval_loss"] + 0.1  # the z-loss the training loss carries is left out

@@ -79,8 +79,9 @@ def split_shards(shards, eval_fraction: float, seed: int) -> tuple[np.ndarray, n
     """The trainer's held-out split: (train, eval, report). `split_documents` by document kind, in
     groups: a media document's group is its source (every chunk of one file; each document alone in
     shards without sources.jsonl), text documents go in blocks of ceil(sqrt(n)) consecutive ones
-    (n: a run of consecutive text documents). report: per kind name (text, image, video, audio),
-    a line: how many of its sources (blocks) and documents are held out, or "not held out" and why."""
+    (n: a run of consecutive text documents). eval lists the kinds interleaved (the order in which
+    `eval_batches` packs them). report: per kind name (text, image, video, audio), a line: how many
+    of its sources (blocks) and documents are held out, or "not held out" and why."""
     from unitok.data.shards import document_kinds, document_sources
 
     n = len(shards)
@@ -94,6 +95,13 @@ def split_shards(shards, eval_fraction: float, seed: int) -> tuple[np.ndarray, n
     for a, b in zip(starts, ends):  # labels from n + a on: above every source's, distinct per run and block
         groups[a:b] = n + a + np.arange(b - a) // math.ceil(math.sqrt(b - a))
     train, held = split_documents(n, eval_fraction, seed, kinds, groups)
+    # evaluation order: each kind's first held-out document, then each one's second, ...: the first
+    # `eval_batches` of a pass cover every kind even where they cannot cover every document
+    k = kinds[held]
+    nth = np.zeros(len(held), np.int64)
+    for x in np.unique(k):
+        nth[k == x] = np.arange((k == x).sum())
+    held = held[np.lexsort((k, nth))]
     report = {}
     for k in np.unique(kinds):
         docs, unit = np.flatnonzero(kinds == k), "blocks" if k == Modality.TEXT else "sources" if src else "documents"
