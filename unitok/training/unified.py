@@ -182,8 +182,11 @@ def train_unified(cfg: UnifiedConfig, shards_dir, out, *, resume: bool = False, 
     task = UnifiedTask(cfg, engine, shards)
     if engine.main:
         out.mkdir(parents=True, exist_ok=True)
+        held = int(sum(shards.offsets[i + 1] - shards.offsets[i] for i in task.data.eval_docs))
+        cap = cfg.eval_batches * cfg.batch_size * cfg.seq_len
         print(f"unified: {task.model.num_params() / 1e6:.2f}M params, vocabulary {shards.vocab.size}, "
-              f"{len(task.data.train_docs)} training / {len(task.data.eval_docs)} held-out documents; by kind: "
+              f"{len(task.data.train_docs)} training / {len(task.data.eval_docs)} held-out documents ({held:,} tokens"
+              + (f"; evaluated: about {cap:,} of them, raise eval_batches for all" if cap < held else "") + "); by kind: "
               + "; ".join(f"{k}: {r}" for k, r in task.data.split_report.items()), flush=True)
     summary = engine.fit(task)
     if engine.main:
