@@ -147,13 +147,14 @@ def unigram_cross_entropy(shards: Shards, train_docs, targets, modality) -> dict
     add-one-smoothed unigram of the training documents' targets of that modality (every token but a
     document's first, as the trainer scores them). CE smooths over the whole vocabulary (what the
     model predicts over); CE_level knows the layout: a code is predicted among the ids of its
-    residual level, any other token among the ids that are no code (`_id_groups`). Unlike the
-    entropy of the training tokens, a held-out token that training never showed costs here what it
-    costs the model."""
+    residual level, any other token among the ids that are no code (`_id_groups`); CE_level <= CE,
+    as fewer ids and tokens share each group's smoothing. Unlike the entropy of the training tokens,
+    a held-out token that training never showed costs here what it costs the model."""
     from unitok.vocab import Modality
 
     t, mod = np.asarray(targets, np.int64).reshape(-1), np.asarray(modality, np.int64).reshape(-1)
-    t, mod = t[t != -100], mod[t != -100]
+    keep = t != -100
+    t, mod = t[keep], mod[keep]
     c = _counts(shards, np.asarray(train_docs, np.int64), targets_only=True).astype(np.float64)
     flat = np.log((c + 1) / (c.sum(1, keepdims=True) + shards.vocab.size))
     level = np.empty_like(flat)

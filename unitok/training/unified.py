@@ -9,10 +9,10 @@ The loss is logged per modality (text, image, video, audio) on training batches 
 held-out split (`split_shards`: by source; every held-out target once, without the z-loss); the
 summary puts each held-out loss beside its fair baseline (`unigram_cross_entropy` of the same
 targets) and says per document kind what was held out; `loss_weights` weight the modalities
-(0 = input only), `model.z_loss` adds the z-loss to the training loss, `cond_dropout` removes the text before media spans at that rate (classifier-free guidance;
-recorded in the checkpoint). `init_from` starts from a text-LM checkpoint (text and special rows
-copied, new rows initialised). The checkpoint carries the vocabulary, every tokenizer of the shards
-and a card (README.md).
+(0 = input only), `model.z_loss` adds the z-loss to the training loss, `cond_dropout` removes the
+text before media spans at that rate (classifier-free guidance; recorded in the checkpoint).
+`init_from` starts from a text-LM checkpoint (text and special rows copied, new rows initialised).
+The checkpoint carries the vocabulary, every tokenizer of the shards and a card (README.md).
 """
 
 from __future__ import annotations
@@ -207,9 +207,10 @@ def train_unified(cfg: UnifiedConfig, shards_dir, out, *, resume: bool = False, 
 
 
 def versus_baseline(summary: dict, m: str) -> str:
-    """Modality m's held-out loss beside its fair baselines, in words (summary keys)."""
+    """Modality m's held-out loss beside its fair baselines, in words (summary keys). The baseline
+    given the level is never above the other (fewer ids share the smoothing): it is the one to beat."""
     loss, ce, level = (summary[f"{k}_{m}"] for k in ("eval_loss", "baseline", "baseline_level"))
-    return ("below both" if loss < min(ce, level) else "below the unigram baseline only, not given the level"
+    return ("below both" if loss < level else "below the unigram baseline only, not given the level"
             if loss < ce else "NOT below the baseline")
 
 
