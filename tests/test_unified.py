@@ -237,6 +237,7 @@ def test_fair_baseline_against_a_hand_computation(shards):
         name = Modality(m).name.lower()
         assert got[name][0] == len(xs) and got[name][1] == pytest.approx(flat) and got[name][2] == pytest.approx(
             np.mean(lv)), name
+        assert got[name][2] < got[name][1]  # the level's ids share the smoothing: never above the other
     assert got["audio"][2] < got["audio"][1]  # knowing the level of the next code lowers the baseline
 
 
