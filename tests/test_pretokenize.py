@@ -121,6 +121,18 @@ def test_counts_skips_and_decoding(corpus, tmp_path, capsys):
     assert (tmp_path / "dec" / "doc0_00_text.txt").read_text() == "look:"
 
 
+def test_sources_name_each_documents_input_and_chunk(corpus, tmp_path):
+    from unitok.data.shards import document_sources
+
+    _run(corpus, tmp_path / "a")
+    src = document_sources(read_shards(tmp_path / "a"))
+    names = [(s["source"].split("/")[-1], s.get("chunk")) for s in src]
+    # written in input order: the manifest's line 1, the tar's samples, the folder's files (bird: 2 chunks)
+    assert names == [("docs.jsonl:1", None), ("shard-000.tar:s1", None), ("shard-000.tar:s2", None),
+                     ("bird.wav", 0), ("bird.wav", 1), ("cat.png", None), ("coffee.png", None)]
+    assert src[0]["source"] == f"{corpus / 'docs.jsonl'}:1"  # as stats.json names inputs
+
+
 def test_untrained_tokenizer_is_refused(corpus, tmp_path):
     from unitok.errors import ConfigError
     from unitok.tokenizers.image import ImageTokenizer, image_preset
@@ -145,6 +157,8 @@ def test_interrupt_resume_and_workers_are_byte_identical(corpus, tmp_path):
     _run(corpus, tmp_path / "w2", workers=2)
     ref = _files(tmp_path / "ref")
     assert _files(tmp_path / "cut") == ref and _files(tmp_path / "w2") == ref
+    sources = (tmp_path / "ref" / "sources.jsonl").read_bytes()
+    assert sources and all((tmp_path / d / "sources.jsonl").read_bytes() == sources for d in ("cut", "w2"))
     strip = lambda p: {k: v for k, v in json.loads((p / "stats.json").read_text()).items() if k != "timings"}
     assert strip(tmp_path / "cut") == strip(tmp_path / "ref") == strip(tmp_path / "w2")
 
@@ -242,6 +256,8 @@ def test_torchrun_ranks_share_the_work_and_write_the_same_files(corpus, tmp_path
     assert r.returncode == 0 and "2 torchrun processes" in r.stdout, r.stderr[-3000:]
     ref = _files(tmp_path / "ref")
     assert _files(tmp_path / "cut") == ref and _files(tmp_path / "t2") == ref
+    sources = (tmp_path / "ref" / "sources.jsonl").read_bytes()
+    assert all((tmp_path / d / "sources.jsonl").read_bytes() == sources for d in ("cut", "t2"))
     strip = lambda p: {k: v for k, v in json.loads((p / "stats.json").read_text()).items() if k != "timings"}
     assert strip(tmp_path / "cut") == strip(tmp_path / "ref") == strip(tmp_path / "t2")
     r = torchrun(tmp_path / "w", "--workers", "2")

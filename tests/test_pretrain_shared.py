@@ -91,6 +91,11 @@ def test_prepares_and_trains_on_a_folder_of_other_data(folder, tmp_path, capsys)
     summary = json.loads((out / "run" / "summary.json").read_text())
     assert summary["steps"] == 3 and (out / "run" / "loss.png").is_file()
     assert {"unigram_entropy_text", "unigram_entropy_image", "unigram_entropy_audio"} <= summary.keys()
+    # the fair baseline beside each held-out loss (one eval batch: what it covers), what was held out per kind
+    evaluated = {m for m in ("text", "image", "audio") if f"eval_loss_{m}" in summary}
+    assert evaluated and all(f"baseline_{m}" in summary and f"baseline_level_{m}" in summary for m in evaluated)
+    assert {"heldout_text", "heldout_image", "heldout_audio"} <= summary.keys()
+    assert summary["heldout_audio"] == "1 of 3 sources held out (1 of 3 documents)"
 
 
 def test_bad_folders_are_one_line_errors(folder, tmp_path, capsys):

@@ -11,9 +11,9 @@ import torch
 
 from test_engine import ENV, ROOT, _free_port, _losses
 from test_pretokenize import CFG, corpus  # noqa: F401  (fixture)
-from unitok.data.packed import PackedBatches, drop_conditions, split_documents
-from unitok.data.pretokenize import pretokenize
-from unitok.data.shards import document_kinds, read_shards, unigram_entropy
+from unitok.data.packed import PackedBatches, drop_conditions, split_documents, split_shards
+from unitok.data.pretokenize import PretokenizeConfig, pretokenize
+from unitok.data.shards import document_kinds, document_sources, read_shards, unigram_cross_entropy, unigram_entropy
 from unitok.vocab import Modality
 
 DEBUG = ROOT / "configs" / "train" / "unified-debug.yaml"
@@ -63,6 +63,182 @@ def test_split_is_seeded_and_stratified_by_document_kind():
     again = split_documents(len(kinds), 0.05, seed=3, kinds=kinds)
     assert ev.tolist() == again[1].tolist() and ev.tolist() != split_documents(len(kinds), 0.05, 4, kinds)[1].tolist()
     assert split_documents(10, 0.99, 0)[0].size == 1  # never everything held out
+
+
+MEDIA_CFG = PretokenizeConfig(audio_max_seconds=0.25, video_size=16, video_fps=8, video_frames=5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def media(corpus, tmp_path_factory):  # noqa: F811
+    """Shards of two long recordings (4 chunks each), two videos (4 clips each) and a manifest of 16
+    text passages of one file; tiny tokenizers."""
+    import av
+    import soundfile as sf
+
+    from unitok.tokenizers.video import VideoTokenizer, video_preset
+
+    d = tmp_path_factory.mktemp("media")
+    torch.manual_seed(0)
+    vid = VideoTokenizer(video_preset("debug")).eval()
+    vid.encode(torch.rand(2, 3, 5, 16, 16) * 2 - 1)  # k-means-initialise the codebook, as training would
+    vid.save_pretrained(d / "tok_video")
+    rng = np.random.default_rng(0)
+    (d / "in").mkdir()
+    for i, f0 in enumerate((220, 330)):
+        t = np.arange(16000) / 16000  # 1 s: 4 chunks of 0.25 s
+        sf.write(d / "in" / f"rec{i}.wav", 0.3 * np.sin(2 * np.pi * f0 * t) + 0.01 * rng.standard_normal(16000), 16000)
+        with av.open(str(d / "in" / f"vid{i}.mp4"), "w") as c:  # 20 frames at 8 fps: 4 clips of 5
+            s = c.add_stream("libx264", rate=8)
+            s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+            for k in range(20):
+                frame = np.full((32, 32, 3), 10 * k + 60 * i, np.uint8)
+                for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+    (d / "text.jsonl").write_text("".join(json.dumps({"segments": [{"text": f"passage {i} of the book"}]}) + "\n"
+                                          for i in range(16)))
+    out = d / "shards"
+    pretokenize([d / "text.jsonl", d / "in"], [corpus / "tok_text", corpus / "tok_audio", d / "tok_video"], out,
+                MEDIA_CFG, progress=False)
+    return out
+
+
+def _sides(sh, train, held) -> dict:
+    """source -> the sides ("train", "eval") its documents are on."""
+    side = {int(i): "train" for i in train} | {int(i): "eval" for i in held}
+    out: dict = {}
+    for i, s in enumerate(document_sources(sh)):
+        out.setdefault(s["source"], set()).add(side[i])
+    return out
+
+
+def test_held_out_split_keeps_every_source_on_one_side(media):
+    sh = read_shards(media)
+    src, kinds = document_sources(sh), document_kinds(sh)
+    chunks = [s for s in src if "chunk" in s]
+    assert len(src) == len(sh) == 16 + 2 * 4 + 2 * 4 and len(chunks) == 16  # every chunk and clip records its index
+    assert sorted(s["chunk"] for s in chunks if s["source"].endswith("rec0.wav")) == [0, 1, 2, 3]
+    assert src[0]["source"].endswith("text.jsonl:1") and "chunk" not in src[0]
+    for seed in range(6):
+        train, held, report = split_shards(sh, 0.3, seed)
+        assert sorted(np.r_[train, held].tolist()) == list(range(len(sh)))
+        sides = _sides(sh, train, held)
+        assert all(len(v) == 1 for v in sides.values()), (seed, sides)  # no source on both sides
+        for k in (Modality.AUDIO, Modality.VIDEO):  # two sources: one held out, one trained on
+            assert (kinds[held] == k).sum() == 4 and (kinds[train] == k).sum() == 4, (seed, k)
+        assert report["audio"] == "1 of 2 sources held out (4 of 8 documents)"
+        assert sorted(kinds[held[:3]]) == [Modality.TEXT, Modality.VIDEO, Modality.AUDIO]  # evaluated kinds first
+        text_held = held[kinds[held] == Modality.TEXT]  # the 16 passages come first: blocks 0-3, 4-7, ...
+        blocks = np.unique(text_held // 4)
+        assert 0 < len(blocks) < 4 and all((text_held // 4 == b).sum() == 4 for b in blocks), (seed, text_held)
+    # the split per document (no groups) puts chunks of one recording on both sides
+    assert any(any(len(v) > 1 for v in _sides(sh, *split_documents(len(sh), 0.3, seed, kinds)).values())
+               for seed in range(6))
+
+
+def test_a_kind_with_one_source_is_reported_not_held_out(media, corpus, tmp_path):  # noqa: F811
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rec.wav").write_bytes((media.parent / "in" / "rec0.wav").read_bytes())
+    pretokenize([media.parent / "text.jsonl", tmp_path / "in"], [corpus / "tok_text", corpus / "tok_audio"],
+                tmp_path / "s", MEDIA_CFG, progress=False)
+    sh = read_shards(tmp_path / "s")
+    train, held, report = split_shards(sh, 0.5, 0)
+    assert report["audio"] == "not held out: one source (4 documents)"
+    assert not (document_kinds(sh)[held] == Modality.AUDIO).any() and len(held)  # the text is still held out
+    assert split_documents(4, 0.5, 0, kinds=[3] * 4, groups=[7] * 4)[1].size == 0
+
+
+def test_old_shards_without_sources_load_with_a_warning(media, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(media, tmp_path / "old")
+    (tmp_path / "old" / "sources.jsonl").unlink()
+    sh = read_shards(tmp_path / "old")
+    err = capsys.readouterr().err
+    assert "warning" in err and "sources.jsonl" in err and err.count("\n") == 1
+    assert document_sources(sh) is None
+    data = PackedBatches(sh, 64, 2, seed=0, eval_fraction=0.3)  # split per document, as before sources existed
+    assert "of 8 documents held out" in data.split_report["audio"] and "of 4 blocks" in data.split_report["text"]
+    assert data.next().ids.shape == (2, 64)
+
+
+def test_eval_batches_score_every_held_out_target_once(media):
+    sh = read_shards(media)
+    data = PackedBatches(sh, seq_len=48, batch_size=3, seed=1, eval_fraction=0.3, cond_dropout=0.5)
+    batches = data.eval_batches(1000)
+    got = torch.cat([b.targets[b.targets != -100] for b in batches]).tolist()
+    mods = torch.cat([b.modality[b.targets != -100] for b in batches]).tolist()
+    docs = [np.asarray(sh.document(int(i))[0], np.int64) for i in data.eval_docs]
+    assert got == np.concatenate([d[1:] for d in docs]).tolist()  # in order, each once, no condition dropout
+    assert mods == np.concatenate([np.asarray(sh.document(int(i))[1])[1:] for i in data.eval_docs]).tolist()
+    assert any(len(d) > 49 for d in docs) and len(batches[-1].ids) <= 3  # documents cross rows; no wrap-around
+    first = data.eval_batches(2)
+    assert len(first) == 2 and all(torch.equal(a.targets, b.targets) for a, b in zip(first, batches))
+
+
+def test_evaluate_has_no_z_loss_and_matches_each_document_alone(media, tmp_path):
+    from unitok.config import load_config
+    from unitok.training.loop import Engine
+    from unitok.training.unified import UnifiedConfig, UnifiedTask
+
+    cfg = load_config(UnifiedConfig, DEBUG, ["run.threads=1", "model.z_loss=0.5", "eval_fraction=0.3",
+                                             "seq_len=2048", "model.max_seq_len=2048"])
+    task = UnifiedTask(cfg, Engine(cfg.run, cfg.optim, tmp_path / "run", recipe={}), read_shards(media))
+    ev = task.evaluate()
+    model, sh = task.model.eval(), task.shards
+    assert sum(len(sh.document(int(i))[0]) for i in task.data.eval_docs) <= 2049  # one row: no document is cut
+    sums, counts, with_z = np.zeros(4), np.zeros(4), 0.0
+    with torch.no_grad():
+        for i in task.data.eval_docs:  # each held-out document alone, as one sequence
+            ids, mod = (torch.as_tensor(np.asarray(a, np.int64)) for a in sh.document(int(i)))
+            nll = model(ids[None, :-1], ids[None, 1:], reduction="none", z_loss=0.0).view(-1)
+            with_z += float(model(ids[None, :-1], ids[None, 1:], reduction="sum"))
+            np.add.at(sums, mod[1:].numpy(), nll.numpy())
+            np.add.at(counts, mod[1:].numpy(), 1)
+    assert counts[Modality.AUDIO] > 500 and counts[Modality.VIDEO] > 100
+    for m in np.flatnonzero(counts):  # the packed pieces score as the documents alone
+        assert ev[f"eval_loss_{Modality(m).name.lower()}"] == pytest.approx(sums[m] / counts[m], rel=1e-4), m
+    assert ev["eval_loss"] == pytest.approx(sums.sum() / counts.sum(), rel=1e-4)
+    assert with_z / counts.sum() > ev["eval_loss"] + 0.1  # the z-loss the training loss carries is left out
+
+
+def test_fair_baseline_against_a_hand_computation(shards):
+    sh = read_shards(shards)
+    v = sh.vocab
+    train, held = np.arange(0, len(sh), 2), np.arange(1, len(sh), 2)
+    docs = [np.asarray(sh.document(int(i))[0], np.int64) for i in held]
+    mods = [np.asarray(sh.document(int(i))[1], np.int64) for i in held]
+    targets = np.concatenate([np.r_[-100, d[1:]] for d in docs])  # a document's first token is never a target
+    got = unigram_cross_entropy(sh, train, targets, np.concatenate(mods))
+    counts: dict = {}
+    for i in train:
+        ids, mod = sh.document(int(i))
+        for t, m in zip(np.asarray(ids)[1:].tolist(), np.asarray(mod)[1:].tolist()):
+            counts[m, t] = counts.get((m, t), 0) + 1
+
+    def level(t):  # the ids a model that knows the layout predicts t among
+        name = v.token_name(t)
+        if ":L" in name:
+            m, lvl = name.split(":")[:2]
+            return set(range(*v.code_range(m, int(lvl[1:]))))
+        codes = {c for (m, lvl) in v.code_start for c in range(*v.code_range(m, lvl))}
+        return set(range(v.size)) - codes
+
+    for m in {int(x) for x in np.concatenate([x[1:] for x in mods])}:
+        xs = [t for d, mo in zip(docs, mods) for t, tm in zip(d[1:].tolist(), mo[1:].tolist()) if tm == m]
+        n = sum(c for (mm, _), c in counts.items() if mm == m)
+        flat = -np.mean([np.log((counts.get((m, t), 0) + 1) / (n + v.size)) for t in xs])
+        lv = []
+        for t in xs:
+            g = level(t)
+            ng = sum(c for (mm, tt), c in counts.items() if mm == m and tt in g)
+            lv.append(-np.log((counts.get((m, t), 0) + 1) / (ng + len(g))))
+        name = Modality(m).name.lower()
+        assert got[name][0] == len(xs) and got[name][1] == pytest.approx(flat) and got[name][2] == pytest.approx(
+            np.mean(lv)), name
+        assert got[name][2] < got[name][1]  # the level's ids share the smoothing: never above the other
+    assert got["audio"][2] < got["audio"][1]  # knowing the level of the next code lowers the baseline
 
 
 def test_document_kinds_and_unigram_entropy(shards):

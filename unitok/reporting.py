@@ -39,8 +39,8 @@ def write_json(obj, path: str | Path) -> Path:
 def plot_curves(history: list[dict], path: Path, entropy: dict | None = None, tokens_per_step: int | None = None,
                 dpi: int = 110) -> None:
     """Training (thin) and held-out (dots) loss per modality against steps, or against training tokens
-    with `tokens_per_step`; `entropy` {modality: nats} draws each modality's unigram entropy (dashed):
-    below it, the model knows more than token frequencies."""
+    with `tokens_per_step`; `entropy` {modality: nats} draws each modality's baseline (dashed): the
+    unified trainer's is the held-out targets' cross-entropy under the training unigram given the level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +58,7 @@ def plot_curves(history: list[dict], path: Path, entropy: dict | None = None, to
         if entropy and m in entropy:
             ax.axhline(entropy[m], color=f"C{i}", ls="--", lw=0.8)
     ax.set_xlabel("training tokens" if tokens_per_step else "step")
-    ax.set_ylabel("loss (nats/token)" + ("; dashed: unigram entropy" if entropy else ""))
+    ax.set_ylabel("loss (nats/token)" + ("; dashed: unigram baseline" if entropy else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -316,19 +316,19 @@ def _shards(out: Path, p: DemoPlan, tok_dirs: dict, speech: bool) -> Path:
 def _lm_config(p: DemoPlan, shards_dir: Path, budget_s: float):
     """The unified config for these shards: held-out fraction covering every modality, evaluation
     batches covering the held-out documents, the time budget."""
-    from unitok.data.packed import split_documents
-    from unitok.data.shards import document_kinds, read_shards
+    from unitok.data.packed import split_shards
+    from unitok.data.shards import read_shards
 
     sh = read_shards(shards_dir)
     f = p.eval_fraction
-    _, ev = split_documents(len(sh), f, p.lm.run.seed, document_kinds(sh))  # as the trainer splits
+    _, ev, report = split_shards(sh, f, p.lm.run.seed)  # as the trainer splits
     held_tokens = int(sum(sh.offsets[i + 1] - sh.offsets[i] for i in ev))
     batches = min(16, math.ceil(held_tokens / (p.lm.batch_size * p.lm.seq_len)) + 1)
     cfg = replace(with_budget(p.lm, budget_s), eval_fraction=f, eval_batches=batches)
-    print(f"demo: held out {len(ev)} of {len(sh)} documents ({f:.0%}, {held_tokens:,} tokens; every modality has "
-          f"some), evaluated in {batches} batches", flush=True)
+    print(f"demo: held out {len(ev)} of {len(sh)} documents ({f:.0%}, {held_tokens:,} tokens; "
+          + "; ".join(f"{k}: {r}" for k, r in report.items()) + f"), evaluated in {batches} batches", flush=True)
     return cfg, {"fraction": f, "documents": int(len(ev)), "tokens": held_tokens,
-                 "train_documents": int(len(sh) - len(ev))}
+                 "train_documents": int(len(sh) - len(ev)), "kinds": report}
 
 
 def _train_lm(cfg, shards: Path, run_dir: Path):

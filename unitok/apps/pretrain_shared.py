@@ -15,8 +15,13 @@ is already there:
 2. a 2,048-piece text tokenizer on the text files;
 3. `unitok pretokenize` of the inputs (audio chunks of at most 12 s, so the LJ Speech and JFK
    transcripts stay with their clips; --set changes the policy);
-4. `unitok train configs/train/unified-cpu.yaml` (30 minutes; trailing key=value override it). The
-   run directory gets loss.png (per modality, dashed: unigram entropy), summary.json and the card.
+4. `unitok train configs/train/unified-cpu.yaml` (30 minutes; trailing key=value override it), held
+   out by source (every chunk of a recording, every clip of a video on one side; text in blocks of
+   consecutive documents). It prints each modality's held-out loss beside the fair baseline (the
+   held-out targets' cross-entropy under the add-one-smoothed training unigram, and the same given
+   the residual level) and what was held out per kind; the run directory gets loss.png (per
+   modality, dashed: the baseline given the level), summary.json (`eval_loss_*`, `baseline_*`,
+   `baseline_level_*`, `heldout_*`) and the card.
 """
 
 from __future__ import annotations

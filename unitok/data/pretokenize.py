@@ -444,7 +444,7 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
     policy = asdict(cfg)
     if resume and (out / STATS).is_file() and not prog_path.is_file():
         return _complete(out, inputs, policy, identities, main, progress)
-    done, sizes = 0, [0, 0, 8]
+    done, sizes = 0, [0, 0, 8, 0]  # FILES: tokens, modality, offsets (its first 0), sources
     stats = {"documents": 0, "tokens": 0, "tokens_per_modality": {}, "skipped": [], "skip_reasons": {},
              "split_documents": 0}
     if resume and prog_path.is_file():
@@ -465,8 +465,9 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
             shutil.rmtree(out / TOKENIZERS / m, ignore_errors=True)
             t.save_pretrained(out / TOKENIZERS / m)
         (out / OFFSETS).write_bytes(np.zeros(1, np.int64).tobytes())
-        for f in FILES[:2]:
-            (out / f).write_bytes(b"")
+        for f in FILES:
+            if f != OFFSETS:
+                (out / f).write_bytes(b"")
     for f, size in zip(FILES, sizes):  # drop what was written after the last commit
         with open(out / f, "r+b") as fh:
             fh.truncate(size)
@@ -493,7 +494,7 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         stats["skipped"].append({"source": source, "reason": f"{media}: {why}" if media else why})
         count(why)
 
-    def write(packed):
+    def write(packed, source: dict):
         nonlocal n_tokens
         if cfg.max_doc_tokens and len(packed.ids) > cfg.max_doc_tokens:
             return f"{len(packed.ids)} tokens > max_doc_tokens {cfg.max_doc_tokens}"
@@ -501,6 +502,7 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         files[1].write(packed.modality.astype(np.uint8).tobytes())
         n_tokens += len(packed.ids)
         files[2].write(np.array([n_tokens], np.int64).tobytes())
+        files[3].write((json.dumps(source) + "\n").encode())  # sources.jsonl: what the held-out split groups by
         stats["documents"] += 1
         stats["tokens"] += len(packed.ids)
         tpm = stats["tokens_per_modality"]
@@ -532,8 +534,8 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
             else:
                 if kind == "split":
                     stats["split_documents"] += 1
-                for packed in payload:
-                    why = write(packed)
+                for k, packed in enumerate(payload):  # a split file: every chunk records its index
+                    why = write(packed, {"source": doc, "chunk": k} if kind == "split" else {"source": doc})
                     if why:
                         skip(doc, why)
             if seen % commit_every == 0:

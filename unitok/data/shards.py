@@ -2,12 +2,18 @@
 
     sh = read_shards("shards/")            # memory-mapped; sh.document(i) -> (ids, modality)
     kinds = document_kinds(sh)             # per document: its main media modality
-    ent = unigram_entropy(sh)              # per modality: the token-frequency baseline of the loss
+    src = document_sources(sh)             # per document: {"source": ..., "chunk": k}; None for old shards
+    ent = unigram_entropy(sh)              # per modality: the entropy of the token frequencies
+    base = unigram_cross_entropy(sh, train_docs, targets, modality)   # the loss baseline of held-out targets
 
 SHARDS/: tokens.bin (uint16 when the vocabulary fits, else uint32), modality.bin (uint8, one per
-token), offsets.bin (int64, document starts and the end), vocab.json, tokenizers/<modality>/ (the
-tokenizers, for decoding), stats.json (documents, tokens per modality, every skipped input with its
-source and reason, the policy, timings); progress.json only while a run is unfinished.
+token), offsets.bin (int64, document starts and the end), sources.jsonl (one line per document: the
+input it came from, as stats.json names inputs: a folder's media file, "archive.tar:key" or
+"manifest.jsonl:line"; with "chunk": k for the k-th chunk or clip of a media file that became one
+document per chunk), vocab.json, tokenizers/<modality>/ (the tokenizers, for decoding), stats.json
+(documents, tokens per modality, every skipped input with its source and reason, the policy,
+timings); progress.json only while a run is unfinished. Shards written before sources.jsonl
+existed load with a warning (their held-out split cannot group a recording's chunks).
 
     unitok shards show SHARDS                          # print_stats of stats.json
     unitok shards decode SHARDS --doc N --out DIR      # a document back as text and media files
@@ -24,11 +30,13 @@ import numpy as np
 
 from unitok.errors import DataError
 
-__all__ = ["TOKENS", "MODALITY", "OFFSETS", "FILES", "VOCAB", "STATS", "PROGRESS", "TOKENIZERS", "Shards", "read_shards", "document_kinds", "unigram_entropy", "print_stats"]
+__all__ = ["TOKENS", "MODALITY", "OFFSETS", "SOURCES", "FILES", "VOCAB", "STATS", "PROGRESS", "TOKENIZERS", "Shards",
+           "read_shards", "document_kinds", "document_sources", "unigram_entropy", "unigram_cross_entropy",
+           "print_stats"]
 
 # The names of a shard folder's files: pretokenize writes them, `read_shards` reads them.
-TOKENS, MODALITY, OFFSETS = "tokens.bin", "modality.bin", "offsets.bin"
-FILES = (TOKENS, MODALITY, OFFSETS)  # appended together; progress.json records their committed sizes
+TOKENS, MODALITY, OFFSETS, SOURCES = "tokens.bin", "modality.bin", "offsets.bin", "sources.jsonl"
+FILES = (TOKENS, MODALITY, OFFSETS, SOURCES)  # appended together; progress.json records their committed sizes
 VOCAB, STATS, PROGRESS, TOKENIZERS = "vocab.json", "stats.json", "progress.json", "tokenizers"
 
 
@@ -68,23 +76,55 @@ def document_kinds(shards: Shards, chunk: int = 1 << 16) -> np.ndarray:
     return kinds
 
 
-def unigram_entropy(shards: Shards, docs=None, chunk: int = 4096) -> dict:
+def document_sources(shards: Shards) -> list[dict] | None:
+    """Per document: {"source": the input it came from} (with "chunk": k for the k-th chunk or clip of
+    a media file that became a document per chunk), from sources.jsonl; None for shards written
+    before it existed."""
+    f = shards.path / SOURCES
+    if not f.is_file():
+        return None
+    lines = f.read_bytes().splitlines()
+    if len(lines) != len(shards):
+        raise DataError(f"{shards.path}: {SOURCES} has {len(lines)} lines for {len(shards)} documents")
+    return [json.loads(x) for x in lines]
+
+
+def _counts(shards: Shards, docs, targets_only: bool = False, chunk: int = 4096) -> np.ndarray:
+    """(modalities, vocabulary) int64: how often each id occurs with each modality in the documents;
+    with `targets_only` without each document's first token (<bos>), as the trainer scores them."""
+    from unitok.vocab import Modality
+
+    v, skip = shards.vocab.size, 1 if targets_only else 0
+    counts = np.zeros((len(Modality), v), np.int64)
+    for a in range(0, len(docs), chunk):  # one bincount per chunk of documents
+        parts = [shards.document(int(i)) for i in docs[a:a + chunk]]
+        ids = np.concatenate([np.asarray(t[skip:], np.int64) for t, _ in parts])
+        mod = np.concatenate([np.asarray(m[skip:], np.int64) for _, m in parts])
+        counts += np.bincount(mod * v + ids, minlength=counts.size).reshape(counts.shape)
+    return counts
+
+
+def _id_groups(vocab) -> list[np.ndarray]:
+    """The ids a model that knows only the layout can tell apart by position: one group per residual
+    level of each codebook (one id range per level, so the level of the next code is known), and the
+    ids that are no code (text ids, special and size tokens)."""
+    groups, rest = [], np.ones(vocab.size, bool)
+    for m, lvl in vocab.code_start:
+        a, b = vocab.code_range(m, lvl)
+        groups.append(np.arange(a, b))
+        rest[a:b] = False
+    return groups + [np.flatnonzero(rest)]
+
+
+def unigram_entropy(shards: Shards, docs=None) -> dict:
     """Per modality name: (tokens, H, H_level) in nats over the given documents (all by default).
-    H is the entropy of that modality's unigram token distribution: a model whose loss is below it has
-    learned more than token frequencies. H_level is the entropy given the residual level (codebooks
-    with several levels use one id range per level, so the level of the next code is known from its
-    position): the frequency baseline of a model that knows only the layout; H_level == H with one level."""
+    H is the entropy of that modality's unigram token distribution; H_level the entropy given the
+    residual level (`_id_groups`); H_level == H with one level. A statistic of the documents, not a
+    baseline for a held-out loss: that is `unigram_cross_entropy`."""
     from unitok.vocab import Modality
 
     docs = np.arange(len(shards)) if docs is None else np.asarray(docs, np.int64)
-    v = shards.vocab
-    counts = [np.zeros(v.size, np.int64) for _ in Modality]
-    for a in range(0, len(docs), chunk):  # one bincount per modality per chunk of documents
-        parts = [shards.document(int(i)) for i in docs[a:a + chunk]]
-        ids = np.concatenate([np.asarray(t, np.int64) for t, _ in parts])
-        mod = np.concatenate([np.asarray(m) for _, m in parts])
-        for m in Modality:
-            counts[m] += np.bincount(ids[mod == m], minlength=v.size)
+    counts, groups = _counts(shards, docs), _id_groups(shards.vocab)
 
     def entropy(c):
         c = c[c > 0].astype(np.float64)
@@ -93,19 +133,38 @@ def unigram_entropy(shards: Shards, docs=None, chunk: int = 4096) -> dict:
 
     out = {}
     for m in Modality:
-        name, c = m.name.lower(), counts[m]
+        c = counts[m]
         total = int(c.sum())
-        if not total:
-            continue
-        groups, rest = [], np.ones(v.size, bool)
-        cb = v.codebooks.get(name)
-        for lvl in range(cb.levels if cb is not None else 0):
-            a, b = v.code_range(name, lvl)
-            groups.append(c[a:b])
-            rest[a:b] = False
-        groups.append(c[rest])  # text ids, span markers and size tokens
-        h_level = sum(g.sum() / total * entropy(g) for g in groups if g.sum())
-        out[name] = (total, entropy(c), float(h_level))
+        if total:
+            h_level = sum(c[g].sum() / total * entropy(c[g]) for g in groups if c[g].sum())
+            out[m.name.lower()] = (total, entropy(c), float(h_level))
+    return out
+
+
+def unigram_cross_entropy(shards: Shards, train_docs, targets, modality) -> dict:
+    """The fair baseline of a held-out loss. Per modality name in `modality` (one per target):
+    (targets, CE, CE_level) in nats/token, the cross-entropy of `targets` (ids; -100: none) under the
+    add-one-smoothed unigram of the training documents' targets of that modality (every token but a
+    document's first, as the trainer scores them). CE smooths over the whole vocabulary (what the
+    model predicts over); CE_level knows the layout: a code is predicted among the ids of its
+    residual level, any other token among the ids that are no code (`_id_groups`); CE_level <= CE,
+    as fewer ids and tokens share each group's smoothing. Unlike the entropy of the training tokens,
+    a held-out token that training never showed costs here what it costs the model."""
+    from unitok.vocab import Modality
+
+    t, mod = np.asarray(targets, np.int64).reshape(-1), np.asarray(modality, np.int64).reshape(-1)
+    keep = t != -100
+    t, mod = t[keep], mod[keep]
+    c = _counts(shards, np.asarray(train_docs, np.int64), targets_only=True).astype(np.float64)
+    flat = np.log((c + 1) / (c.sum(1, keepdims=True) + shards.vocab.size))
+    level = np.empty_like(flat)
+    for g in _id_groups(shards.vocab):
+        level[:, g] = np.log((c[:, g] + 1) / (c[:, g].sum(1, keepdims=True) + len(g)))
+    out = {}
+    for m in Modality:
+        x = t[mod == m]
+        if len(x):
+            out[m.name.lower()] = (len(x), float(-flat[m, x].mean()), float(-level[m, x].mean()))
     return out
 
 
@@ -116,9 +175,13 @@ def read_shards(path) -> Shards:
     p = Path(path)
     if (p / PROGRESS).is_file():
         raise DataError(f"{p}: pretokenization was interrupted; finish it with `unitok pretokenize ... --resume`")
-    for f in (*FILES, VOCAB, STATS):
+    for f in (TOKENS, MODALITY, OFFSETS, VOCAB, STATS):
         if not (p / f).is_file():
             raise DataError(f"{p}: not a token shard directory ({f} is missing)")
+    if not (p / SOURCES).is_file():
+        print(f"unitok: warning: {p} has no {SOURCES} (written before unitok recorded each document's source): "
+              "its held-out split is per document, so chunks of one recording or video can fall on both sides; "
+              "pretokenize again to split by source", file=sys.stderr)
     vocab = UnifiedVocab.load(p / VOCAB)
     stats = json.loads((p / STATS).read_text())
     dtype = np.dtype(stats["dtype"])

@@ -6,11 +6,13 @@
 One `UnifiedTransformer` learns next tokens over packed documents of every modality
 (`unitok.data.packed`): attention and positions restart per document and no loss crosses one.
 The loss is logged per modality (text, image, video, audio) on training batches and on the
-held-out split; `loss_weights` weight the modalities (0 = input only), `model.z_loss` adds the
-z-loss, `cond_dropout` removes the text before media spans at that rate (classifier-free guidance;
-recorded in the checkpoint). `init_from` starts from a text-LM checkpoint (text and special rows
-copied, new rows initialised). The checkpoint carries the vocabulary, every tokenizer of the shards
-and a card (README.md).
+held-out split (`split_shards`: by source; every held-out target once, without the z-loss); the
+summary puts each held-out loss beside its fair baseline (`unigram_cross_entropy` of the same
+targets) and says per document kind what was held out; `loss_weights` weight the modalities
+(0 = input only), `model.z_loss` adds the z-loss to the training loss, `cond_dropout` removes the
+text before media spans at that rate (classifier-free guidance; recorded in the checkpoint).
+`init_from` starts from a text-LM checkpoint (text and special rows copied, new rows initialised).
+The checkpoint carries the vocabulary, every tokenizer of the shards and a card (README.md).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from unitok.training.loop import Engine, OptimConfig, RunConfig
 from unitok.training.transformer_task import TransformerTask
 from unitok.vocab import Modality
 
-__all__ = ["UnifiedConfig", "UnifiedTask", "train_unified", "run_cli", "MODALITIES"]
+__all__ = ["UnifiedConfig", "UnifiedTask", "train_unified", "versus_baseline", "run_cli", "MODALITIES"]
 
 MODALITIES = tuple(m.name.lower() for m in Modality)  # "text", "image", "video", "audio": Modality values 0..3
 
@@ -94,11 +96,11 @@ class UnifiedTask(TransformerTask):
         self.data.state = dict(state)
 
     # the step
-    def _losses(self, b, model) -> tuple[torch.Tensor, dict]:
+    def _losses(self, b, model, z_loss: float | None = None) -> tuple[torch.Tensor, dict]:
         dev = self.engine.device
         with self.engine.autocast():
             nll = model(b.ids.to(dev), b.targets.to(dev), doc_ids=b.doc_ids.to(dev),
-                        span_ids=None if b.span_ids is None else b.span_ids.to(dev), reduction="none")
+                        span_ids=None if b.span_ids is None else b.span_ids.to(dev), reduction="none", z_loss=z_loss)
         nll = nll.float().view(-1)
         valid = (b.targets.view(-1) != -100).to(dev)
         mod = b.modality.view(-1).to(dev).clamp(0, 3)
@@ -126,7 +128,8 @@ class UnifiedTask(TransformerTask):
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Held-out loss per modality (every rank computes it: FSDP2 gathers weights collectively)."""
+        """Held-out loss per modality: plain token NLLs (no z-loss), every held-out target once (every
+        rank computes it: FSDP2 gathers weights collectively)."""
         batches = self.data.eval_batches(self.cfg.eval_batches)
         if not batches:
             return {}
@@ -135,7 +138,7 @@ class UnifiedTask(TransformerTask):
         sums = torch.zeros(4, device=self.engine.device)
         counts = torch.zeros(4, device=self.engine.device)
         for b in batches:
-            _, parts = self._losses(b, self.model)
+            _, parts = self._losses(b, self.model, z_loss=0.0)
             sums += parts["sums"]
             counts += parts["counts"]
         self.model.train(was)
@@ -144,6 +147,17 @@ class UnifiedTask(TransformerTask):
             if counts[i] > 0:
                 out[f"eval_loss_{name}"] = float(sums[i] / counts[i])
         return out
+
+    def baseline(self) -> dict:
+        """Per modality: (targets, CE, CE_level) of the targets `evaluate` scores, under the add-one
+        smoothed unigram of the training documents (`unigram_cross_entropy`)."""
+        from unitok.data.shards import unigram_cross_entropy
+
+        batches = self.data.eval_batches(self.cfg.eval_batches)
+        if not batches:
+            return {}
+        return unigram_cross_entropy(self.shards, self.data.train_docs, torch.cat([b.targets.view(-1) for b in batches]),
+                                     torch.cat([b.modality.view(-1) for b in batches]))
 
     def finish(self) -> dict:
         ev = self.evaluate()
@@ -168,8 +182,12 @@ def train_unified(cfg: UnifiedConfig, shards_dir, out, *, resume: bool = False, 
     task = UnifiedTask(cfg, engine, shards)
     if engine.main:
         out.mkdir(parents=True, exist_ok=True)
+        held = int(sum(shards.offsets[i + 1] - shards.offsets[i] for i in task.data.eval_docs))
+        cap = cfg.eval_batches * cfg.batch_size * cfg.seq_len
         print(f"unified: {task.model.num_params() / 1e6:.2f}M params, vocabulary {shards.vocab.size}, "
-              f"{len(task.data.train_docs)} training / {len(task.data.eval_docs)} held-out documents", flush=True)
+              f"{len(task.data.train_docs)} training / {len(task.data.eval_docs)} held-out documents ({held:,} tokens"
+              + (f"; evaluated: about {cap:,} of them, raise eval_batches for all" if cap < held else "") + "); by kind: "
+              + "; ".join(f"{k}: {r}" for k, r in task.data.split_report.items()), flush=True)
     summary = engine.fit(task)
     if engine.main:
         from unitok.data.shards import unigram_entropy
@@ -177,19 +195,33 @@ def train_unified(cfg: UnifiedConfig, shards_dir, out, *, resume: bool = False, 
         ent = unigram_entropy(shards, task.data.train_docs)
         for m, (_, h, h_level) in ent.items():
             summary[f"unigram_entropy_{m}"], summary[f"unigram_entropy_level_{m}"] = h, h_level
-        plot_curves(engine.history, out / "loss.png", {m: e[1] for m, e in ent.items()})
+        base = task.baseline()
+        for m, (n, ce, ce_level) in base.items():
+            summary[f"eval_targets_{m}"], summary[f"baseline_{m}"], summary[f"baseline_level_{m}"] = n, ce, ce_level
+        summary.update({f"heldout_{k}": r for k, r in task.data.split_report.items()})
+        plot_curves(engine.history, out / "loss.png", {m: b[2] for m, b in base.items()})
         write_card(task, summary, out / "checkpoint" / "README.md")
         (out / "summary.json").write_text(json.dumps(
             {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}, indent=1) + "\n")
     return task, summary
 
 
+def versus_baseline(summary: dict, m: str) -> str:
+    """Modality m's held-out loss beside its fair baselines, in words (summary keys). The baseline
+    given the level is never above the other (fewer ids share the smoothing): it is the one to beat."""
+    loss, ce, level = (summary[f"{k}_{m}"] for k in ("eval_loss", "baseline", "baseline_level"))
+    return ("below both" if loss < level else "below the unigram baseline only, not given the level"
+            if loss < ce else "NOT below the baseline")
+
+
 def write_card(task: UnifiedTask, summary: dict, path: Path) -> None:
     st, v = task.shards.stats, task.shards.vocab
-    rows = "\n".join(f"| {m} | {st['tokens_per_modality'].get(m, 0):,} | "
-                     f"{summary.get(f'eval_loss_{m}', float('nan')):.3f} | "
-                     f"{summary.get(f'unigram_entropy_{m}', float('nan')):.3f} | "
-                     f"{summary.get(f'unigram_entropy_level_{m}', float('nan')):.3f} |" for m in MODALITIES)
+    nan = float("nan")
+    rows = "\n".join(f"| {m} | {st['tokens_per_modality'].get(m, 0):,} | {summary.get(f'eval_targets_{m}', 0):,} | "
+                     + " | ".join(f"{summary.get(f'{k}_{m}', nan):.3f}" for k in (
+                         "eval_loss", "baseline", "baseline_level", "unigram_entropy", "unigram_entropy_level"))
+                     + f" | {versus_baseline(summary, m) if f'baseline_{m}' in summary else '-'} |" for m in MODALITIES)
+    held = "\n".join(f"- {k}: {summary[f'heldout_{k}']}" for k in MODALITIES if f"heldout_{k}" in summary)
     toks = "\n".join(f"- {m}: `{json.dumps(i)}`" for m, i in st.get("tokenizers", {}).items())
     path.write_text(f"""# Unified model card
 
@@ -198,8 +230,17 @@ def write_card(task: UnifiedTask, summary: dict, path: Path) -> None:
 - data: {task.shards.path} ({st['documents']} documents, {st['tokens']:,} tokens); {summary['steps']} steps,
   {summary['minutes']} min
 
-| modality | tokens in the shards | held-out loss (nats/token) | unigram entropy of the training documents | the same per residual level |
-| --- | --- | --- | --- | --- |
+Held out (by document kind; every chunk or clip of a source on one side, text in blocks of
+consecutive documents):
+{held or '- nothing'}
+
+Losses in nats/token. The baseline: the held-out targets' cross-entropy under the add-one-smoothed
+unigram of the training targets (over the whole vocabulary; "given the level": among the ids of the
+next code's residual level). The unigram entropy of the training tokens is a statistic of the
+training data, not a baseline.
+
+| modality | tokens in the shards | held-out targets | held-out loss | baseline | baseline given the level | unigram entropy of the training tokens | the same per residual level | held-out loss vs baseline |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
 Tokenizers:
@@ -213,9 +254,9 @@ def run_cli(args) -> int:
     task, s = train_unified(cfg, args.data, args.out, resume=args.resume,
                             allow_recipe_change=args.allow_recipe_change)
     if task.engine.main:
-        per = ", ".join(f"{m} {s[f'eval_loss_{m}']:.3f}" + (f" (unigram entropy {s[f'unigram_entropy_{m}']:.3f}, "
-                                                             f"per level {s[f'unigram_entropy_level_{m}']:.3f})"
-                                                             if f"unigram_entropy_{m}" in s else "")
+        per = ", ".join(f"{m} {s[f'eval_loss_{m}']:.3f}" + (f" (baseline {s[f'baseline_{m}']:.3f}, per level "
+                                                             f"{s[f'baseline_level_{m}']:.3f}: {versus_baseline(s, m)})"
+                                                             if f"baseline_{m}" in s else "")
                         for m in MODALITIES if f"eval_loss_{m}" in s)
         print(f"step {s['steps']} in {(time.time() - t0) / 60:.1f} min; held-out loss per modality: {per or '-'} "
               f"-> {task.engine.ckpt_dir}")
