@@ -6,8 +6,8 @@ Not bit for bit: another CPU (other vector units, other MKL and oneDNN kernels) 
 the last bit differently, and the VQ-GAN's k-means and adaptive GAN weight and EnCodec's codebook refit
 amplify that (VQ-GAN: 31% at step 38 under SSE kernels). So each curve is cut into phases, each with
 its own tolerance: at least 5x the largest difference measured over 13 simulated CPUs and thread
-counts, and below the effect of a 1% change of one loss weight where the change starts to act
-(`scripts/record_curves.py` measures both margins; figures in docs/testing.md)."""
+counts (`scripts/record_curves.py` measures them), and below the effect of a 1% change of one loss
+weight where the change starts to act (tried by hand; both in docs/testing.md)."""
 
 import json
 from pathlib import Path
@@ -29,8 +29,8 @@ PHASES = {
                 (30, 5e-3)],  # after the codebook refit at step 19: spread 4.6e-4
 }
 # After its last phase, the VQ-GAN's GAN multiplies differences ~10x every 7 steps (31% by step 38):
-# only the mean loss of those steps is compared (spread 2.9e-2).
-TAIL_MEAN_RTOL = {"vqgan": 0.1}
+# only the mean loss of those steps is compared (spread 2.9e-2), a check for gross changes only.
+TAIL_MEAN_RTOL = {"vqgan": 0.15}
 
 
 def text_data(d):
