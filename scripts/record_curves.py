@@ -10,7 +10,7 @@ Another CPU is simulated by a fresh process per variant: torch's kernels for ano
 (ATEN_CPU_CAPABILITY), oneDNN's and MKL's (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, MKL_CBWR), and
 2 or 4 threads (other reduction orders). Per phase it prints the largest relative difference from
 the recorded curve over all variants and the tolerance's margin over it; a margin below 5 means the
-test may fail on another machine. About a minute per variant and trainer on 2 busy cores.
+test may fail on another machine. All three trainers take about 8 minutes on 2 busy cores.
 
 Re-record only after a deliberate change of a trainer's arithmetic (or of a dependency that changes
 it), never to make a failing test pass; then check that the one-line loss-weight changes of
