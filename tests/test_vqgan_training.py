@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from unitok.bench.image import codec_at, image_tiles
 from unitok.config import from_dict
+from unitok.data.media import MIN_IMAGE_SIDE, read_image
 from unitok.errors import ConfigError, DataError
 from unitok.tokenizers.base import load_tokenizer
 from unitok.training.vqgan import TrainConfig, train
@@ -82,8 +84,7 @@ def test_config_errors(tmp_path):
 
 
 def test_bench_reports_codecs_and_skips_bad_files(tmp_path):
-    from unitok.bench.image import codec_at, image_tiles, run
-    from unitok.data.media import MIN_IMAGE_SIDE, read_image
+    from unitok.bench.image import run
     from unitok.tokenizers.image import ImageTokenizer, image_preset
 
     d = tmp_path / "held"
