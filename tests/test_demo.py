@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,9 @@ def _demo(out: Path, env=None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    pytest.importorskip("espeakng_loader")
+    from unitok.data.speech import Espeak
+
+    Espeak()  # eSpeak NG is a core dependency (pyproject.toml): if it cannot load, these tests fail, never skip
     out = tmp_path_factory.mktemp("demo") / "out"
     return out, _demo(out)
 
@@ -73,9 +76,25 @@ def test_stages_report_and_figures(demo):
     assert (out / "runs" / "unified" / "checkpoint" / "README.md").is_file()
 
 
+def _decoded(g: dict, modality: str):
+    """The media the checkpoint's tokenizer decodes from a sample's span (the prompt's part of it, then
+    the generated ids): uint8 pixels (H, W, 3) or (T, H, W, 3), or float samples (N, C)."""
+    from unitok.data.media import to_uint8
+    from unitok.generation import Pipeline
+
+    pipe = Pipeline.from_pretrained(g["settings"]["checkpoint"])
+    segments = pipe.vocab.unpack(g["prompt_ids"] + g["samples"][0]["ids"]).segments
+    codes = torch.as_tensor(next(s[modality] for s in reversed(segments) if modality in s))
+    with torch.no_grad():
+        y = pipe.tokenizers[modality].decode(codes[None])[0]
+    return {"image": lambda: to_uint8(y), "video": lambda: to_uint8(y.transpose(0, 1)),
+            "audio": lambda: y.t().numpy()}[modality]()
+
+
 def test_every_task_output_decodes(demo):
     from unitok.data.media import read_video
     from unitok.generation import TASKS
+    from unitok.metrics import psnr
 
     out, _ = demo
     policy = json.loads((out / "shards" / "stats.json").read_text())["policy"]
@@ -84,17 +103,22 @@ def test_every_task_output_decodes(demo):
         assert g["task"] == task and len(g["samples"]) == 1
         f = out / "generate" / task / g["samples"][0]["file"]
         s = g["settings"]
+        # each file holds what its generated codes decode to, and that is not blank or silent
         if spec.output == "image":
             with Image.open(f) as im:
                 assert im.format == "PNG" and im.size == (policy["image_size"], policy["image_size"]), task
-                assert np.asarray(im.convert("RGB")).std() >= 0
+                pixels = np.asarray(im.convert("RGB"))
+            assert np.array_equal(pixels, _decoded(g, "image")) and pixels.std() > 2, task  # PNG: lossless
         elif spec.output == "audio":
             y, sr = sf.read(f, always_2d=True)
             assert sr == s["sample_rate"] and y.shape == (round(s["seconds"] * sr), 1) and np.isfinite(y).all()
+            want = _decoded(g, "audio")[:len(y)].clip(-1, 1)
+            assert np.abs(y - want).max() < 1e-4 and np.sqrt(np.mean(y ** 2)) > 1e-3  # 16-bit PCM
         elif spec.output == "video":
             v = read_video(f)
             assert v.shape == (s["frames"], policy["video_size"], policy["video_size"], 3), v.shape
             assert s["frames"] == policy["video_frames"] and s["input_frames"] < s["frames"]
+            assert psnr(v, _decoded(g, "video")) > 30 and min(frame.std() for frame in v) > 2  # lossy file
         else:
             text = f.read_text(encoding="utf-8")
             assert text.endswith("\n") and g["samples"][0]["text"] == text[:-1]
@@ -121,7 +145,6 @@ def test_demo_without_espeak_says_so_and_runs_without_speech(tmp_path):
 
 
 def test_espeak_speaks():
-    pytest.importorskip("espeakng_loader")
     from unitok.data.speech import Espeak, SpeechUnavailable
 
     tts = Espeak()

@@ -1,6 +1,14 @@
-"""Behaviour kept: each trainer, run through the engine, reproduces the per-step loss curve recorded
-before the engine existed (tests/assets/curves, see its README). Same seeds, one thread, the data the
-recording used."""
+"""Behaviour kept: each trainer, run through the engine, reproduces its recorded per-step loss curve
+(tests/assets/curves, see its README). Same seeds, one thread, the data the recording used.
+
+Not bit for bit: another CPU (other vector units, other MKL and oneDNN kernels) or thread count rounds
+the last bit differently, and the VQ-GAN's k-means, dead-code expiry and adaptive GAN weight and
+EnCodec's dead-code expiry and codebook refit amplify that (VQ-GAN: up to 6% in its last steps).
+So each curve is cut into phases at the trainer's events. In each phase, every step's relative
+difference has a loose bound, and their mean (signed: rounding goes both ways, a changed loss weight
+one way) a tight one. Both are at least 3x the largest value measured over 13 simulated CPUs and
+thread counts (`scripts/record_curves.py` measures them), and a 1% change of one loss weight fails
+the phase where it starts to act (tried by hand; both in docs/testing.md)."""
 
 import json
 from pathlib import Path
@@ -13,9 +21,18 @@ from unitok.config import from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVES = ROOT / "tests" / "assets" / "curves"
-# The arithmetic of all three is unchanged: the curves are equal, step for step (measured: 0.0).
-RTOL = {"lm": 0.0, "vqgan": 0.0, "encodec": 0.0}
-
+# Per trainer and phase: (last step, bound on each step's relative difference, bound on their mean);
+# the measured largest values in the comments.
+PHASES = {
+    "lm": [(60, 1e-5, 1e-5)],  # nothing amplifies: 1.5e-7
+    "vqgan": [(20, 1e-3, 2e-4),  # auto-encoder warm-up, k-means VQ from step 11: 2.0e-4, mean 2.8e-5
+              (27, 6e-2, 3e-3),  # the first GAN steps (from step 21): 1.2e-2, mean 9.1e-4
+              (40, 0.3, 0.03)],  # the GAN multiplies differences ~10x every 7 steps: 6.3e-2, mean 7.9e-3
+    "encodec": [(2, 1e-5, 1e-5),  # 3.5e-7
+                (9, 5e-3, 1e-3),  # dead-code expiry from step 3: 7.8e-4, mean 1.4e-4
+                (18, 5e-3, 5e-4),  # the discriminator from step 10: 6.1e-4, mean 3.9e-6
+                (30, 5e-3, 5e-4)],  # after the codebook refit at step 19: 5.5e-4, mean 7.4e-5
+}
 
 def text_data(d):
     rng = np.random.default_rng(0)
@@ -51,39 +68,49 @@ def _metrics(out):
 
 
 def _compare(name, got):
-    want = json.loads((CURVES / f"{name}.json").read_text())["loss"]
-    assert len(got) == len(want), (len(got), len(want))
-    rel = np.abs(np.array(got) - np.array(want)) / np.abs(np.array(want))
-    print(f"{name}: {len(got)} steps, max relative difference {rel.max():.2e}")
-    assert rel.max() <= RTOL[name], f"{name}: step {int(rel.argmax()) + 1} differs by {rel.max():.2e} (> {RTOL[name]})"
+    want = np.array(json.loads((CURVES / f"{name}.json").read_text())["loss"])
+    got = np.array(got)
+    assert got.shape == want.shape, (len(got), len(want))
+    rel = got / want - 1
+    print(f"{name}: {len(got)} steps, max relative difference {np.abs(rel).max():.2e}")
+    start = 0
+    for end, step_rtol, mean_rtol in PHASES[name]:
+        worst = start + int(np.abs(rel[start:end]).argmax())
+        assert abs(rel[worst]) <= step_rtol, f"{name}: step {worst + 1} differs by {rel[worst]:.2e} (> {step_rtol:g})"
+        mean = rel[start:end].mean()
+        assert abs(mean) <= mean_rtol, f"{name}: steps {start + 1}-{end} differ by {mean:.2e} on average " \
+                                       f"(> {mean_rtol:g})"
+        start = end
+    assert start == len(want)
 
 
-def test_text_lm_curve_kept(tmp_path):
+def run_lm(d: Path, threads: int = 1) -> list[float]:
     from unitok.training.lm import TrainConfig, train_text_lm
 
     cfg = load_config(TrainConfig, ROOT / "configs" / "train" / "debug.yaml",
-                      ["run.max_steps=60", "run.log_every=1", "eval_every=0", "run.ckpt_every=0"])
-    train_text_lm(cfg, text_data(tmp_path), tmp_path / "lm", progress=False)
-    _compare("lm", [r["loss"] for r in _metrics(tmp_path / "lm")])
+                      ["run.max_steps=60", "run.log_every=1", "eval_every=0", "run.ckpt_every=0",
+                       f"run.threads={threads}"])
+    train_text_lm(cfg, text_data(d), d / "lm", progress=False)
+    return [r["loss"] for r in _metrics(d / "lm")]
 
 
-def test_vqgan_curve_kept(tmp_path):
+def run_vqgan(d: Path, threads: int = 1) -> list[float]:
     """Autoencoder warm-up, k-means VQ, PatchGAN from step 20 and the EMA of the weights."""
     from unitok.training.vqgan import TrainConfig, train
 
     cfg = from_dict(TrainConfig, dict(
         modality="image", name="t", preset="debug", data=dict(crop=16, batch_size=4, min_scale=0.5, color_aug=0.5),
         sample_every=0, ema_weights=0.9, quant_warmup=0.25, loss=dict(gan=0.5, gan_start=20, disc_ndf=16, disc_layers=2),
-        optim=dict(lr=1e-3, betas=[0.5, 0.9], warmup_steps=4), run=dict(max_steps=40, log_every=1, threads=1)))
-    train(cfg, image_data(tmp_path / "img"), tmp_path / "vq", progress=False)
-    _compare("vqgan", [r["loss"] for r in _metrics(tmp_path / "vq")])
+        optim=dict(lr=1e-3, betas=[0.5, 0.9], warmup_steps=4), run=dict(max_steps=40, log_every=1, threads=threads)))
+    train(cfg, image_data(d / "img"), d / "vq", progress=False)
+    return [r["loss"] for r in _metrics(d / "vq")]
 
 
 TINY_AUDIO = {"num_filters": 4, "upsampling_ratios": [4, 4, 4], "hidden_size": 16, "num_lstm_layers": 1,
               "codebook_size": 64, "levels": 4, "kmeans_init": False}
 
 
-def test_encodec_curve_kept(tmp_path):
+def run_encodec(d: Path, threads: int = 1) -> list[float]:
     """Discriminator from 30% of the run, codebook refit at 60%, then the decoder-only phase."""
     from unitok.training.encodec import EncodecRecipe, train
 
@@ -93,6 +120,21 @@ def test_encodec_curve_kept(tmp_path):
                  "disc_filters": 4},
         "refit_at": 0.6, "refit_batches": 4, "calibration_batches": 2,
         "optim": {"lr": 3e-4, "betas": [0.5, 0.9], "warmup_steps": 3},
-        "run": {"max_steps": 30, "log_every": 1, "ckpt_every": 100, "threads": 1}})
-    train(r, audio_data(tmp_path / "au"), tmp_path / "en", progress_bar=False)
-    _compare("encodec", [r["loss"] for r in _metrics(tmp_path / "en")])
+        "run": {"max_steps": 30, "log_every": 1, "ckpt_every": 100, "threads": threads}})
+    train(r, audio_data(d / "au"), d / "en", progress_bar=False)
+    return [r["loss"] for r in _metrics(d / "en")]
+
+
+RUNS = {"lm": run_lm, "vqgan": run_vqgan, "encodec": run_encodec}
+
+
+def test_text_lm_curve_kept(tmp_path):
+    _compare("lm", run_lm(tmp_path))
+
+
+def test_vqgan_curve_kept(tmp_path):
+    _compare("vqgan", run_vqgan(tmp_path))
+
+
+def test_encodec_curve_kept(tmp_path):
+    _compare("encodec", run_encodec(tmp_path))

@@ -261,13 +261,29 @@ def test_spans_are_kept_inside_the_context():
     assert boi not in dict(g.start().fitting(g.start().allowed(), 4))
 
 
-def test_bench_generate_writes_its_fields(tmp_path):
+def test_bench_generate_writes_its_fields(tmp_path, monkeypatch):
+    from transformers import LlamaForCausalLM
+
     from unitok.cli import main
 
+    forward, calls = LlamaForCausalLM.forward, []
+
+    def spy(model, input_ids=None, **kw):  # what transformers' model is fed, and its greedy choice
+        out = forward(model, input_ids=input_ids, **kw)
+        calls.append((input_ids.clone(), out.logits[:, -1].argmax(-1)))
+        return out
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", spy)
     out = tmp_path / "gen.json"
     assert main(["bench", "generate", "--preset", "debug", "--new-tokens", "4", "--prompt-len", "3",
                  "--batch-sizes", "1,2", "--full-batch-sizes", "1,2", "--repeats", "1", "--device", "cpu",
                  "--json", str(out)]) == 0
+    # transformers' run: 4 calls (warm-up and timed, batch 1 and 2), each the 3-id prompt then 3 steps that
+    # feed only the id just chosen (its KV cache holds the rest), and that id is the most likely one (greedy)
+    assert [tuple(ids.shape) for ids, _ in calls] == [(b, n) for b in (1, 2) for n in (3, 1, 1, 1)] * 2
+    for (_, chosen), (ids, _) in zip(calls, calls[1:]):
+        if ids.shape[1] == 1:
+            assert torch.equal(ids[:, 0], chosen)
     r = json.loads(out.read_text())
     assert r["preset"] == "debug" and r["new_tokens"] == 4 and r["batch_sizes"] == [1, 2] and r["device"] == "cpu"
     assert r["model"]["dim"] == 32 and r["model"]["n_kv_head"] == 2

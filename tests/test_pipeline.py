@@ -100,6 +100,28 @@ def test_media_spans_decode_to_the_requested_shape(task, pipe, assets):
     assert np.isfinite(r.samples[0].media.astype(np.float64)).all()
 
 
+def test_image_to_image_keeps_the_upper_half_and_decodes_the_whole_grid(pipe, tmp_path):
+    from skimage import data
+
+    from unitok.data.media import to_tensor, to_uint8
+
+    img = np.asarray(Image.fromarray(data.astronaut()).resize((32, 32)))  # the policy's size: used as it is
+    Image.fromarray(img).save(tmp_path / "square.png")
+    tok = pipe.tokenizers["image"]
+    with torch.no_grad():
+        codes = tok.encode(to_tensor(img)[None])[0].numpy()  # (8, 8)
+    assert not np.array_equal(codes[:4], codes[4:])  # the halves differ: taking the wrong one shows
+    for seed in range(2):
+        r = pipe("image-to-image", image=tmp_path / "square.png", seed=seed)
+        s = r.samples[0]
+        span = pipe.vocab.unpack(r.prompt_ids[r.prompt_ids.index(pipe.vocab.special["<boi>"]):] + s.ids)
+        assert not span.problems
+        grid = np.asarray(span.segments[0]["image"])
+        assert np.array_equal(grid[:4], codes[:4])  # the input's upper rows, then 4 generated rows
+        with torch.no_grad():
+            assert np.array_equal(s.media, to_uint8(tok.decode(torch.from_numpy(grid)[None]))[0])
+
+
 def test_defaults_come_from_the_recorded_policy_and_audio_may_close_early(pipe, assets):
     assert pipe("text-to-image", prompt="a cat").samples[0].media.shape == (32, 32, 3)  # POLICY image_size
     r = pipe("video-continuation", video=assets["video"])  # input clip of 5 frames, as many again

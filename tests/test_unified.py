@@ -379,10 +379,18 @@ def test_init_from_a_text_lm_copies_text_rows(shards, corpus, tmp_path):  # noqa
         UnifiedTask(cfg, Engine(cfg.run, cfg.optim, tmp_path / "run2", recipe={}), read_shards(shards))
 
 
-def test_bench_train_reports_both_loops(tmp_path):
+def test_bench_train_reports_both_loops(tmp_path, monkeypatch):
     from unitok.cli import main
 
+    step, grads = torch.optim.AdamW.step, []
+
+    def spy(opt, *a, **kw):  # each optimizer step of either loop: parameters without a gradient
+        grads.append(sum(p.grad is None or not p.grad.any() for g in opt.param_groups for p in g["params"]))
+        return step(opt, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
     assert main(["bench", "train", str(DEBUG), "--steps", "3", "--repeats", "1", "--json", str(tmp_path / "b.json")]) == 0
+    assert grads == [0] * 2 * 3  # both loops train: 3 steps each, every parameter with a gradient
     r = json.loads((tmp_path / "b.json").read_text())
     assert r["engine_tokens_per_s"] > 0 and r["bare_tokens_per_s"] > 0 and len(r["engine_runs"]) == 1
     assert r["engine_vs_bare"] == pytest.approx(r["engine_tokens_per_s"] / r["bare_tokens_per_s"])

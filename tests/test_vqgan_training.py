@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from unitok.bench.image import codec_at, image_tiles
 from unitok.config import from_dict
+from unitok.data.media import MIN_IMAGE_SIDE, read_image
 from unitok.errors import ConfigError, DataError
 from unitok.tokenizers.base import load_tokenizer
 from unitok.training.vqgan import TrainConfig, train
@@ -113,6 +115,20 @@ def test_bench_reports_codecs_and_skips_bad_files(tmp_path):
     best = r["classical_best"]
     assert best["bpp"] <= r["ours"]["bpp"] * 1.0001 and best["psnr"] == max(
         c["psnr"] for c in r["classical"] if c["bpp"] <= r["ours"]["bpp"] * 1.0001)
+    # each candidate is its codec's highest quality at or below our rate (or its lowest, if none is),
+    # measured here on the benchmark's tiles
+    tiles = [t for f in ("a.png", "small_gray.png") for t in image_tiles(read_image(d / f, MIN_IMAGE_SIDE))]
+    for c in r["classical"]:
+        codec, scale = c["name"].split("@1/")[0], c.get("downscale", 1)
+        lo, hi = (1, 95) if codec == "jpeg" else (0, 100)
+
+        def bpp(q):
+            return codec_at(tiles, codec, q, metrics=False, scale=scale)["bpp"]
+
+        if bpp(lo) > r["ours"]["bpp"]:
+            assert c["quality"] == lo, c
+        else:
+            assert c["bpp"] <= r["ours"]["bpp"] and (c["quality"] == hi or bpp(c["quality"] + 1) > r["ours"]["bpp"]), c
     assert next(c for c in r["classical"] if c["name"] == "jpeg@1/8")["bpp"] < r["jpeg"]["bpp"]
     for f in ("table.md", "grid.png", "rd.png"):
         assert (tmp_path / f).is_file()

@@ -122,6 +122,8 @@ def codec_matched(tiles: list[np.ndarray], codec: str, target_bpp: float, scale:
     while b - a > 1:  # largest q with bpp(q) <= target, by bisection
         m = (a + b) // 2
         a, b = (m, b) if bpp(m) <= target_bpp else (a, m)
+    if bpp(b) <= target_bpp:  # only b == hi is never tried: every quality fits
+        a = b
     best = min({a, b}, key=lambda q: abs(bpp(q) - target_bpp))
     if at_or_below and bpp(a) <= target_bpp:
         best = a
