@@ -11,6 +11,7 @@ SUBCOMMANDS = [
     ["checkpoint", "export"], ["checkpoint", "convert"], ["pretokenize"], ["shards", "show"], ["shards", "decode"],
     ["train"], ["bench", "train"], ["bench", "generate"], ["bench", "rd"], ["generate"], ["bench", "overfit"],
     ["bench", "pretokenize"],
+    ["data", "scenes"], ["bench", "judge"],
 ]
 
 

@@ -26,7 +26,8 @@ Layout (what `unitok pretokenize` reads: folders of media with captions.tsv / tr
     DIR/{train,seen,held_out}/images/  PNG + captions.tsv
     DIR/{train,seen,held_out}/video/   MP4 (H.264; GIF where PyAV cannot write it) + captions.tsv
     DIR/{train,seen,held_out}/speech/  16 kHz 16-bit WAV + transcripts.tsv
-The same seed and options give the same files.
+The same seed and options give the same files, from a fresh process: eSpeak NG keeps state from one
+utterance to the next, so a recording also depends on what the process said before.
 """
 
 from __future__ import annotations
@@ -487,7 +488,8 @@ def _speak(out: Path, speech: list[dict], put) -> str | None:
     try:
         tts = Espeak()
         for it in speech:
-            pcm, sr = tts.say(it["caption"], voice=it["voice"], rate=it["rate"], pitch=it["pitch"])
+            pcm, sr = tts.say(it["caption"], voice=it["voice"], rate=it["rate"], pitch=it["pitch"],
+                              seed=int(it["id"][1:]))
             wav = resample(torch.from_numpy(pcm.astype(np.float32) / 32768), sr, 16000).numpy()
             f = put(it["split"], "speech", f"{it['id']}.wav", it["caption"]) / f"{it['id']}.wav"
             sf.write(f, np.clip(wav, -1, 1), 16000, subtype="PCM_16")
