@@ -54,8 +54,8 @@ def run(args) -> int:
     from unitok.data.scenes import load_scenes
 
     if args.run is not None:
-        raise ConfigError("scoring a model run comes with the scenes training recipe (issue 23, phase 2); "
-                          "use --ground-truth to score the data's own media")
+        raise ConfigError("scoring a model run is not implemented yet (it comes with the scenes training recipe); "
+                          "--ground-truth scores the data's own media")
     if not args.ground_truth:
         raise ConfigError("give --ground-truth (scores the data's own media and texts)")
     if args.max_items is not None and args.max_items < 1:
@@ -83,10 +83,12 @@ def judge_ground_truth(root: Path, data: dict, max_items: int | None = None) -> 
                          "speech": f"pocketsphinx {md.version('pocketsphinx')} en-us, JSGF grammar of the captions"},
               "items": {s: {k: len(v) for k, v in items[s].items()} for s in items}, "tasks": {}}
     for t in tasks:
-        if t.kind == "speech" and data.get("speech_error"):
-            report["tasks"][t.name] = {"metric": t.metric, "skipped": f"no speech: {data['speech_error']}"}
-            continue
         of_kind = [it for it in data["items"] if it["kind"] == t.kind]
+        if not of_kind:
+            why = data.get("speech_error") if t.kind == "speech" else None
+            report["tasks"][t.name] = {"metric": t.metric, "skipped": f"no {t.kind} items in the data"
+                                       + (f" ({why})" if why else "")}
+            continue
         test = {s: [it for it in of_kind if t.split(it) == s][:max_items] for s in SCORED}
         report["tasks"][t.name] = _evaluate(t, test, items["train"][t.kind], t.output)
     return report
