@@ -7,15 +7,16 @@
     direction, speed = judge_motion(frames)                # "left" / "right" / "up" / "down", or None
     text = SpeechJudge().transcribe(wav, sr)                # a caption of the scenes language, or ""
 
-Image judge: pixels whose saturation is above SAT_MIN are objects (backgrounds are grey), split into
-4-connected components; a component's colour is the named colour nearest to the median of its more
-saturated half (edges are mixed with the background), its shape the template (circle, square, triangle,
-diamond drawn in its bounding box, as the renderer draws) it overlaps best (IoU), its size small or large
-by its bounding box against the midpoint of the two sizes, its cell the one holding the box's centre.
-`judge_image` checks a caption's statements GenEval-style on the best assignment of stated to found
-objects: object (every stated shape is there), count (as many objects as stated), colour (each stated
-object has its colour), size, position (cells and relations; a relation needs the centres a twelfth of
-the width apart) and overall (every check that applies).
+Image judge: pixels whose chroma (max - min over RGB) exceeds SAT_MIN of their brightness are objects
+(backgrounds are grey), split into 4-connected components. A component's colour is the named colour
+nearest to the median of its more saturated half (edges are mixed with the background); its coverage
+per pixel is its chroma over the core's. For each shape, the box with the component's area and centroid
+is drawn as the renderer draws it, and the best soft overlap names the shape; that box gives the size
+(small or large by the midpoint of the two sizes) and the cell (its centre). `judge_image` checks a
+caption's statements GenEval-style on the best assignment of stated to found objects: object (every
+stated shape is there), count (as many objects as stated), colour (each stated object has its colour),
+size, position (cells and relations; a relation needs the centres a twelfth of the width apart) and
+overall (every check that applies).
 
 Video judge: the largest object of each frame, its centre tracked; the least-squares velocity gives the
 direction (its dominant axis) and the speed (`quickly` above the midpoint of the two speeds); below a
@@ -24,11 +25,12 @@ quarter of the slow speed the object is still (None).
 Speech judge: pocketsphinx 5 (its bundled US-English acoustic model and dictionary, 16 kHz) searching
 the finite-state grammar of the image captions (`unitok.data.scenes.jsgf`), not its language model:
 chosen by measurement (docs/judges.md: free decoding with its LM misrecognises most scene captions). The
-audio is brought to 16 kHz and a fixed loudness, and framed by 0.25 s of quiet noise on each side: the
-acoustic model was trained on recordings with a noise floor, and eSpeak's digital silence and abrupt
-ends make the search lose the last word. It hears only the scenes language: whatever is said, the
-transcript is the closest caption of that language (or "" when the search finds no complete caption),
-so off-language speech is scored by the words it happens to share.
+audio is brought to 16 kHz and a fixed loudness, framed by 0.25 s on each side, and a fixed noise floor is
+added: the acoustic model was trained on recordings with one, and on eSpeak's digital silence and abrupt
+ends the search loses the last word. When the best path still does not end a caption, the best complete
+caption among the lattice's best paths is taken. It hears only the scenes language: whatever is said, the
+transcript is the closest caption of that language (or "" when the search finds no complete caption), so
+off-language speech is scored by the words it happens to share.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Found:
     size: str
     row: int
     col: int
-    x: float  # centre of the bounding box, pixels
+    x: float  # centre of the fitted box, pixels
     y: float
     side: float  # of the fitted shape's box
     area: int
@@ -114,8 +116,9 @@ def find_objects(img: np.ndarray) -> list[Found]:
             if best is None or score > best[0]:
                 best = (score, shape, side, y)
         _, shape, side, y = best
-        out.append(Found(colour, shape, "large" if side > size_cut else "small", min(int(y * 3 / H), 2),
-                         min(int(cx * 3 / W), 2), cx, y, round(side, 2), int(m.sum())))
+        row, col = (min(max(int(v * 3 / n), 0), 2) for v, n in ((y, H), (cx, W)))
+        out.append(Found(colour, shape, "large" if side > size_cut else "small", row, col, cx, y, round(side, 2),
+                         int(m.sum())))
     return sorted(out, key=lambda f: -f.area)
 
 
@@ -233,14 +236,14 @@ class SpeechJudge:
     LOUDNESS = 0.08  # RMS the speech is scaled to (eSpeak's own renders are 0.05-0.2)
     NBEST = 100  # lattice paths searched for a complete caption when the best path is not one
 
-    def __init__(self, **options):
+    def __init__(self):
         try:
             from pocketsphinx import Decoder
         except ImportError:
             from unitok.errors import UnitokError
 
             raise UnitokError("the speech judge needs pocketsphinx (pip install pocketsphinx)") from None
-        self.decoder = Decoder(**{**dict(lm=None, loglevel="ERROR"), **options})
+        self.decoder = Decoder(lm=None, loglevel="ERROR")
         self.decoder.add_jsgf_string("scenes", jsgf())
         self.decoder.activate_search("scenes")
 
@@ -271,5 +274,6 @@ class SpeechJudge:
         hyp = d.hyp()
         text = hyp.hypstr if hyp is not None else ""
         if parse_caption(text) is None:  # the search ended inside a caption: the best complete one it saw
-            text = next((h.hypstr for h, _ in zip(d.nbest(), range(self.NBEST)) if parse_caption(h.hypstr)), text)
+            paths = (h.hypstr for h, _ in zip(d.nbest(), range(self.NBEST)) if h is not None)
+            text = next((p for p in paths if parse_caption(p)), text)
         return text

@@ -139,6 +139,10 @@ class ScenesConfig:
             raise ConfigError(f"speech ({self.speech}) speaks image captions: at most --n ({self.n})")
         if self.px < 24:
             raise ConfigError(f"px must be >= 24 (got {self.px}): a small object would be a few pixels")
+        room = (self.px * (1 - SIZES["large"] / 3) - 2) / (SPEEDS["quickly"] * self.px)  # steps a quick object can make
+        if self.frames > room + 1:
+            raise ConfigError(f"frames must be <= {int(room) + 1} at {self.px} px (got {self.frames}): a quick object "
+                              "would leave the frame")
         if not 2 <= self.prompt_frames < self.frames:
             raise ConfigError(f"prompt_frames must be in [2, frames) (got {self.prompt_frames}, frames {self.frames})")
         if not (0 <= self.seen_fraction and 0 <= self.held_out_fraction and self.seen_fraction
@@ -346,14 +350,14 @@ def _scene(rng: np.random.Generator, template: str, held_pair: bool, px: int) ->
     else:
         n, second = 2, _pick(rng, [p for p in seen if p != first])
         pairs = [first, second]
-    order = rng.permutation(len(cells))
-    chosen = [cells[i] for i in order[:n]]
-    if template == "left_of":  # first cell strictly left of the second
+    if template == "left_of":  # the first cell strictly left of the second
         a = _pick(rng, [p for p in cells if p[1] < 2])
         chosen = [a, _pick(rng, [p for p in cells if p[1] > a[1]])]
     elif template == "above":
         a = _pick(rng, [p for p in cells if p[0] < 2])
         chosen = [a, _pick(rng, [p for p in cells if p[0] > a[0]])]
+    else:
+        chosen = [cells[i] for i in rng.permutation(len(cells))[:n]]
     if template.startswith("count"):
         sizes = [_pick(rng, list(SIZES))] * n
     else:
