@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from unitok.data import scenes
 from unitok.data.scenes import HELD_OUT_PAIRS, HELD_OUT_TEMPLATES, HELD_OUT_VOICES, ScenesConfig, write_scenes

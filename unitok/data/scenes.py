@@ -41,7 +41,7 @@ from typing import Callable
 
 import numpy as np
 
-from unitok.errors import ConfigError, DataError
+from unitok.errors import ConfigError, DataError, read_json
 
 __all__ = ["COLOURS", "SHAPES", "SIZES", "POSITIONS", "NUMBERS", "RELATIONS", "DIRECTIONS", "SPEEDS", "TEMPLATES",
            "HELD_OUT_TEMPLATES", "HELD_OUT_PAIRS", "VOICES", "HELD_OUT_VOICES", "SPLITS", "Obj", "Said", "Claim",
@@ -510,10 +510,7 @@ def load_scenes(path) -> dict:
     f = Path(path) / "scenes.json"
     if not f.is_file():
         raise DataError(f"{path}: no scenes.json (write the data with `unitok data scenes --out {path}`)")
-    try:
-        data = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{f}: not valid JSON ({e})") from None
+    data = read_json(f, "scenes.json")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError(f"{f}: not a {FORMAT} file")
     return data
