@@ -209,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="where to write the results (default: OUT/overfit.json)")
+    p = _add(bench, "judge", "unitok.apps.bench_judge:run", "generation on the scenes task, scored by its judges",
+             "Score text-to-image (GenEval-style checks), image-to-text (true statements), text-to-audio (WER of\n"
+             "the speech judge), audio-to-text (WER) and video continuation (direction of motion) on the seen and\n"
+             "held-out items of `unitok data scenes` data, beside `chance` (another item's output) and\n"
+             "`nearest_training` (the closest training item's output). --ground-truth scores the data's own media:\n"
+             "the judges' accuracy. docs/judges.md describes the judges and their floors.",
+             epilog="example:\n  unitok bench judge --data data/scenes --ground-truth --json runs/judges.json")
+    p.add_argument("run", nargs="?", default=None, help="a unified run to score (comes with the scenes recipe)")
+    p.add_argument("--data", required=True, help="folder written by `unitok data scenes`")
+    p.add_argument("--ground-truth", action="store_true", help="score the data's own media and texts")
+    p.add_argument("--json", required=True, help="where to write the results")
+    p.add_argument("--max-items", type=int, default=None, help="at most this many items per task and split")
     p = _add(bench, "kernels", "unitok.apps.bench_kernels:run", "fused kernels vs. torch (timing needs a GPU)")
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--quick", action="store_true", help="fewer shapes")
@@ -334,6 +346,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", help="directory written by `unitok pretokenize`")
     p.add_argument("--doc", type=int, required=True, help="document index")
     p.add_argument("--out", required=True, help="folder for the files")
+
+    # --- data sets made here
+    data = sub.add_parser("data", help="make data sets").add_subparsers(dest="data_command", metavar="COMMAND")
+    data.required = True
+    p = _add(data, "scenes", "unitok.data.scenes:run_cli", "shapes, moving shapes and spoken captions with exact ground truth",
+             "Images of 1-3 objects (4 shapes, 8 colours, 2 sizes, a 3x3 grid) on textured grey backgrounds with\n"
+             "captions in 8 templates, clips of one moving object, and the captions spoken by eSpeak NG in many\n"
+             "voices; split into train / seen / held_out, holding out colour-shape combinations, two templates\n"
+             "and some voices. Folders that `unitok pretokenize` reads, and OUT/scenes.json with the ground\n"
+             "truth of every item; `unitok bench judge` scores against it. docs/judges.md describes it.",
+             epilog="example:\n  unitok data scenes --out data/scenes --n 2000 --seed 0")
+    p.add_argument("--out", required=True, help="new (or empty) folder to write into")
+    p.add_argument("--n", type=int, default=2000, help="images (default: 2000)")
+    p.add_argument("--clips", type=int, default=None, help="clips of a moving object (default: n/4)")
+    p.add_argument("--speech", type=int, default=None,
+                   help="recordings, of the first images' captions (default: n/2; 0 = none)")
+    p.add_argument("--px", type=int, default=64, help="image and frame side in pixels (default: 64)")
+    p.add_argument("--frames", type=int, default=9, help="frames per clip (default: 9)")
+    p.add_argument("--prompt-frames", type=int, default=5,
+                   help="frames of a clip given as the prompt of video continuation (default: 5)")
+    p.add_argument("--seed", type=int, default=0)
 
     # --- vocab
     vocab = sub.add_parser("vocab", help="the unified vocabulary").add_subparsers(dest="vocab_command", metavar="COMMAND")

@@ -15,6 +15,8 @@ Audio (float tensors, time on the last axis):
 Text:
 * `cer(hyp, ref)`: character error rate, Levenshtein distance / len(ref) (1.0 for an empty reference
   unless both are empty).
+* `wer(hyp, ref)`: word error rate of a string or of a corpus (lists: all edits over all reference
+  words, as jiwer's `wer(ref, hyp)`, which a test checks); words are split at whitespace.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from unitok.data.audio import log_mel
 
 __all__ = ["psnr", "psnr_from_mse", "ssim", "ms_ssim", "MS_SSIM_MIN_SIZE", "si_snr", "mel_distance",
-           "stft_distance", "cer"]
+           "stft_distance", "cer", "wer"]
 
 
 # ---------------------------------------------------------------- images
@@ -114,14 +116,31 @@ def stft_distance(y: torch.Tensor, x: torch.Tensor) -> float:
 # ---------------------------------------------------------------- text
 
 
-def cer(hyp: str, ref: str) -> float:
-    """Character error rate: edits (insertions, deletions, substitutions) turning ref into hyp, over len(ref)."""
-    if not ref:
-        return 0.0 if not hyp else 1.0
+def _edits(hyp, ref) -> int:
+    """Levenshtein distance of two sequences (insertions, deletions, substitutions)."""
     prev = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         cur = [i]
         for j, h in enumerate(hyp, 1):
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
         prev = cur
-    return prev[-1] / len(ref)
+    return prev[-1]
+
+
+def cer(hyp: str, ref: str) -> float:
+    """Character error rate: edits (insertions, deletions, substitutions) turning ref into hyp, over len(ref)."""
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return _edits(hyp, ref) / len(ref)
+
+
+def wer(hyp: str | list[str], ref: str | list[str]) -> float:
+    """Word error rate: word edits turning ref into hyp over the words of ref; for lists (a corpus), the
+    sum of the edits over the sum of the reference words. An empty reference word list is an error."""
+    hyps, refs = ([hyp], [ref]) if isinstance(ref, str) else (list(hyp), list(ref))
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references")
+    words = [r.split() for r in refs]
+    if not all(words):
+        raise ValueError("a reference has no words")
+    return sum(_edits(h.split(), w) for h, w in zip(hyps, words)) / sum(map(len, words))

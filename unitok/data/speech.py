@@ -79,10 +79,14 @@ class Espeak:
     def sample_rate(self) -> int:
         return Espeak._rate
 
-    def say(self, text: str, *, voice: str = "en-us", rate: int = 160, pitch: int = 50) -> tuple[np.ndarray, int]:
+    def say(self, text: str, *, voice: str = "en-us", rate: int = 160, pitch: int = 50,
+            seed: int | None = None) -> tuple[np.ndarray, int]:
         """Speech for `text`: int16 PCM (N,) and the sample rate. rate: words per minute (80-450);
-        pitch: 0-100. An unknown voice or a failed synthesis raises SpeechUnavailable."""
+        pitch: 0-100; seed: seeds the library's noise (breath, aspiration; otherwise it differs from run to
+        run). An unknown voice or a failed synthesis raises SpeechUnavailable."""
         lib = Espeak._lib
+        if seed is not None:
+            lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
         if lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
             raise SpeechUnavailable(f"eSpeak NG has no voice {voice!r}")
         lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
