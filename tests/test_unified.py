@@ -379,19 +379,45 @@ def test_init_from_a_text_lm_copies_text_rows(shards, corpus, tmp_path):  # noqa
         UnifiedTask(cfg, Engine(cfg.run, cfg.optim, tmp_path / "run2", recipe={}), read_shards(shards))
 
 
-def test_bench_train_reports_both_loops(tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_bench_train_reports_both_loops(tmp_path, monkeypatch, device):
     from unitok.cli import main
+    from unitok.training.loop import Engine
 
-    step, grads = torch.optim.AdamW.step, []
+    step, grads, seen = torch.optim.AdamW.step, [], []
+    init, engines = Engine.__init__, []
 
-    def spy(opt, *a, **kw):  # each optimizer step of either loop: parameters without a gradient
-        grads.append(sum(p.grad is None or not p.grad.any() for g in opt.param_groups for p in g["params"]))
+    def spy(opt, *a, **kw):  # each optimizer step of either loop: parameters without a gradient, and what
+        groups = opt.param_groups  # it steps: which loop (the engine adds base_lr), groups, devices
+        grads.append(sum(p.grad is None or not p.grad.any() for g in groups for p in g["params"]))
+        seen.append(("engine" if "base_lr" in groups[0] else "bare",
+                     [(len(g["params"]), g["weight_decay"]) for g in groups],
+                     {p.device for g in groups for p in g["params"]}))
         return step(opt, *a, **kw)
 
+    def engine_spy(self, *a, **kw):
+        init(self, *a, **kw)
+        engines.append(self.device)
+
     monkeypatch.setattr(torch.optim.AdamW, "step", spy)
-    assert main(["bench", "train", str(DEBUG), "--steps", "3", "--repeats", "1", "--json", str(tmp_path / "b.json")]) == 0
-    assert grads == [0] * 2 * 3  # both loops train: 3 steps each, every parameter with a gradient
+    monkeypatch.setattr(Engine, "__init__", engine_spy)
+    # image targets weighted 0.5: a plain mean loss would differ from the engine's
+    assert main(["bench", "train", str(DEBUG), f"run.device={device}", "loss_weights.image=0.5", "--steps", "3",
+                 "--repeats", "2", "--json", str(tmp_path / "b.json")]) == 0
+    assert grads == [0] * 4 * 3  # both loops train: 3 steps each per repeat, every parameter with a gradient
+    # the order rotates (engine first, then bare first); both step the same groups (weight decay only on
+    # linear weights) of a model on the engine's device
+    assert [loop for loop, _, _ in seen] == ["engine"] * 3 + ["bare"] * 6 + ["engine"] * 3
+    assert all(groups == seen[0][1] for _, groups, _ in seen) and [wd for _, wd in seen[0][1]] == [0.1, 0.0]
+    assert engines[0].type == device and all(devs == {engines[0]} for _, _, devs in seen)
     r = json.loads((tmp_path / "b.json").read_text())
-    assert r["engine_tokens_per_s"] > 0 and r["bare_tokens_per_s"] > 0 and len(r["engine_runs"]) == 1
+    assert r["engine_tokens_per_s"] > 0 and r["bare_tokens_per_s"] > 0 and len(r["engine_runs"]) == 2
     assert r["engine_vs_bare"] == pytest.approx(r["engine_tokens_per_s"] / r["bare_tokens_per_s"])
+    ratios = [e / b for e, b in zip(r["engine_runs"], r["bare_runs"])]
+    assert r["engine_vs_bare_runs"] == pytest.approx(ratios)
+    assert r["engine_vs_bare_spread"] == pytest.approx({"min": min(ratios), "median": sum(ratios) / 2,
+                                                        "max": max(ratios)})
+    # same seed, same first batch, same loss path: the same step-1 loss
+    assert r["step1_loss"]["engine"] == pytest.approx(r["step1_loss"]["bare"], rel=1e-6)
     assert 0 <= r["data_wait_share"] < 1 and r["achieved_flops_per_s"] > 0 and r["peak_rss_mb"] > 0

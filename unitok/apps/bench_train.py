@@ -2,13 +2,18 @@
 
     unitok bench train configs/train/unified-cpu.yaml --steps 30 --repeats 3 --json out/train.json [--data SHARDS]
 
-Both loops train the same model (same config, same initial weights) on the same packed batches with
-AdamW and gradient clipping; the bare loop is the textbook one (zero_grad, forward with the plain
-mean loss, backward, clip, step). Runs alternate (engine, bare, engine, bare, ...) so that a noisy
-machine hurts both alike; each run's first step (warm-up) and the engine's evaluation and checkpoint
-time are excluded. Without --data the batches come from synthetic documents (random text ids and
-image spans of the config's sizes). Reports tokens/s, the share of engine step time spent waiting
-for data, peak memory, and model FLOP/s (MFU on a known GPU).
+Both loops train the same model (same config, same initial weights, on the engine's device) on the
+same packed batches with the same loss (`UnifiedTask._losses`: modality weights, and bf16 autocast on
+a GPU when run.bf16 asks for it), AdamW over the same parameter groups (weight decay on linear
+weights only) and gradient clipping; the bare loop is the textbook one (zero_grad, forward, backward,
+clip, step), so what differs is the engine's loop: schedule, logging, loss and grad-norm checks.
+Both draw their batches inside the timed steps and read the clock at the same point of a step (after
+the optimizer step, synchronised on a GPU); each run's first step (warm-up) and the engine's
+evaluation and checkpoint time are excluded. Which loop runs first alternates between repeats
+(engine first, then bare first, ...) so that neither always gets a warm or a cold machine; the
+engine/bare ratio is reported per repeat and as min, median and max. Without --data the batches come
+from synthetic documents (random text ids and image spans of the config's sizes). Also reports the
+share of engine step time spent waiting for data, peak memory, and model FLOP/s (MFU on a known GPU).
 """
 
 from __future__ import annotations
@@ -51,17 +56,28 @@ def model_flops_per_token(model, seq_len: int) -> float:
     return 6 * model.num_params(embeddings=False) + 6 * c.n_layer * c.dim * seq_len
 
 
-def _engine_run(cfg, shards, steps: int, tmp: Path) -> dict:
+def _setup(cfg, shards, steps: int, out: Path):
+    """The engine and the task of one run: both loops get the same model (the engine seeds it), the
+    same batches, the same loss function and the same parameter groups from here."""
     from unitok.training.loop import Engine
     from unitok.training.unified import UnifiedTask
 
     cfg = replace(cfg, eval_every=0, eval_fraction=0.0, run=replace(cfg.run, max_steps=steps, ckpt_every=0,
                                                                     ckpt_every_min=0.0, max_minutes=None, log_every=1))
-    engine = Engine(cfg.run, cfg.optim, tmp, recipe={}, progress=False, name="bench")
-    task = UnifiedTask(cfg, engine, shards)
+    engine = Engine(cfg.run, cfg.optim, out, recipe={}, progress=False, name="bench")
+    return engine, UnifiedTask(cfg, engine, shards)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _engine_run(cfg, shards, steps: int, out: Path) -> dict:
+    engine, task = _setup(cfg, shards, steps, out)
     task.finish = lambda: {}  # no final evaluation in the timing run
-    wait = [0.0]
-    nxt = task.data.next
+    wait, clock = [0.0], {}
+    nxt, end_step = task.data.next, task.end_step
 
     def timed_next(*a):
         t = time.perf_counter()
@@ -69,38 +85,45 @@ def _engine_run(cfg, shards, steps: int, tmp: Path) -> dict:
         wait[0] += time.perf_counter() - t if engine.step >= 1 else 0.0
         return b
 
-    task.data.next = timed_next
+    def timed_end_step(step):  # after the optimizer step: the bare loop reads its clock at the same point
+        if step in (0, steps - 1):
+            _sync(engine.device)
+            clock[step] = time.perf_counter()
+        return end_step(step)
+
+    task.data.next, task.end_step = timed_next, timed_end_step
     engine.fit(task)
-    t = {r["step"]: r["time_s"] for r in engine.history}
-    dt = t[steps] - t[1]  # steps 2..N: the first step (allocations, warm-up) is excluded
-    return {"seconds": dt, "data_wait_s": wait[0], "model": task.model}
+    dt = clock[steps - 1] - clock[0]  # steps 2..N: the first step (allocations, warm-up) is excluded
+    return {"seconds": dt, "data_wait_s": wait[0], "model": task.model, "loss1": engine.history[0]["loss"]}
 
 
-def _bare_run(cfg, shards, steps: int) -> float:
-    """The same model and batches in the textbook loop; seconds for steps 2..N."""
-    from unitok.data.packed import PackedBatches
-    from unitok.model.transformer import UnifiedTransformer
-
-    torch.manual_seed(cfg.run.seed)
-    model = UnifiedTransformer(replace(cfg.model, vocab_size=shards.vocab.size))
-    data = PackedBatches(shards, cfg.seq_len, cfg.batch_size, cfg.run.seed, 0.0, cfg.cond_dropout)
-    batches = [data.next() for _ in range(steps)]
+def _bare_run(cfg, shards, steps: int, out: Path) -> dict:
+    """The same model, batches and loss in the textbook loop (zero_grad, forward, backward, clip, step)
+    with a plain AdamW over the engine's parameter groups; the batch is drawn inside the timed steps as
+    in the engine. Seconds for steps 2..N."""
+    engine, task = _setup(cfg, shards, steps, out)
     o = cfg.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    t0 = 0.0
-    for i, b in enumerate(batches):
-        if i == 1:
-            t0 = time.perf_counter()
+    opt = torch.optim.AdamW(task.param_groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    t0, loss1 = 0.0, None
+    for i in range(steps):
         opt.zero_grad(set_to_none=True)
-        loss = model(b.ids, b.targets, doc_ids=b.doc_ids)
+        loss, _ = task._losses(task.data.next(), task.model)  # the engine's loss: device, autocast, weights
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        torch.nn.utils.clip_grad_norm_(task.model.parameters(), o.grad_clip)
         opt.step()
-    return time.perf_counter() - t0
+        if i == 0:
+            _sync(engine.device)
+            t0, loss1 = time.perf_counter(), float(loss.detach())
+    _sync(engine.device)
+    return {"seconds": time.perf_counter() - t0, "loss1": loss1}
+
+
+def _spread(xs) -> dict:
+    return {"min": float(np.min(xs)), "median": float(np.median(xs)), "max": float(np.max(xs))}
 
 
 def run(args) -> int:
-    from unitok.reporting import write_json
+    from unitok.reporting import markdown_table, write_json
     from unitok.config import load_config
     from unitok.data.shards import read_shards
     from unitok.training.unified import UnifiedConfig
@@ -108,28 +131,41 @@ def run(args) -> int:
     cfg0 = load_config(UnifiedConfig, args.config, list(args.overrides or []))
     shards = read_shards(args.data) if args.data else synthetic_shards()
     tokens = (args.steps - 1) * cfg0.batch_size * cfg0.seq_len
-    eng, bare, wait = [], [], []
+    eng, bare, wait, loss1 = [], [], [], {}
     model = None
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            res = _engine_run(cfg0, shards, args.steps, Path(tmp) / f"e{r}")
-            eng.append(tokens / res["seconds"])
-            wait.append(res["data_wait_s"] / res["seconds"])
-            model = res["model"]
-            bare.append(tokens / _bare_run(cfg0, shards, args.steps))
-            print(f"repeat {r + 1}/{args.repeats}: engine {eng[-1]:.0f} tokens/s, bare loop {bare[-1]:.0f} tokens/s")
+            order = ("engine", "bare") if r % 2 == 0 else ("bare", "engine")  # neither always runs first
+            for loop in order:
+                if loop == "engine":
+                    res = _engine_run(cfg0, shards, args.steps, Path(tmp) / f"e{r}")
+                    eng.append(tokens / res["seconds"])
+                    wait.append(res["data_wait_s"] / res["seconds"])
+                    model = res["model"]
+                else:
+                    res = _bare_run(cfg0, shards, args.steps, Path(tmp) / f"b{r}")
+                    bare.append(tokens / res["seconds"])
+                loss1.setdefault(loop, res["loss1"])
+            print(f"repeat {r + 1}/{args.repeats} ({order[0]} first): engine {eng[-1]:.0f} tokens/s, "
+                  f"bare loop {bare[-1]:.0f} tokens/s", flush=True)
     fpt = model_flops_per_token(model, cfg0.seq_len)
     e, b = float(np.median(eng)), float(np.median(bare))
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    ratios = [x / y for x, y in zip(eng, bare)]  # per repeat: the two runs of a repeat ran back to back
+    dev = next(model.parameters()).device
+    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     out = {
         "config": str(args.config), "overrides": list(args.overrides or []), "data": args.data or "synthetic",
         "steps": args.steps, "repeats": args.repeats, "device": device, "threads": torch.get_num_threads(),
+        "autocast_bf16": dev.type == "cuda" and cfg0.run.bf16,
         "params": model.num_params(), "tokens_per_step": cfg0.batch_size * cfg0.seq_len,
         "engine_tokens_per_s": e, "bare_tokens_per_s": b, "engine_vs_bare": e / b,
-        "engine_runs": eng, "bare_runs": bare, "data_wait_share": float(np.median(wait)),
+        "engine_vs_bare_spread": _spread(ratios), "engine_vs_bare_runs": ratios,
+        "engine_runs": eng, "bare_runs": bare, "step1_loss": loss1, "data_wait_share": float(np.median(wait)),
         "flops_per_token": fpt, "achieved_flops_per_s": fpt * e,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "timing": "steps 2..N of each run; engine evaluation and checkpoints excluded; runs alternate",
+        "timing": "steps 2..N of each run, batches drawn inside the timed steps in both loops, clock read after "
+                  "the optimizer step (synchronised on a GPU); engine evaluation and checkpoints excluded; "
+                  "the first loop alternates between repeats",
     }
     peak = next((v for k, v in PEAK_BF16.items() if k in device), None)
     if peak:
@@ -137,6 +173,9 @@ def run(args) -> int:
     if torch.cuda.is_available():
         out["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     write_json(out, args.json)
-    print(f"engine {e:.0f} vs bare {b:.0f} tokens/s ({e / b:.3f}x); data wait {out['data_wait_share']:.1%}; "
+    rows = [{"per run": "engine tokens/s", **_spread(eng)}, {"per run": "bare loop tokens/s", **_spread(bare)},
+            {"per run": "engine / bare", **_spread(ratios)}]
+    print(markdown_table(rows, ["per run", "min", "median", "max"]), end="")
+    print(f"over {args.repeats} repeats on {device}; data wait {out['data_wait_share']:.1%}; "
           f"{fpt * e / 1e9:.2f} GFLOP/s" + (f"; MFU {out['mfu']:.1%}" if peak else "") + f" -> {args.json}")
     return 0
