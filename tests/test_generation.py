@@ -268,22 +268,27 @@ def test_bench_generate_writes_its_fields(tmp_path, monkeypatch):
 
     forward, calls = LlamaForCausalLM.forward, []
 
-    def spy(model, input_ids=None, **kw):  # what transformers' model is fed, and its greedy choice
+    def spy(model, input_ids=None, **kw):  # what transformers' model is fed, and its next-id logits
         out = forward(model, input_ids=input_ids, **kw)
-        calls.append((input_ids.clone(), out.logits[:, -1].argmax(-1)))
+        calls.append((input_ids.clone(), out.logits[:, -1].detach().clone()))
         return out
 
     monkeypatch.setattr(LlamaForCausalLM, "forward", spy)
     out = tmp_path / "gen.json"
     assert main(["bench", "generate", "--preset", "debug", "--new-tokens", "4", "--prompt-len", "3",
                  "--batch-sizes", "1,2", "--full-batch-sizes", "1,2", "--repeats", "1", "--device", "cpu",
-                 "--json", str(out)]) == 0
-    # transformers' run: 4 calls (warm-up and timed, batch 1 and 2), each the 3-id prompt then 3 steps that
-    # feed only the id just chosen (its KV cache holds the rest), and that id is the most likely one (greedy)
-    assert [tuple(ids.shape) for ids, _ in calls] == [(b, n) for b in (1, 2) for n in (3, 1, 1, 1)] * 2
-    for (_, chosen), (ids, _) in zip(calls, calls[1:]):
+                 "--temperature", "2", "--top-k", "3", "--json", str(out)]) == 0
+    # transformers' runs: 8 calls (warm-up and timed, batch 1 and 2, greedy then sampled), each the 3-id
+    # prompt then 3 steps that feed only the id just chosen (its KV cache holds the rest); greedy feeds the
+    # most likely id, sampling one of the 3 most likely, and not always the most likely one
+    assert [tuple(ids.shape) for ids, _ in calls] == [(b, n) for b in (1, 2) for _ in (0, 1) for n in (3, 1, 1, 1)] * 2
+    greedy, sampled = [], []
+    for i, ((_, logits), (ids, _)) in enumerate(zip(calls, calls[1:])):
         if ids.shape[1] == 1:
-            assert torch.equal(ids[:, 0], chosen)
+            (sampled if i // 4 % 2 else greedy).append((ids[:, 0], logits))
+    assert all(torch.equal(chosen, logits.argmax(-1)) for chosen, logits in greedy)
+    assert all(c in row.topk(3).indices for chosen, logits in sampled for c, row in zip(chosen, logits))
+    assert any(not torch.equal(chosen, logits.argmax(-1)) for chosen, logits in sampled)
     r = json.loads(out.read_text())
     assert r["preset"] == "debug" and r["new_tokens"] == 4 and r["batch_sizes"] == [1, 2] and r["device"] == "cpu"
     assert r["model"]["dim"] == 32 and r["model"]["n_kv_head"] == 2
@@ -293,6 +298,11 @@ def test_bench_generate_writes_its_fields(tmp_path, monkeypatch):
         for k in ("cache", "full", "transformers"):
             assert x[f"{k}_tokens_per_s"] > 0 and len(x[f"{k}_runs"]) == 1
         assert x["cache_equals_full"] is True and x["cache_vs_transformers"] > 0
+        for k in ("cache_sampled", "transformers_sampled"):
+            assert x[f"{k}_tokens_per_s"] > 0 and len(x[f"{k}_runs"]) == 1
+        assert x["sampled_cache_vs_transformers"] == pytest.approx(x["cache_sampled_tokens_per_s"]
+                                                                   / x["transformers_sampled_tokens_per_s"])
+    assert r["sampling"] == {"temperature": 2.0, "top_k": 3, "top_p": 1.0, "seed": 0}
     assert main(["bench", "generate", "--preset", "debug", "--new-tokens", "4", "--prompt-len", "3",
                  "--batch-sizes", "1,2", "--repeats", "1", "--json", str(out)]) == 0
     r = json.loads(out.read_text())  # full recomputation by default only at batch 1
@@ -300,3 +310,4 @@ def test_bench_generate_writes_its_fields(tmp_path, monkeypatch):
     assert r["results"][1]["cache_equals_full"] is None and r["results"][0]["cache_equals_full"] is True
     assert main(["bench", "generate", "--preset", "debug", "--new-tokens", "60", "--prompt-len", "8",
                  "--json", str(out)]) == 2  # 68 > 64: refused in one line
+    assert main(["bench", "generate", "--preset", "debug", "--temperature", "0", "--json", str(out)]) == 2

@@ -147,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p = _add(bench, "train", "unitok.apps.bench_train:run", "training throughput: the engine vs a bare loop",
              "Train the config's unified model for --steps steps with the engine and with a bare PyTorch loop\n"
-             "(same model, same batches), alternating --repeats times; report tokens/s of both, the engine's\n"
-             "data-wait share, peak memory and FLOP/s (MFU on a known GPU).")
+             "(same model, device, batches, loss and parameter groups), --repeats times, the first loop alternating;\n"
+             "report tokens/s of both, the engine/bare ratio's min, median and max, the engine's data-wait share,\n"
+             "peak memory and FLOP/s (MFU on a known GPU).")
     p.add_argument("config", help="unified run config, e.g. configs/train/unified-cpu.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--steps", type=int, default=30, help="steps per run (the first is not timed; default: 30)")
@@ -169,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(bench, "generate", "unitok.apps.bench_generate:run", "decode speed: KV cache vs recomputation vs transformers",
              "Greedy decoding of --new-tokens tokens from random prompts with the sampler's KV cache, with full\n"
              "recomputation every step, and with transformers' LlamaForCausalLM.generate (use_cache=True) at the\n"
-             "preset's dimensions (randomly initialised), per batch size, alternating --repeats times; prints a\n"
-             "table of new tokens/s and writes every run to --json.")
+             "preset's dimensions (randomly initialised), per batch size, alternating --repeats times; also\n"
+             "sampled decoding (--temperature, --top-k, a fixed seed) with the KV cache and with transformers'\n"
+             "do_sample=True; prints a table of new tokens/s and writes every run to --json.")
     p.add_argument("--preset", default="small", help="model preset (unitok/model/config.py; default: small)")
     p.add_argument("--new-tokens", type=int, default=256, help="new tokens per row (default: 256)")
     p.add_argument("--prompt-len", type=int, default=16, help="prompt tokens per row (default: 16)")
@@ -181,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of each (default: 3)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--temperature", type=float, default=0.8, help="of the sampled runs (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=50, help="of the sampled runs (default: 50)")
     p.add_argument("--json", required=True, help="where to write the results")
     p = _add(bench, "pretokenize", "unitok.apps.bench_pretokenize:run",
              "pretokenization throughput vs the tokenizers' own batched encode",

@@ -7,13 +7,16 @@ same dimensions, side by side in one run.
 
 Both models are randomly initialised from the preset: dim, layers, heads, kv heads, vocabulary, FFN
 width, max positions, RoPE theta, norm eps and tied embeddings are the same; ours also has QK-norm
-where the preset has it (Llama has none). Greedy decoding of exactly --new-tokens tokens per row (no
-end-of-sequence stop), random prompt ids (the same for all three), `use_cache=True` for
-transformers. A run is one whole `generate` call, prefill included; new tokens/s = batch x
-new tokens / seconds. Runs alternate (cache, full, transformers, rotating the order every repeat)
-after one untimed warm-up of each, so a noisy machine hurts all alike; the JSON keeps every run and
-reports medians. `cache_equals_full` checks that both of our paths produced the same ids. Full
-recomputation is timed only at `--full-batch-sizes` (default 1): at batch 8 on CPU one run takes minutes.
+where the preset has it (Llama has none). Exactly --new-tokens tokens per row (no end-of-sequence
+stop), random prompt ids (the same for all), `use_cache=True` for transformers, each decoded two
+ways: greedy (cache, full, transformers), and sampled at --temperature with --top-k (no top-p, no
+repetition penalty) from a fixed seed (cache_sampled against transformers' `do_sample=True`
+with the same temperature and top-k; the ids differ, the models' weights do). A run is one whole
+`generate` call, prefill included; new tokens/s = batch x new tokens / seconds. Runs alternate
+(rotating the order of the implementations every repeat) after one untimed warm-up of each, so a
+noisy machine hurts all alike; the JSON keeps every run and reports medians. `cache_equals_full`
+checks that both of our greedy paths produced the same ids. Full recomputation is timed only at
+`--full-batch-sizes` (default 1): at batch 8 on CPU one run takes minutes.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch
 
 __all__ = ["run", "llama_twin"]
 
-IMPLS = ("cache", "full", "transformers")
+IMPLS = ("cache", "full", "transformers", "cache_sampled", "transformers_sampled")
+SEED = 0  # of the sampled runs, ours and transformers' alike
 
 
 def llama_twin(cfg, dtype=torch.float32):
@@ -67,6 +71,9 @@ def run(args) -> int:
         raise ConfigError(f"bench generate: {e}") from None
     if not batch_sizes or min(batch_sizes) < 1 or args.repeats < 1 or args.prompt_len < 1:
         raise ConfigError("bench generate: --batch-sizes, --repeats and --prompt-len must be >= 1")
+    temperature, top_k = args.temperature, args.top_k
+    if temperature <= 0 or top_k < 1:
+        raise ConfigError("bench generate: --temperature must be > 0 and --top-k >= 1 (the sampled runs)")
     check_context([args.prompt_len], args.new_tokens, cfg.max_seq_len)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -81,13 +88,19 @@ def run(args) -> int:
     N = args.new_tokens
 
     def call(impl: str, B: int, n: int):
-        p = prompts[B]
-        if impl == "transformers":
+        p, sampled = prompts[B], impl.endswith("_sampled")
+        if impl.startswith("transformers"):
             ids = torch.tensor(p, device=device)
+            kw = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0) if sampled else \
+                dict(do_sample=False)
+            torch.manual_seed(SEED)  # transformers samples from the global generator
             with torch.no_grad():
                 out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                                  do_sample=False, use_cache=True, pad_token_id=0)
+                                  use_cache=True, pad_token_id=0, **kw)
             return out[:, ids.shape[1]:].tolist()
+        if sampled:  # the same filters as transformers' call: no top-p, no repetition penalty
+            return generate_batch(ours, p, n, temperature=temperature, top_k=top_k, top_p=1.0,
+                                  repetition_penalty=1.0, seed=SEED, use_cache=True)
         return generate_batch(ours, p, n, temperature=0, use_cache=impl == "cache")
 
     def impls(B: int) -> tuple[str, ...]:
@@ -117,8 +130,13 @@ def run(args) -> int:
                      "transformers_tokens_per_s": med["transformers"],
                      "cache_vs_full": med["cache"] / med["full"] if full else None,
                      "cache_vs_transformers": med["cache"] / med["transformers"],
+                     "cache_sampled_tokens_per_s": med["cache_sampled"],
+                     "transformers_sampled_tokens_per_s": med["transformers_sampled"],
+                     "sampled_cache_vs_transformers": med["cache_sampled"] / med["transformers_sampled"],
                      "cache_runs": runs[("cache", B)], "full_runs": runs.get(("full", B), []),
                      "transformers_runs": runs[("transformers", B)],
+                     "cache_sampled_runs": runs[("cache_sampled", B)],
+                     "transformers_sampled_runs": runs[("transformers_sampled", B)],
                      "cache_equals_full": ids[("cache", B)] == ids[("full", B)] if full else None})
     out = {
         "preset": args.preset,
@@ -129,15 +147,20 @@ def run(args) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": args.dtype, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": transformers.__version__, "new_tokens": N, "prompt_len": args.prompt_len,
-        "batch_sizes": batch_sizes, "full_batch_sizes": sorted(full_sizes & set(batch_sizes)), "repeats": args.repeats, "results": rows,
-        "timing": "one whole greedy generate call per run (prefill included), new tokens/s = batch x new tokens / "
-                  "seconds; medians over alternating runs after one warm-up each",
+        "batch_sizes": batch_sizes, "full_batch_sizes": sorted(full_sizes & set(batch_sizes)), "repeats": args.repeats,
+        "sampling": {"temperature": temperature, "top_k": top_k, "top_p": 1.0, "seed": SEED}, "results": rows,
+        "timing": "one whole generate call per run, greedy or sampled (prefill included), new tokens/s = batch x "
+                  "new tokens / seconds; medians over alternating runs after one warm-up each",
     }
     write_json(out, args.json)
     print(markdown_table(rows, ["batch", "cache_tokens_per_s", "full_tokens_per_s", "transformers_tokens_per_s",
-                                "cache_vs_full", "cache_vs_transformers", "cache_equals_full"],
-                         {"cache_tokens_per_s": ".1f", "full_tokens_per_s": ".1f",
-                          "transformers_tokens_per_s": ".1f", "cache_vs_full": ".2f", "cache_vs_transformers": ".2f"}),
+                                "cache_vs_full", "cache_vs_transformers", "cache_equals_full",
+                                "cache_sampled_tokens_per_s", "transformers_sampled_tokens_per_s",
+                                "sampled_cache_vs_transformers"],
+                         {"cache_tokens_per_s": ".1f", "full_tokens_per_s": ".1f", "transformers_tokens_per_s": ".1f",
+                          "cache_vs_full": ".2f", "cache_vs_transformers": ".2f", "cache_sampled_tokens_per_s": ".1f",
+                          "transformers_sampled_tokens_per_s": ".1f", "sampled_cache_vs_transformers": ".2f"}),
           end="")
-    print(f"-> {args.json}")
+    print(f"greedy, and sampled at temperature {temperature}, top-k {top_k}, seed {SEED}; batch x "
+          f"(prompt {args.prompt_len} + {N} new tokens); {out['device']}, {args.dtype} -> {args.json}")
     return 0
