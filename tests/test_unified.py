@@ -421,3 +421,4 @@ def test_bench_train_reports_both_loops(tmp_path, monkeypatch, device):
     # same seed, same first batch, same loss path: the same step-1 loss
     assert r["step1_loss"]["engine"] == pytest.approx(r["step1_loss"]["bare"], rel=1e-6)
     assert 0 <= r["data_wait_share"] < 1 and r["achieved_flops_per_s"] > 0 and r["peak_rss_mb"] > 0
+    assert main(["bench", "train", str(DEBUG), "--steps", "1", "--json", str(tmp_path / "b.json")]) == 2  # nothing timed

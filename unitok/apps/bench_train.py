@@ -125,9 +125,12 @@ def _spread(xs) -> dict:
 def run(args) -> int:
     from unitok.reporting import markdown_table, write_json
     from unitok.config import load_config
+    from unitok.errors import ConfigError
     from unitok.data.shards import read_shards
     from unitok.training.unified import UnifiedConfig
 
+    if args.steps < 2 or args.repeats < 1:
+        raise ConfigError("bench train: --steps must be >= 2 (the first step is not timed) and --repeats >= 1")
     cfg0 = load_config(UnifiedConfig, args.config, list(args.overrides or []))
     shards = read_shards(args.data) if args.data else synthetic_shards()
     tokens = (args.steps - 1) * cfg0.batch_size * cfg0.seq_len
