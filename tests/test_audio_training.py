@@ -103,8 +103,8 @@ def test_codebook_refit_then_decoder_only_phase(tmp_path, capsys):
 
 
 def test_dead_code_threshold_is_checked_for_audio_too(tmp_path):
-    """The guard the image trainer has: a threshold is a fraction of the mean hits per code and step
-    (2 x 62 frames over 64 codes: about 1.9 hits), refused above 0.5."""
+    """The guard the image trainer had: a threshold above the mean hits per code and step would
+    replace every code every step (2 x 62 frames over 64 codes: about 1.9 hits)."""
     from unitok.errors import ConfigError
 
     data = _write_folder(tmp_path / "data", silent=False, corrupt=False)

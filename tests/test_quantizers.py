@@ -114,13 +114,10 @@ def test_config_limits():
 
 
 def test_dead_code_guard_boundary_and_kinds():
-    # a fraction of the mean hits per code: half the mean is allowed, whatever the tokens per step
-    check_dead_code_threshold(QuantizerConfig(codebook_size=1024, dead_code_threshold=0.5), tokens_per_step=4096)
-    check_dead_code_threshold(QuantizerConfig(codebook_size=1024, dead_code_threshold=0.5), tokens_per_step=64)
-    with pytest.raises(ConfigError, match=r"4096 tokens / 1024 codes = 4.00\) are re-seeded every step; use at most 0.25"):
-        check_dead_code_threshold(QuantizerConfig(codebook_size=1024, dead_code_threshold=0.51), 4096, "cfg")
-    with pytest.raises(ConfigError, match="dead_code_threshold 2.0"):  # a count of the old reading is refused
-        check_dead_code_threshold(QuantizerConfig(codebook_size=1024, dead_code_threshold=2.0), 4096)
+    cfg = QuantizerConfig(codebook_size=1024, dead_code_threshold=2.0)
+    check_dead_code_threshold(cfg, tokens_per_step=4096)  # mean 4 hits per code: 2.0 is exactly half, allowed
+    with pytest.raises(ConfigError, match=r"4096 tokens / 1024 codes = 4.00\); use at most 1.00"):
+        check_dead_code_threshold(QuantizerConfig(codebook_size=1024, dead_code_threshold=2.01), 4096, "cfg")
     with pytest.raises(ConfigError, match="dead_code_threshold"):
         check_dead_code_threshold(QuantizerConfig(kind="rvq", levels=2, codebook_size=1024, dead_code_threshold=3.0),
                                   4096)

@@ -37,7 +37,7 @@ from unitok.config import from_dict
 from unitok.errors import CheckpointError, ConfigError, read_json
 from unitok.foreign import load_torch_file, state_dict_from
 from unitok.tokenizers.base import NeuralTokenizer
-from unitok.tokenizers.quantizers import dead_code_ratio, kmeans
+from unitok.tokenizers.quantizers import kmeans
 
 __all__ = ["AudioTokenizerConfig", "AudioTokenizer", "hf_to_encodec_state_dict", "encodec_to_hf_state_dict"]
 
@@ -81,7 +81,7 @@ class AudioTokenizerConfig:
     decay: float = 0.99  # EMA decay of the codebooks
     kmeans_init: bool = True
     kmeans_iters: int = 10
-    dead_code_threshold: float = 0.1  # fraction of the mean hits per code (see quantizers.py)
+    dead_code_threshold: float = 0.1  # an EMA hit count; keep well below tokens-per-step / codebook_size
     commitment_weight: float = 0.1
     quantize_dropout: bool = True  # train with a random number of levels (bandwidth dropout)
 
@@ -179,8 +179,7 @@ class AudioTokenizer(NeuralTokenizer):
         self.quantizer = ResidualVQ(
             dim=config.hidden_size, num_quantizers=config.levels, codebook_size=config.codebook_size,
             decay=config.decay, kmeans_init=config.kmeans_init, kmeans_iters=config.kmeans_iters,
-            dead_code_threshold_ratio=dead_code_ratio(config.dead_code_threshold),
-            commitment_weight=config.commitment_weight,
+            threshold_ema_dead_code=config.dead_code_threshold, commitment_weight=config.commitment_weight,
             quantize_dropout=config.quantize_dropout, rotation_trick=False,
         )
 

@@ -16,12 +16,12 @@ Kinds (papers):
   lfq    lookup-free quantization (MAGVIT-v2, Yu 2023) with its entropy loss; size = 2**bits.
   simvq  SimVQ (Zhu 2024): frozen random codebook through a learned linear map.
 
-Dead-code expiry: `dead_code_threshold` is a fraction in [0, 1) of the codebook's mean EMA hit count
-per step (about tokens_per_step / codebook_size): a code whose own EMA count falls below that
-fraction of the mean is re-seeded from the batch (0 = off). It is vector-quantize-pytorch's
-`dead_code_threshold_ratio`, the reading every preset was trained with (the library's deprecated
-`threshold_ema_dead_code` took values below 1 as this ratio). `check_dead_code_threshold` refuses
-more than 0.5 in the trainers: codes hit half as often as the rest would be re-seeded every step.
+Dead-code expiry: `dead_code_threshold` is compared with each code's EMA hit count per step, an
+absolute count (counts start at 1): vector-quantize-pytorch 1.32's `threshold_ema_dead_code`, the
+meaning every preset was trained with. 1.34 reads a value below 1 as a fraction of the mean count
+instead and has no absolute option, so pyproject.toml pins 1.32. The threshold must be well below
+tokens_per_step / codebook_size, or every code is replaced every step;
+`check_dead_code_threshold` raises a ConfigError for that case (the trainers call it).
 
 DDP: EMA codebooks are buffers. vector-quantize-pytorch all-reduces the EMA statistics and the
 k-means init when torch.distributed is initialised *before* the quantizer is built, so build the
@@ -40,7 +40,7 @@ from torch import nn
 from unitok.errors import ConfigError
 
 __all__ = ["QuantizerConfig", "Quantizer", "QuantOut", "build_quantizer", "check_dead_code_threshold",
-           "code_stats", "dead_code_ratio", "kmeans"]
+           "code_stats", "kmeans"]
 
 
 @dataclass
@@ -54,7 +54,7 @@ class QuantizerConfig:
     decay: float = 0.99  # EMA decay
     kmeans_init: bool = True  # initialise the codebook by k-means on the first batch
     cosine: bool = False  # l2-normalised codes and inputs (cosine-similarity lookup)
-    dead_code_threshold: float = 0.0  # re-seed codes hit less than this fraction of the mean (0 = off)
+    dead_code_threshold: float = 0.0  # replace codes whose EMA hit count falls below this (0 = off)
     commitment_weight: float = 0.25
     rotation_trick: bool = False  # rotation trick (Fifty 2024) instead of straight-through
     entropy_weight: float = 0.1  # lfq entropy loss weight
@@ -96,24 +96,15 @@ def code_stats(indices: torch.Tensor, size: int) -> tuple[float, float]:
     return (counts > 0).float().mean().item(), entropy.exp().item()
 
 
-def dead_code_ratio(threshold: float) -> float:
-    """vector-quantize-pytorch's `dead_code_threshold_ratio` for a `dead_code_threshold`: the same
-    fraction, refused in one line where the library would fail an assert."""
-    if not 0 <= threshold < 1:
-        raise ConfigError(f"dead_code_threshold {threshold} must be in [0, 1): it is a fraction of the mean hits "
-                          "per code (e.g. 0.1), not a count")
-    return threshold
-
-
 def check_dead_code_threshold(cfg: QuantizerConfig, tokens_per_step: int, source: str = "config") -> None:
-    """Error if dead-code expiry would re-seed codes hit about as often as the rest (the trainers call it)."""
+    """Error if dead-code expiry would fire for every code every step."""
     if cfg.kind not in ("vq", "rvq") or cfg.dead_code_threshold <= 0:
         return
-    if cfg.dead_code_threshold > 0.5:
+    mean_hits = tokens_per_step / cfg.size
+    if cfg.dead_code_threshold > 0.5 * mean_hits:
         raise ConfigError(
-            f"{source}: dead_code_threshold {cfg.dead_code_threshold} is not well below 1: codes hit less than that "
-            f"fraction of the mean hits per code per step ({tokens_per_step} tokens / {cfg.size} codes = "
-            f"{tokens_per_step / cfg.size:.2f}) are re-seeded every step; use at most 0.25")
+            f"{source}: dead_code_threshold {cfg.dead_code_threshold} is not well below the mean hits per code "
+            f"per step ({tokens_per_step} tokens / {cfg.size} codes = {mean_hits:.2f}); use at most {0.25 * mean_hits:.2f}")
 
 
 @torch.no_grad()
@@ -159,7 +150,7 @@ class Quantizer(nn.Module):
         vq_kwargs = dict(
             codebook_size=cfg.codebook_size, codebook_dim=cfg.codebook_dim, decay=cfg.decay,
             kmeans_init=cfg.kmeans_init, use_cosine_sim=cfg.cosine,
-            dead_code_threshold_ratio=dead_code_ratio(cfg.dead_code_threshold), commitment_weight=cfg.commitment_weight,
+            threshold_ema_dead_code=cfg.dead_code_threshold, commitment_weight=cfg.commitment_weight,
             rotation_trick=cfg.rotation_trick, straight_through=False,
             ema_update=cfg.ema, learnable_codebook=not cfg.ema,
         )
