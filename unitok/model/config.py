@@ -16,7 +16,10 @@ from unitok.kernels import BACKENDS, CE_BACKENDS, NORM_BACKENDS, TRITON_HEAD_DIM
 __all__ = ["ModelConfig", "debug", "text", "small", "base", "PRESETS", "preset", "QK_NORM_TYPES", "ROPE_SCALING",
            "check_rope_scaling"]
 
-QK_NORM_TYPES = ("rms",)
+# QK-norm kinds, both applied to each head's queries and keys before RoPE. "rms": one RMSNorm over
+# head_dim, its gain shared by the heads (Qwen3, unitok). "layernorm": a LayerNorm over head_dim with
+# its own gain and bias per head, eps 1e-5 whatever norm_eps is (Chameleon's `ChameleonLayerNorm`).
+QK_NORM_TYPES = ("rms", "layernorm")
 # RoPE scalings: rope_type -> the keys its dict needs (the names of transformers' `rope_scaling`).
 # "llama3" (Llama 3.1+): wavelengths longer than original_max_position_embeddings / low_freq_factor are
 # stretched by `factor`, those shorter than original_max_position_embeddings / high_freq_factor kept, and
@@ -64,7 +67,7 @@ class ModelConfig:
     ce_backend: str = "torch"  # backend name for unitok.kernels.linear_cross_entropy
     norm_backend: str = "torch"  # backend name for unitok.kernels.rms_norm
     # Options that other model families need (unitok.interop imports them); the defaults are unitok's model.
-    qk_norm_type: str = "rms"  # with qk_norm: "rms" = RMSNorm over head_dim, one gain for all heads (as Qwen3)
+    qk_norm_type: str = "rms"  # with qk_norm: "rms" or "layernorm" (see QK_NORM_TYPES)
     qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
     attn_head_dim: Optional[int] = None  # None: dim // n_head; set where heads are not dim / n_head wide (Qwen3)
     rope_scaling: Optional[dict] = None  # None: plain RoPE; {"rope_type": "llama3", ...} (see ROPE_SCALING)

@@ -1,8 +1,9 @@
 """Llama-style decoder-only transformer over the unified vocabulary.
 
-RMSNorm (pre-norm), RoPE (optionally Llama 3 scaled), SwiGLU, optional QK-norm and q/k/v biases,
-grouped-query attention: the computation of transformers' Llama, Qwen2 and Qwen3 (`unitok.interop`
-maps their weights; RoPE rotates the halves of each head, as their `rotate_half`).
+RMSNorm (pre-norm), RoPE (optionally Llama 3 scaled), SwiGLU, optional QK-norm (RMSNorm, or
+Chameleon's per-head LayerNorm) and q/k/v biases, grouped-query attention: the computation of
+transformers' Llama, Qwen2, Qwen3 and Chameleon (`unitok.interop` maps their weights; RoPE rotates
+the halves of each head, as their `rotate_half`).
 Attention goes through `unitok.kernels.attention`, the norms through
 `unitok.kernels.rms_norm` and the loss through `unitok.kernels.linear_cross_entropy`,
 so fused kernels plug in by backend name (`attention`, `norm_backend`, `ce_backend`).
@@ -198,6 +199,30 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}, backend={self.backend!r}"
 
 
+class HeadLayerNorm(nn.Module):
+    """LayerNorm over head_dim with a gain and bias per head: weight, bias (heads, head_dim), as
+    transformers' `ChameleonLayerNorm` (whose statistics are per head, eps 1e-5)."""
+
+    eps = 1e-5
+
+    def __init__(self, heads: int, head_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(heads, head_dim))
+        self.bias = nn.Parameter(torch.zeros(heads, head_dim))
+
+    def forward(self, x):  # (B, H, T, D)
+        y = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return y * self.weight[:, None] + self.bias[:, None]
+
+
+def _qk_norm(cfg: ModelConfig, heads: int) -> nn.Module:
+    if not cfg.qk_norm:
+        return nn.Identity()
+    if cfg.qk_norm_type == "layernorm":
+        return HeadLayerNorm(heads, cfg.head_dim)
+    return RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_backend)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -206,9 +231,7 @@ class Attention(nn.Module):
         self.wq = nn.Linear(cfg.dim, cfg.n_head * hd, bias=cfg.qkv_bias)
         self.wkv = nn.Linear(cfg.dim, 2 * cfg.kv_heads * hd, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_head * hd, cfg.dim, bias=False)
-        # qk_norm_type "rms": one RMSNorm over head_dim, its gain shared by the heads; before RoPE
-        self.q_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_backend) if cfg.qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_backend) if cfg.qk_norm else nn.Identity()
+        self.q_norm, self.k_norm = _qk_norm(cfg, cfg.n_head), _qk_norm(cfg, cfg.kv_heads)  # before RoPE
 
     def forward(self, x, cos, sin, doc_ids=None, span_ids=None, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
@@ -276,13 +299,13 @@ class UnifiedTransformer(nn.Module):
 
     def reset_parameters(self):
         """Normal(0, 0.02) weights; residual output projections scaled by 1/sqrt(2 n_layer) (GPT-2);
-        biases (qkv_bias) zero."""
+        biases (qkv_bias, the per-head QK-norm's) zero."""
         out_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
         for name, p in self.named_parameters():
             if name.endswith(".bias"):
                 nn.init.zeros_(p)
-            if p.dim() < 2:
-                continue  # norm gains keep their ones
+            if p.dim() < 2 or name.endswith(("q_norm.weight", "k_norm.weight")):
+                continue  # norm gains keep their ones (a per-head QK-norm's are (heads, head_dim))
             nn.init.normal_(p, std=out_std if name.endswith(("wo.weight", "w2.weight")) else 0.02)
 
     @property

@@ -29,10 +29,10 @@ __all__ = ["TransformerTask", "transformer_param_groups"]
 
 def transformer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups for a UnifiedTransformer: weight decay on linear weights only (not norms, biases
-    or the embedding)."""
+    or the embedding; a per-head QK-norm's gains are 2-D, named *_norm)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "tok_emb" not in name else no_decay).append(p)
+        (decay if p.dim() >= 2 and "tok_emb" not in name and "_norm." not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
