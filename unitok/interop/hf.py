@@ -93,8 +93,9 @@ def _family(hf: dict, fmt: str, src: Path) -> str:
 
 
 # ------------------------------------------------------------------ import
-def import_checkpoint(src, out, fmt: str = "auto") -> Path:
-    """Import the transformers folder `src` as the unitok run `out` (written to out/checkpoint)."""
+def import_checkpoint(src, out, fmt: str = "auto", image_decoder=None) -> Path:
+    """Import the transformers folder `src` as the unitok run `out` (written to out/checkpoint).
+    `image_decoder`: a taming VQGAN checkpoint with the decoder a Chameleon folder lacks."""
     from unitok.checkpoint import CKPT_DIR, save_checkpoint
 
     src, out = Path(src), Path(out)
@@ -110,16 +111,25 @@ def import_checkpoint(src, out, fmt: str = "auto") -> Path:
     dest = out if out.name == CKPT_DIR else out / CKPT_DIR
     if dest.exists():
         raise CheckpointError(f"{dest} exists; choose another --out")
-    state = to_unitok(read_hf_weights(src), cfg, src)
-    vocab, tokenizers = _vocabulary(src, hf, cfg)
+    if image_decoder is not None and family != "chameleon":
+        raise ConfigError(f"--image-decoder is for chameleon models; {src} holds a {family} model")
+    weights = read_hf_weights(src)
+    media, layout = {}, {}
+    if family == "chameleon":
+        from unitok.interop import chameleon
+
+        vq = {k[len(chameleon.PREFIX):]: weights.pop(k) for k in list(weights) if k.startswith(chameleon.PREFIX)}
+        media["image"], layout = chameleon.image_side(hf, vq, src, image_decoder)
+    state = to_unitok(weights, cfg, src)
+    vocab, tokenizers = _vocabulary(src, hf, cfg, media, layout)
     meta = {"step": 0, "imported_from": str(src), "source_format": family, "history": []}
     return save_checkpoint(dest, kind="transformer", config=asdict(cfg), modules={"model": state}, state=meta,
                            vocab=vocab, tokenizers=tokenizers)
 
 
-def _vocabulary(src: Path, hf: dict, cfg):
-    """(vocab, tokenizers): those of an export-hf folder as they are, else the folder's tokenizer.json
-    and its ids."""
+def _vocabulary(src: Path, hf: dict, cfg, media: dict, layout: dict):
+    """(vocab, tokenizers): those of an export-hf folder as they are, else the folder's tokenizer.json,
+    its media tokenizers and its ids (`layout`: the span formats, the markers' and codebooks' ids)."""
     from unitok.checkpoint import MODEL_JSON, TOKENIZERS, VOCAB_JSON, load_tokenizers, load_vocab
     from unitok.tokenizers.text import HFTextTokenizer
     from unitok.vocab import UnifiedVocab
@@ -139,11 +149,13 @@ def _vocabulary(src: Path, hf: dict, cfg):
     bos = eos if hf.get("bos_token_id") is None else hf["bos_token_id"]
     pad = eos if hf.get("pad_token_id") is None else hf["pad_token_id"]
     try:
-        vocab = UnifiedVocab.from_tokenizers([tok], max_size=0, spans={},
-                                             specials={"<bos>": bos, "<eos>": eos, "<pad>": pad})
+        vocab = UnifiedVocab.from_tokenizers([tok, *media.values()], max_size=0, spans=layout.get("spans", {}),
+                                             specials={"<bos>": bos, "<eos>": eos, "<pad>": pad,
+                                                       **layout.get("specials", {})},
+                                             code_ids=layout.get("code_ids"))
     except ValueError as e:
         raise CheckpointError(f"{src}/config.json: {e}") from None
-    return vocab, {"text": tok}
+    return vocab, {"text": tok, **media}
 
 
 # ------------------------------------------------------------------ export
@@ -255,7 +267,7 @@ def unitok_weights(meta: dict, state: dict[str, torch.Tensor], source) -> dict[s
 
 # ------------------------------------------------------------------ CLI handlers
 def import_cli(args) -> int:
-    print(f"wrote {import_checkpoint(args.src, args.out, args.format)}")
+    print(f"wrote {import_checkpoint(args.src, args.out, args.format, args.image_decoder)}")
     return 0
 
 

@@ -4,6 +4,7 @@
     codes = tok.encode(x)        # x (B, 3, H, W) float in [-1, 1]  ->  (B, H/f, W/f) long
     y = tok.decode(codes)        # -> (B, 3, H, W) float in [-1, 1]
     tok = ImageTokenizer.from_taming("vqgan.ckpt", "vqgan.yaml")   # Chameleon / taming checkpoints
+    enc = ImageEncoderTokenizer(cfg)  # encoder and codebook only (transformers' ChameleonVQVAE): no decode
 
 The encoder/decoder are written here with the same module names as taming's
 `taming.modules.diffusionmodules.model.Encoder/Decoder` (so its checkpoints load key for key and
@@ -26,7 +27,7 @@ from unitok.foreign import load_torch_file, state_dict_from
 from unitok.tokenizers.base import NeuralTokenizer
 from unitok.tokenizers.quantizers import Quantizer, QuantizerConfig
 
-__all__ = ["ImageTokenizerConfig", "ImageTokenizer", "Encoder", "Decoder", "NLayerDiscriminator",
+__all__ = ["ImageTokenizerConfig", "ImageTokenizer", "ImageEncoderTokenizer", "Encoder", "Decoder", "NLayerDiscriminator",
            "image_preset", "IMAGE_PRESETS", "load_state_file"]
 
 
@@ -400,6 +401,27 @@ class ImageTokenizer(NeuralTokenizer):
             raise CheckpointError(f"{source}: weights do not match the config (missing {missing[:3]}, "
                                   f"unexpected {unexpected[:3]}, wrong shape {bad[:3]})")
         self.load_state_dict(state)
+
+
+class ImageEncoderTokenizer(ImageTokenizer):
+    """An `ImageTokenizer` without its decoder: encoder, quant_conv and codebook, as transformers'
+    `ChameleonVQVAE` ships them. `encode` gives the full tokenizer's codes; decoding is refused (a
+    taming checkpoint with the decoder makes the full tokenizer, `ImageTokenizer.from_taming`)."""
+
+    type_name = "image-vq-encoder"
+
+    def __init__(self, config: ImageTokenizerConfig):
+        NeuralTokenizer.__init__(self, config)
+        self.encoder = Encoder(config)
+        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
+        self.quantize = Quantizer(config.quantizer, config.embed_dim)
+
+    def _no_decoder(self, *args):
+        raise ConfigError("this image tokenizer has an encoder and codebook but no decoder (transformers' "
+                          "ChameleonVQVAE has none): it reads images, it cannot draw them; import the model with "
+                          "--image-decoder (a taming VQGAN checkpoint) to decode")
+
+    forward = decode = last_layer = _no_decoder
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:

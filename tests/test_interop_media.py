@@ -1,0 +1,232 @@
+"""transformers' multimodal models in (`unitok checkpoint import`): Chameleon's language model, its id
+layout and its VQ encoder.
+
+Tiny random models built from transformers' config classes (no download) are the peer, as in
+tests/test_interop.py: the same `lm_head` logits on the same ids (fp32, 1e-5), the same greedy path
+for 32 tokens, and the same image codes.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_interop import _edit_config, _one_line_error, check_greedy_trajectory
+from unitok.checkpoint import load_model
+from unitok.errors import ConfigError
+from unitok.grammar import SpanGrammar
+from unitok.interop import import_checkpoint
+
+transformers = pytest.importorskip("transformers")
+
+V = 320  # model rows
+LM = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+          num_key_value_heads=2, max_position_embeddings=128)
+TEXT = ["The quick brown fox jumps over the lazy dog.", "Pack my box with five dozen liquor jugs!"] * 20
+
+
+def _draw(model, seed: int = 0):
+    """Every parameter drawn (norm gains near 1, the rest small), so a mix-up between any two shows."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            gain = "norm" in name and name.endswith("weight")
+            p.copy_(1 + 0.1 * torch.randn_like(p) if gain else 0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def _tokenizer_json(path: Path, specials: list[str]) -> None:
+    """A byte-level BPE tokenizer.json whose first ids are `specials` (as Chameleon's: <unk> <s> </s>
+    <pad>, then its image tokens, then its markers)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.save(str(path))
+
+
+# ------------------------------------------------------------------ Chameleon
+K = 32  # image codes
+CODE0 = 4  # first image token id, as in the released models (ids 4-8195)
+
+
+def _image_token(code: int) -> str:
+    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z"
+
+
+CHAMELEON_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", *map(_image_token, range(K)), "<eoss>", "<racm3:break>",
+                      "<image>"]
+VOCABULARY_MAP = {name: i for i, name in enumerate(CHAMELEON_SPECIALS)}
+EOI, BOI = VOCABULARY_MAP["<eoss>"], VOCABULARY_MAP["<racm3:break>"]
+# base_channels a multiple of 32 (GroupNorm(32)); 32 px at f4: an 8 x 8 grid; attention at 16 px and in the middle
+VQ = dict(embed_dim=8, num_embeddings=K, latent_channels=32, base_channels=32, channel_multiplier=[1, 2, 2],
+          resolution=32, num_res_blocks=1, attn_resolutions=[16])
+
+
+def _chameleon(seed: int = 0, **extra):
+    cfg = transformers.ChameleonConfig(**LM, vocabulary_map=VOCABULARY_MAP, vq_config=VQ, bos_token_id=1,
+                                       eos_token_id=2, pad_token_id=3, **extra)
+    return _draw(transformers.ChameleonForConditionalGeneration(cfg), seed)
+
+
+@pytest.fixture(scope="module")
+def chameleon(tmp_path_factory):
+    """(transformers folder, the transformers model, our import of it)."""
+    root = tmp_path_factory.mktemp("chameleon")
+    hf = _chameleon()
+    hf.save_pretrained(root / "src")
+    _tokenizer_json(root / "src" / "tokenizer.json", CHAMELEON_SPECIALS)
+    return root / "src", hf, import_checkpoint(root / "src", root / "run")
+
+
+def _images(n: int = 2, seed: int = 3) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_chameleon_gives_transformers_lm_head_logits(chameleon):
+    """The same lm_head logits; transformers' forward then masks the image codes' logits, and that
+    mask is the only difference."""
+    _, hf, run = chameleon
+    ours = load_model(run)
+    cfg = ours.model.cfg
+    assert (cfg.qk_norm, cfg.qk_norm_type, ours.model.blocks[0].attn.q_norm.weight.shape) == (True, "layernorm", (4, 16))
+    ids = torch.randint(0, V, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = hf.lm_head(hf.model(ids).last_hidden_state)
+        masked = hf(ids).logits
+        mine = ours.model(ids)
+    diff = (theirs - mine).abs().max().item()
+    print(f"chameleon: max |logit diff| {diff:.2e}")
+    assert diff <= 1e-5
+    codes = list(range(CODE0, CODE0 + K))
+    assert bool((masked[..., codes] == torch.finfo(masked.dtype).min).all())
+    keep = torch.ones(V, dtype=torch.bool)
+    keep[codes] = False
+    assert torch.equal(masked[..., keep], theirs[..., keep])
+
+
+def test_chameleon_greedy_trajectory_follows_transformers(chameleon):
+    _, hf, run = chameleon
+    check_greedy_trajectory(hf, load_model(run).model, V, "chameleon", masked=list(range(CODE0, CODE0 + K)))
+
+
+def test_chameleon_vocabulary_keeps_its_image_ids(chameleon):
+    """Image codes are its ids 4-35, an image span is <racm3:break>, 8 x 8 codes, <eoss> with no
+    size tokens, exactly the ids transformers' model puts in place of an image; text never holds
+    those ids (the grammar), and the span decodes back to the codes."""
+    _, hf, run = chameleon
+    ck = load_model(run)
+    v = ck.vocab
+    assert (v.size, v.text_size, v.code_range("image"), v.marker_ids["image"]) == (V, V, (CODE0, CODE0 + K), (BOI, EOI))
+    assert (v.bos, v.eos, v.pad, v.max_size, v.spans["image"].sizes) == (1, 2, 3, 0, (8, 8))
+    assert v.token_name(CODE0 + 5) == "image:L0:5" and v.token_name(BOI) == "<boi>"
+    x = _images()
+    codes = ck.tokenizers["image"].encode(x)  # (2, 8, 8)
+    assert codes.shape == (2, 8, 8)
+    with torch.no_grad():
+        bpe = hf.model.get_image_tokens(x)  # (2, 64): transformers' ids of the codes
+    span = v.pack([{"image": codes[0]}], bos=False, eos=False).ids
+    assert span.tolist() == [BOI, *bpe[0].tolist(), EOI]
+    back = v.unpack(np.concatenate([[1], span, [2]]))
+    assert back.ok and np.array_equal(back.segments[0]["image"], codes[0].numpy())
+    with pytest.raises(ValueError, match=r"fixed grid \(8, 8\)"):
+        v.pack([{"image": codes[0, :4]}])
+    g = SpanGrammar(v)
+    free = g.mask(g.start().allowed())
+    assert not free[CODE0:CODE0 + K].any() and not free[EOI] and free[BOI] and free[CODE0 + K + 3:].all()
+    st = g.start([1, BOI, *bpe[0].tolist()[:-1]])
+    assert st.allowed() == [(CODE0, CODE0 + K)] and st.push(bpe[0, -1].item()).allowed() == [(EOI, EOI + 1)]
+    text = ck.tokenizers["text"].encode("The lazy dog.")
+    assert v.unpack([1, *text, 2]).segments == [{"text": text}]
+
+
+def test_chameleon_vq_encoder_gives_transformers_codes(chameleon):
+    _, hf, run = chameleon
+    tok = load_model(run).tokenizers["image"]
+    x = _images(4, seed=5)
+    with torch.no_grad():
+        theirs = hf.model.vqmodel.encode(x).image_tokens.view(4, 8, 8)
+    ours = tok.encode(x)
+    print(f"chameleon VQ: {int((ours == theirs).sum())} of {ours.numel()} codes equal, {len(ours.unique())} distinct")
+    assert torch.equal(ours, theirs) and len(ours.unique()) > K // 4
+    with pytest.raises(ConfigError, match="no decoder"):
+        tok.decode(ours)
+
+
+def test_chameleon_with_a_taming_decoder_decodes(chameleon, tmp_path):
+    """--image-decoder: a taming checkpoint whose encoder equals the folder's gives the full
+    tokenizer (same codes, and it decodes); one with another encoder is refused."""
+    from unitok.interop.chameleon import PREFIX
+    from unitok.tokenizers.image import ImageTokenizer
+
+    src, hf, run = chameleon
+    enc = load_model(run).tokenizers["image"]
+    torch.manual_seed(7)
+    full = ImageTokenizer(enc.config)
+    state = {k: v for k, v in hf.state_dict().items() if k.startswith(PREFIX)}
+    taming = {k[len(PREFIX):]: v for k, v in state.items()}  # taming's names: encoder.*, quantize.embedding.weight
+    for k, v in full.state_dict().items():
+        if k.startswith("decoder."):
+            taming[k] = torch.randn_like(v) * 0.1
+    torch.save({"state_dict": taming}, tmp_path / "vqgan.ckpt")
+    out = import_checkpoint(src, tmp_path / "run", image_decoder=tmp_path / "vqgan.ckpt")
+    tok = load_model(out).tokenizers["image"]
+    assert type(tok) is ImageTokenizer
+    x = _images()
+    codes = tok.encode(x)
+    assert torch.equal(codes, enc.encode(x))
+    assert tok.decode(codes).shape == (2, 3, 32, 32)
+    taming["encoder.conv_in.bias"] = taming["encoder.conv_in.bias"] + 1
+    torch.save({"state_dict": taming}, tmp_path / "other.ckpt")
+    with pytest.raises(Exception, match="encoder differs"):
+        import_checkpoint(src, tmp_path / "run2", image_decoder=tmp_path / "other.ckpt")
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("no-vocabulary-map", "no vocabulary_map"),
+    ("image-ids-out-of-order", "not one run of ids in code order"),
+    ("too-few-image-tokens", f"names {K - 1} image codes; the VQ codebook has {K}"),
+    ("no-markers", "no <racm3:break> or <eoss>"),
+    ("swin-norm", "swin_norm"),
+    ("double-latent", "double_latent"),
+    ("decoder-for-llama", "--image-decoder is for chameleon models"),
+])
+def test_chameleon_bad_folders(chameleon, tmp_path, capsys, case, expected):
+    src = tmp_path / "src"
+    shutil.copytree(chameleon[0], src)
+    cfg = json.loads((src / "config.json").read_text())
+    vmap = dict(cfg["vocabulary_map"])
+    argv = []
+    if case == "no-vocabulary-map":
+        _edit_config(src, vocabulary_map=None)
+    elif case == "image-ids-out-of-order":
+        vmap[_image_token(0)], vmap[_image_token(1)] = vmap[_image_token(1)], vmap[_image_token(0)]
+        _edit_config(src, vocabulary_map=vmap)
+    elif case == "too-few-image-tokens":
+        del vmap[_image_token(K - 1)]
+        _edit_config(src, vocabulary_map=vmap)
+    elif case == "no-markers":
+        del vmap["<eoss>"]
+        _edit_config(src, vocabulary_map=vmap)
+    elif case == "swin-norm":
+        _edit_config(src, swin_norm=True)
+    elif case == "double-latent":
+        _edit_config(src, vq_config={**cfg["vq_config"], "double_latent": True})
+    elif case == "decoder-for-llama":
+        _edit_config(src, model_type="llama", architectures=["LlamaForCausalLM"])
+        argv = ["--image-decoder", str(tmp_path / "vqgan.ckpt")]
+    err = _one_line_error(capsys, ["checkpoint", "import", str(src), "--out", str(tmp_path / "run"), *argv])
+    assert expected in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_chameleon_export_is_refused(chameleon, tmp_path, capsys):
+    """No stock causal-LM class computes a per-head LayerNorm QK-norm."""
+    err = _one_line_error(capsys, ["checkpoint", "export-hf", str(chameleon[2]), "--out", str(tmp_path / "hf")])
+    assert "QK-norm 'layernorm'" in err and not (tmp_path / "hf").exists()
