@@ -1,9 +1,9 @@
 """transformers' multimodal models in (`unitok checkpoint import`): Chameleon's language model, its id
-layout and its VQ encoder.
+layout and its VQ encoder; Emu3's language model and its VQ (encoder and spatial-norm decoder).
 
 Tiny random models built from transformers' config classes (no download) are the peer, as in
 tests/test_interop.py: the same `lm_head` logits on the same ids (fp32, 1e-5), the same greedy path
-for 32 tokens, and the same image codes.
+for 32 tokens, the same image codes, and decoded images within 1e-5.
 """
 
 import json
@@ -29,12 +29,16 @@ TEXT = ["The quick brown fox jumps over the lazy dog.", "Pack my box with five d
 
 
 def _draw(model, seed: int = 0):
-    """Every parameter drawn (norm gains near 1, the rest small), so a mix-up between any two shows."""
+    """Every parameter drawn (norm gains near 1, the rest small) and BatchNorm statistics too, so a
+    mix-up between any two shows."""
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             gain = "norm" in name and name.endswith("weight")
             p.copy_(1 + 0.1 * torch.randn_like(p) if gain else 0.1 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                b.copy_(0.1 * torch.randn_like(b) if name.endswith("mean") else 1 + 0.2 * torch.rand_like(b))
     return model.eval()
 
 
@@ -162,7 +166,7 @@ def test_chameleon_vq_encoder_gives_transformers_codes(chameleon):
 def test_chameleon_with_a_taming_decoder_decodes(chameleon, tmp_path):
     """--image-decoder: a taming checkpoint whose encoder equals the folder's gives the full
     tokenizer (same codes, and it decodes); one with another encoder is refused."""
-    from unitok.interop.chameleon import PREFIX
+    from unitok.interop.hf import VQ_PREFIX as PREFIX
     from unitok.tokenizers.image import ImageTokenizer
 
     src, hf, run = chameleon
@@ -230,3 +234,81 @@ def test_chameleon_export_is_refused(chameleon, tmp_path, capsys):
     """No stock causal-LM class computes a per-head LayerNorm QK-norm."""
     err = _one_line_error(capsys, ["checkpoint", "export-hf", str(chameleon[2]), "--out", str(tmp_path / "hf")])
     assert "QK-norm 'layernorm'" in err and not (tmp_path / "hf").exists()
+
+
+# ------------------------------------------------------------------ Emu3
+EMU3_VQ = dict(codebook_size=K, embed_dim=8, latent_channels=8, base_channels=32, channel_multiplier=[1, 2, 2],
+               num_res_blocks=1, attn_resolutions=[2], hidden_size=64, num_attention_heads=2)  # 32 px -> 8 x 8
+VISUAL = {f"<|visual token {c:06d}|>": 10 + c for c in range(K)}
+
+
+@pytest.fixture(scope="module")
+def emu3(tmp_path_factory):
+    """(transformers folder, the transformers model, our import of it)."""
+    root = tmp_path_factory.mktemp("emu3")
+    cfg = transformers.Emu3Config(text_config=dict(**LM, bos_token_id=1, eos_token_id=2, pad_token_id=3),  # pad < V
+                                  vq_config=EMU3_VQ, vocabulary_map={"<|extra_200|>": 5, "<image>": 6, **VISUAL})
+    hf = _draw(transformers.Emu3ForConditionalGeneration(cfg))
+    hf.save_pretrained(root / "src")
+    _tokenizer_json(root / "src" / "tokenizer.json", ["<unk>", "<s>", "</s>", "<pad>"])
+    return root / "src", hf, import_checkpoint(root / "src", root / "run")
+
+
+def test_emu3_gives_transformers_logits(emu3):
+    _, hf, run = emu3
+    ours = load_model(run)
+    ids = torch.randint(0, V, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (hf(ids).logits - ours.model(ids)).abs().max().item()
+    print(f"emu3: max |logit diff| {diff:.2e}")
+    assert diff <= 1e-5
+    assert (ours.model.cfg.qk_norm, ours.model.cfg.rope_theta, ours.vocab.codebooks) == (False, 1e6, {})
+
+
+def test_emu3_greedy_trajectory_follows_transformers(emu3):
+    _, hf, run = emu3
+    check_greedy_trajectory(hf, load_model(run).model, V, "emu3")
+
+
+def test_emu3_vq_gives_transformers_codes_and_images(emu3):
+    """Its VQ, written beside the run: the same codes, and decoded images within 1e-5 (the decoder's
+    spatial norms read the codes)."""
+    from unitok.tokenizers import load_tokenizer
+    from unitok.tokenizers.emu3 import Emu3ImageTokenizer
+
+    _, hf, run = emu3
+    tok = load_tokenizer(run.parent / "image-tokenizer")
+    assert isinstance(tok, Emu3ImageTokenizer)
+    assert json.loads((run / "state.json").read_text())["image_tokenizer"] == "../image-tokenizer"
+    x = _images(4, seed=6)
+    with torch.no_grad():
+        theirs = torch.stack(hf.model.vqmodel.encode(x, torch.tensor([[32, 32]] * 4)).image_tokens)
+        ours = tok.encode(x)
+        print(f"emu3 VQ: {int((ours == theirs).sum())} of {ours.numel()} codes equal, {len(ours.unique())} distinct")
+        assert torch.equal(ours, theirs) and len(ours.unique()) > K // 4
+        want, got = hf.model.vqmodel.decode(ours), tok.decode(ours)
+    diff = (want - got).abs().max().item()
+    print(f"emu3 VQ decoder: max |pixel diff| {diff:.2e} (pixels up to {want.abs().max().item():.2f})")
+    assert got.shape == (4, 3, 32, 32) and diff <= 1e-5
+
+
+def test_emu3_bad_vq_config(emu3, tmp_path, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(emu3[0], src)
+    _edit_config(src, vq_config={**EMU3_VQ, "hidden_size": 32})
+    err = _one_line_error(capsys, ["checkpoint", "import", str(src), "--out", str(tmp_path / "run")])
+    assert "hidden_size 32 is not the width of its attention blocks" in err and not (tmp_path / "run").exists()
+
+
+def test_emu3_in_memory_names_import_alike(emu3, tmp_path):
+    """transformers 5 saves Emu3 under its hub names (text_model.model.*, vqmodel.*); a folder under its
+    in-memory names (model.text_model.*, lm_head, model.vqmodel.*) imports the same."""
+    from safetensors.torch import save_file
+
+    src, hf, run = emu3
+    other = tmp_path / "src"
+    shutil.copytree(src, other)
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, other / "model.safetensors")
+    assert "model.text_model.norm.weight" in hf.state_dict()
+    a, b = load_model(run).model.state_dict(), load_model(import_checkpoint(other, tmp_path / "run")).model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

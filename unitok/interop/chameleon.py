@@ -25,9 +25,8 @@ import torch
 from unitok.errors import CheckpointError
 from unitok.vocab import UNITOK_SPANS, SpanFormat
 
-__all__ = ["PREFIX", "image_side"]
+__all__ = ["image_side"]
 
-PREFIX = "model.vqmodel."  # the VQ model's tensors in the folder's weights
 BEGIN, END = "<racm3:break>", "<eoss>"  # ChameleonProcessor's image_start_token and image_end_token
 _LETTERS = {chr(ord("A") + i): str(i) for i in range(10)}
 
@@ -58,7 +57,7 @@ def image_side(hf: dict, vq_state: dict[str, torch.Tensor], src: Path, decoder=N
     # post_quant_conv feeds a decoder the folder does not have
     state = {k: v for k, v in vq_state.items() if not k.startswith("post_quant_conv.")}
     tok = ImageEncoderTokenizer(cfg)
-    tok.load_taming_state_dict(state, source=f"{src} ({PREFIX}*)")
+    tok.load_taming_state_dict(state, source=f"{src} (model.vqmodel.*)")
     tok.eval()
     if decoder is not None:
         tok = _with_decoder(tok, decoder, cfg, src)

@@ -32,6 +32,7 @@ from unitok.interop.llama import ARCHITECTURES, FAMILIES, hf_config, model_confi
 __all__ = ["FORMATS", "LAYOUT", "import_checkpoint", "export_hf", "read_hf_weights", "unitok_weights"]
 
 FORMATS = tuple(FAMILIES)
+VQ_PREFIX = "model.vqmodel."  # Chameleon's, Emu3's and Janus's VQ model in their weights
 LAYOUT = "transformers"  # model.json "layout" of an export-hf folder: weights under transformers' names
 _WEIGHTS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 
@@ -107,24 +108,49 @@ def import_checkpoint(src, out, fmt: str = "auto", image_decoder=None) -> Path:
     if not isinstance(hf, dict):
         raise CheckpointError(f"{src}/config.json: not a JSON object")
     family = _family(hf, fmt, src)
-    cfg = model_config(hf, family, src)
+    f = FAMILIES[family]
+    lm = hf.get("text_config") if f.text_config else hf  # the language model's keys
+    if not isinstance(lm, dict):
+        raise CheckpointError(f"{src}/config.json: a {family} model needs a text_config object")
+    cfg = model_config(lm, family, src)
     dest = out if out.name == CKPT_DIR else out / CKPT_DIR
     if dest.exists():
         raise CheckpointError(f"{dest} exists; choose another --out")
     if image_decoder is not None and family != "chameleon":
         raise ConfigError(f"--image-decoder is for chameleon models; {src} holds a {family} model")
-    weights = read_hf_weights(src)
-    media, layout = {}, {}
+    weights = {_renamed(k, f.renames): v for k, v in read_hf_weights(src).items()}
+    vq = _take(weights, VQ_PREFIX)  # the VQ model, under its own names
+    media, layout, beside = {}, {}, None
     if family == "chameleon":
         from unitok.interop import chameleon
 
-        vq = {k[len(chameleon.PREFIX):]: weights.pop(k) for k in list(weights) if k.startswith(chameleon.PREFIX)}
         media["image"], layout = chameleon.image_side(hf, vq, src, image_decoder)
+    elif family == "emu3":
+        from unitok.interop import emu3
+
+        beside = emu3.image_tokenizer(hf, vq, src)
     state = to_unitok(weights, cfg, src)
-    vocab, tokenizers = _vocabulary(src, hf, cfg, media, layout)
+    vocab, tokenizers = _vocabulary(src, lm, cfg, media, layout)
     meta = {"step": 0, "imported_from": str(src), "source_format": family, "history": []}
-    return save_checkpoint(dest, kind="transformer", config=asdict(cfg), modules={"model": state}, state=meta,
-                           vocab=vocab, tokenizers=tokenizers)
+    if beside is not None:
+        meta["image_tokenizer"] = f"../{emu3.IMAGE_TOKENIZER}"
+    saved = save_checkpoint(dest, kind="transformer", config=asdict(cfg), modules={"model": state}, state=meta,
+                            vocab=vocab, tokenizers=tokenizers)
+    if beside is not None:  # a tokenizer the vocabulary does not describe: next to the checkpoint
+        beside.save_pretrained(dest.parent / emu3.IMAGE_TOKENIZER)
+    return saved
+
+
+def _renamed(name: str, renames) -> str:
+    for old, new in renames:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def _take(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under `prefix`, removed from `weights`, without the prefix."""
+    return {k[len(prefix):]: weights.pop(k) for k in list(weights) if k.startswith(prefix)}
 
 
 def _vocabulary(src: Path, hf: dict, cfg, media: dict, layout: dict):

@@ -1,7 +1,7 @@
 """The Llama family of transformers and our `UnifiedTransformer`, both ways: Llama, Qwen2, Qwen3, and
-the language model of Chameleon.
+the language models of Chameleon and Emu3.
 
-They are one computation with options (transformers 5.25, `models/{llama,qwen2,qwen3,chameleon}`):
+They are one computation with options (transformers 5.25, `models/{llama,qwen2,qwen3,chameleon,emu3}`):
 pre-norm RMSNorm blocks, SwiGLU, GQA, RoPE on the two halves of each head (`rotate_half`, our
 `apply_rope`), logits = lm_head(norm(h)). Their differences are `ModelConfig` options:
 
@@ -10,11 +10,16 @@ pre-norm RMSNorm blocks, SwiGLU, GQA, RoPE on the two halves of each head (`rota
     qwen2      always (o_proj none)    none                                               hidden / heads
     qwen3      attention_bias (+o)     RMSNorm over head_dim, one gain                    128
     chameleon  attention_bias (+o)     LayerNorm over head_dim, gain and bias per head    hidden / heads
+    emu3       attention_bias (+o)     none                                               hidden / heads
 
 Chameleon's `swin_norm` variant (norms after attention and feed-forward) is refused. Its
 ForConditionalGeneration forward masks the image-token logits to the dtype's minimum; the `lm_head`
 output, which ours equals, is before that mask. Its VQ model (`model.vqmodel.*`) is not read here
-(`unitok.interop.chameleon`).
+(`unitok.interop.chameleon`). Emu3 nests its language model's config in `text_config`
+(`Family.text_config`) and names its weights otherwise: `text_model.model.*`, `text_model.lm_head`
+and `vqmodel.*` in the files of its hub folder (transformers 5 renames them on loading and saving:
+`conversion_mapping.py`), `model.text_model.*`, `lm_head`, `model.vqmodel.*` in memory; both are
+read (`Family.renames`). Its residual dropout (attention_dropout) is off at inference.
 
 An o_proj bias has no place in our model: one that is all zeros is dropped (our export writes
 one where `attention_bias` must be on for the q/k/v biases), any other is refused. Weights map
@@ -48,6 +53,10 @@ class Family:
     eos: int | None
     qk_norm_type: str = "rms"
     norm_eps: float = 1e-6  # rms_norm_eps when config.json gives none
+    theta: float = 10000.0  # rope_theta when config.json gives none
+    text_config: bool = False  # the language model's keys are in config.json's text_config
+    # name prefixes in the folder -> the Llama layout's (model.*, lm_head) and model.vqmodel.*; first match
+    renames: tuple[tuple[str, str], ...] = ()
 
 
 FAMILIES = {
@@ -55,6 +64,9 @@ FAMILIES = {
     "qwen2": Family("Qwen2ForCausalLM", False, True, None, 32, 32768, None, None),
     "qwen3": Family("Qwen3ForCausalLM", True, None, 128, 32, 32768, None, None),
     "chameleon": Family("ChameleonForConditionalGeneration", True, None, None, 32, 4096, 1, 2, "layernorm", 1e-5),
+    "emu3": Family("Emu3ForConditionalGeneration", False, None, None, 8, 9216, 151849, 151850, "rms", 1e-5, 1e6, True,
+                   (("text_model.model.", "model."), ("text_model.lm_head.", "lm_head."), ("vqmodel.", "model.vqmodel."),
+                    ("model.text_model.", "model."))),
 }
 ARCHITECTURES = {f.architecture: name for name, f in FAMILIES.items()}
 
@@ -120,7 +132,7 @@ def model_config(hf: dict, family: str, source) -> ModelConfig:
     if hf.get("swin_norm"):
         raise refuse("swin_norm (norms after attention and feed-forward; our blocks are pre-norm)")
     head_dim = hf.get("head_dim") or f.head_dim or dim // heads
-    theta, scaling = _rope(hf, refuse)
+    theta, scaling = _rope(hf, refuse, f.theta)
     try:
         return ModelConfig(
             vocab_size=need("vocab_size"), dim=dim, n_layer=layers, n_head=heads,
@@ -142,13 +154,13 @@ def _layer_types(hf: dict, layers: int) -> list[str]:
     return ["sliding_attention" if i >= first else "full_attention" for i in range(layers)]
 
 
-def _rope(hf: dict, refuse) -> tuple[float, dict | None]:
+def _rope(hf: dict, refuse, default_theta: float) -> tuple[float, dict | None]:
     """(theta, our rope_scaling) from transformers 5's rope_parameters or the older rope_theta +
     rope_scaling keys."""
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
         raise refuse("RoPE parameters per layer type")
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    theta = params.get("rope_theta", hf.get("rope_theta", default_theta))
     if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         raise refuse("partial rotary embeddings (partial_rotary_factor)")
     kind = params.get("rope_type", params.get("type", "default"))
