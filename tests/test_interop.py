@@ -135,7 +135,7 @@ def check_greedy_trajectory(hf, model, vocab_size: int, name: str, masked=None) 
     with torch.no_grad():
         rows = [model(prompt, cache=cache)[0, -1]]
         rows += [model(t.view(1, 1), cache=cache)[0, -1] for t in new[:-1]]
-    ours = torch.stack(rows)
+    ours = torch.stack(rows)[:, :theirs.shape[1]]  # a per-modality head's logits follow (Janus's image codes)
     if masked is not None:
         ours[:, masked] = theirs[:, masked] = torch.finfo(theirs.dtype).min
     top2 = theirs.topk(2, dim=-1).values
@@ -170,6 +170,7 @@ def test_new_options_default_to_todays_model():
     torch.manual_seed(0)
     names = [n for n, _ in UnifiedTransformer(cfg).named_parameters()]
     assert not any(n.endswith(".bias") for n in names)
+    assert cfg.heads is None and not any(n.startswith("heads.") for n in names)
     torch.manual_seed(0)
     biased = UnifiedTransformer(debug(qkv_bias=True))
     assert all(not p.any() for n, p in biased.named_parameters() if n.endswith(".bias"))

@@ -312,3 +312,181 @@ def test_emu3_in_memory_names_import_alike(emu3, tmp_path):
     assert "model.text_model.norm.weight" in hf.state_dict()
     a, b = load_model(run).model.state_dict(), load_model(import_checkpoint(other, tmp_path / "run")).model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ Janus
+JANUS_VQ = dict(embed_dim=8, num_embeddings=K, latent_channels=32, base_channels=32, channel_multiplier=[1, 2, 2],
+                num_res_blocks=1, image_token_embed_dim=64, projection_dim=64)  # 32 px -> 8 x 8
+JANUS_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<begin_of_image>", "<end_of_image>"]
+
+
+@pytest.fixture(scope="module")
+def janus(tmp_path_factory):
+    """(transformers folder, the transformers model, our import of it). The codebook is stored with
+    unit-norm codes, as VQ-16 initialises it (docs/interop.md: where transformers' encode and Janus's
+    agree)."""
+    import torch.nn.functional as F
+
+    root = tmp_path_factory.mktemp("janus")
+    cfg = transformers.JanusConfig(text_config=dict(**LM, bos_token_id=1, eos_token_id=2, pad_token_id=3),
+                                   vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                                      num_attention_heads=2, image_size=64, patch_size=8),
+                                   vq_config=JANUS_VQ)
+    hf = _draw(transformers.JanusForConditionalGeneration(cfg))
+    with torch.no_grad():
+        emb = hf.model.vqmodel.quantize.embedding.weight
+        emb.copy_(F.normalize(emb, dim=-1))
+        hf.model.vqmodel.decoder.conv_out.weight.mul_(0.2)  # decoded pixels of about image size (|x| ~ 1), not ~5
+    hf.save_pretrained(root / "src")
+    _tokenizer_json(root / "src" / "tokenizer.json", JANUS_SPECIALS)
+    return root / "src", hf, import_checkpoint(root / "src", root / "run")
+
+
+def _janus_reference(hf, ids: torch.Tensor) -> torch.Tensor:
+    """transformers' Janus on a sequence of text ids (< V) and image codes (V + code): text through
+    embed_tokens, codes through generation_embeddings + generation_aligner; logits (B, T, V + K):
+    lm_head's, then generation_head's."""
+    image = ids >= V
+    emb = hf.get_input_embeddings()(ids.clamp(max=V - 1))
+    emb[image] = hf.prepare_embeddings_for_image_generation(ids[image] - V)
+    h = hf.model.language_model(inputs_embeds=emb).last_hidden_state
+    return torch.cat([hf.lm_head(h), hf.model.generation_head(h)], dim=-1)
+
+
+def test_janus_gives_transformers_logits_text_and_image(janus):
+    """Text ids through lm_head, image codes through its generation embeddings, aligner and head:
+    a sequence of both gives transformers' logits (1e-5); the model is tied as transformers ties it."""
+    _, hf, run = janus
+    ours = load_model(run)
+    v, cfg = ours.vocab, ours.model.cfg
+    assert (v.size, v.text_size, v.code_range("image"), v.spans["image"].sizes) == (V + K, V, (V, V + K), (8, 8))
+    assert (cfg.vocab_size, cfg.tie_embeddings, cfg.heads["image"]["start"]) == (V + K, True, V)
+    g = torch.Generator().manual_seed(1)
+    text = torch.randint(0, V, (2, 20), generator=g)
+    ids = torch.cat([text, torch.full((2, 1), v.marker_ids["image"][0]), V + torch.randint(0, K, (2, 24), generator=g)], 1)
+    with torch.no_grad():
+        diff = (_janus_reference(hf, ids) - ours.model(ids)).abs().max().item()
+        text_diff = (hf(text).logits - ours.model(text)[..., :V]).abs().max().item()
+    print(f"janus: max |logit diff| {text_diff:.2e} (text), {diff:.2e} (text and image codes, both heads)")
+    assert diff <= 1e-5 and text_diff <= 1e-5
+
+
+def test_janus_greedy_trajectory_follows_transformers(janus):
+    _, hf, run = janus
+    check_greedy_trajectory(hf, load_model(run).model, V, "janus")
+
+
+def test_janus_loss_scores_each_target_by_its_own_head(janus):
+    """The training loss: a text target's cross-entropy over lm_head's logits, an image code's over
+    the generation head's (as Janus trains), computed from transformers' logits here."""
+    import torch.nn.functional as F
+
+    _, hf, run = janus
+    model = load_model(run).model
+    g = torch.Generator().manual_seed(4)
+    ids = torch.cat([torch.randint(0, V, (2, 10), generator=g), V + torch.randint(0, K, (2, 12), generator=g)], 1)
+    targets = ids[:, 1:].clone()
+    targets[0, 3] = -100
+    with torch.no_grad():
+        ref = _janus_reference(hf, ids[:, :-1])
+        text, image = (targets >= 0) & (targets < V), targets >= V
+        want = torch.cat([F.cross_entropy(ref[text][:, :V], targets[text], reduction="none"),
+                          F.cross_entropy(ref[image][:, V:], targets[image] - V, reduction="none")])
+        got = model(ids[:, :-1], targets, z_loss=0.0)
+        per = model(ids[:, :-1], targets, z_loss=0.0, reduction="none")
+    assert abs(got.item() - want.mean().item()) <= 1e-5
+    assert per.shape == (targets.numel(),) and per[3].item() == 0.0
+    assert abs(per.sum().item() - want.sum().item()) <= 1e-4
+
+
+def test_janus_vq_gives_transformers_codes_and_images(janus):
+    _, hf, run = janus
+    tok = load_model(run).tokenizers["image"]
+    x = _images(4, seed=8)
+    with torch.no_grad():
+        theirs = hf.model.vqmodel.encode(x).image_tokens.view(4, 8, 8)
+        ours = tok.encode(x)
+        print(f"janus VQ: {int((ours == theirs).sum())} of {ours.numel()} codes equal, {len(ours.unique())} distinct")
+        assert torch.equal(ours, theirs) and len(ours.unique()) > K // 4
+        want, got = hf.model.vqmodel.decode(ours.view(4, -1)), tok.decode(ours)
+    diff = (want - got).abs().max().item()
+    print(f"janus VQ decoder: max |pixel diff| {diff:.2e} (pixels up to {want.abs().max().item():.2f})")
+    assert want.abs().max().item() < 2 and diff <= 1e-5
+
+
+def test_janus_reads_no_image_siglip_and_exports_nothing(janus, tmp_path, capsys):
+    """Its SigLIP understanding path is not imported: a task that reads an image is refused with the
+    reason, in one line; export-hf refuses the per-modality head."""
+    from PIL import Image
+
+    _, _, run = janus
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    err = _one_line_error(capsys, ["generate", str(run), "--task", "image-to-text", "--image", str(tmp_path / "red.png"),
+                                   "--out", str(tmp_path / "gen")])
+    assert "SigLIP" in err and not (tmp_path / "gen").exists()
+    assert not any(k.startswith(("vision", "aligner")) for k in load_model(run).model.state_dict())
+    err = _one_line_error(capsys, ["checkpoint", "export-hf", str(run), "--out", str(tmp_path / "hf")])
+    assert "per-modality heads (image" in err
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("no-markers", "no <begin_of_image>"),
+    ("projection", "projection_dim 32 is not the language model's hidden_size 64"),
+    ("missing-head-tensor", "no tensor for heads.image.out.bias"),
+])
+def test_janus_bad_folders(janus, tmp_path, capsys, case, expected):
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(janus[0], src)
+    if case == "no-markers":
+        _tokenizer_json(src / "tokenizer.json", JANUS_SPECIALS[:4])
+    elif case == "projection":
+        _edit_config(src, vq_config={**json.loads((src / "config.json").read_text())["vq_config"], "projection_dim": 32})
+    else:
+        state = load_file(src / "model.safetensors")
+        del state["model.generation_head.vision_head.bias"]
+        save_file(state, src / "model.safetensors")
+    err = _one_line_error(capsys, ["checkpoint", "import", str(src), "--out", str(tmp_path / "run")])
+    assert expected in err and not (tmp_path / "run").exists()
+
+
+def test_janus_text_to_image_follows_transformers_greedy(janus):
+    """unitok's pipeline generates an image with the imported head (greedy, 8 x 8 codes between
+    <begin_of_image> and <end_of_image>); transformers' modules, fed the same prompt and each chosen
+    code through the generation embeddings, choose the same codes wherever their choice is clear."""
+    from unitok.generation import Pipeline
+
+    _, hf, run = janus
+    pipe = Pipeline(load_model(run))
+    result = pipe("text-to-image", prompt="The lazy dog.", size=32, temperature=0)
+    codes = torch.as_tensor(result.samples[0].ids[:-1])  # then <end_of_image>
+    assert result.samples[0].ids[-1] == pipe.vocab.marker_ids["image"][1] and len(codes) == 64
+    ids = torch.tensor([result.prompt_ids])  # <s> text <begin_of_image>
+    steps = []
+    with torch.no_grad():
+        for c in codes:
+            logits = _janus_reference(hf, ids)[0, -1, V:]
+            steps.append(logits)
+            ids = torch.cat([ids, c.view(1, 1)], 1)
+    theirs = torch.stack(steps)
+    top2 = theirs.topk(2, dim=-1).values
+    clear = top2[:, 0] - top2[:, 1] > 1e-3
+    print(f"janus text-to-image: {int(clear.sum())} clear steps of 64, {len((codes - V).unique())} distinct codes")
+    assert clear.sum() >= 48 and torch.equal(theirs.argmax(-1)[clear], (codes - V)[clear])
+    assert result.samples[0].media.shape == (32, 32, 3)
+
+
+def test_per_modality_heads_are_checked():
+    """`ModelConfig.heads`: known kinds with exactly their keys, tiling the top of the ids."""
+    from unitok.model.config import debug
+
+    head = {"kind": "mlp", "start": 500, "size": 12, "code_dim": 4, "in_layers": 2, "out_hidden": 16}
+    cfg = debug(heads={"image": head})
+    assert (cfg.embedding_rows, debug().embedding_rows) == (500, 512)
+    for bad, match in [({**head, "kind": "diffusion"}, "unknown kind 'diffusion'"),
+                       ({**head, "start": 400}, "starts at id 400; .* so it starts at 500"),
+                       ({**head, "extra": 1}, "takes exactly the keys"),
+                       ({**head, "size": 0, "start": 512}, "must be positive integers")]:
+        with pytest.raises(ValueError, match=match):
+            debug(heads={"image": bad})

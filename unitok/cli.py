@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
              "optimizer). Tokenizer folders written by save_pretrained (OUT/final) load as they are.")
     p.add_argument("old", help="old run directory or checkpoint directory")
     p.add_argument("new", help="directory to write the converted run into")
-    p = _add(ck, "import", "unitok.interop.hf:import_cli", "import a transformers model folder (Llama, Qwen2, Qwen3, Chameleon, Emu3)",
+    p = _add(ck, "import", "unitok.interop.hf:import_cli", "import a transformers model folder (Llama, Qwen2, Qwen3, Chameleon, Emu3, Janus)",
              "Read a transformers folder (config.json, model.safetensors or its sharded index, tokenizer.json; a\n"
              "pytorch_model.bin only through unitok's pickle reader, which executes nothing) and write a unitok\n"
              "run: the weights under our names, the tokenizer.json as its text tokenizer and a vocabulary of the\n"
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
              epilog="example:\n  unitok checkpoint import ~/models/Qwen3-0.6B --out runs/qwen3")
     p.add_argument("src", help="transformers model folder")
     p.add_argument("--out", required=True, help="run directory to write (its checkpoint/ must not exist)")
-    p.add_argument("--format", default="auto", choices=["auto", "llama", "qwen2", "qwen3", "chameleon", "emu3"],
+    p.add_argument("--format", default="auto", choices=["auto", "llama", "qwen2", "qwen3", "chameleon", "emu3", "janus"],
                    help="model family (default: auto, config.json's model_type)")
     p.add_argument("--image-decoder", help="chameleon: the taming VQGAN checkpoint with the image decoder the "
                    "folder lacks (Meta's tokenizer/vqgan.ckpt)")

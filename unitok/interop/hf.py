@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from unitok.errors import CheckpointError, ConfigError, inside, read_json
-from unitok.interop.llama import ARCHITECTURES, FAMILIES, hf_config, model_config, to_hf, to_unitok
+from unitok.interop.llama import ARCHITECTURES, FAMILIES, hf_config, model_config, shapes, to_hf, to_unitok
 
 __all__ = ["FORMATS", "LAYOUT", "import_checkpoint", "export_hf", "read_hf_weights", "unitok_weights"]
 
@@ -112,6 +112,8 @@ def import_checkpoint(src, out, fmt: str = "auto", image_decoder=None) -> Path:
     lm = hf.get("text_config") if f.text_config else hf  # the language model's keys
     if not isinstance(lm, dict):
         raise CheckpointError(f"{src}/config.json: a {family} model needs a text_config object")
+    if f.text_config and "tie_word_embeddings" in hf:  # the top-level key ties lm_head, as transformers does
+        lm = {**lm, "tie_word_embeddings": hf["tie_word_embeddings"]}
     cfg = model_config(lm, family, src)
     dest = out if out.name == CKPT_DIR else out / CKPT_DIR
     if dest.exists():
@@ -120,7 +122,8 @@ def import_checkpoint(src, out, fmt: str = "auto", image_decoder=None) -> Path:
         raise ConfigError(f"--image-decoder is for chameleon models; {src} holds a {family} model")
     weights = {_renamed(k, f.renames): v for k, v in read_hf_weights(src).items()}
     vq = _take(weights, VQ_PREFIX)  # the VQ model, under its own names
-    media, layout, beside = {}, {}, None
+    media, layout, beside, heads, refused = {}, {}, None, {}, {}
+    text = _text_tokenizer(src, cfg)
     if family == "chameleon":
         from unitok.interop import chameleon
 
@@ -129,9 +132,22 @@ def import_checkpoint(src, out, fmt: str = "auto", image_decoder=None) -> Path:
         from unitok.interop import emu3
 
         beside = emu3.image_tokenizer(hf, vq, src)
+    elif family == "janus":
+        from unitok.interop import janus
+
+        for prefix in janus.UNDERSTANDING:
+            _take(weights, prefix)
+        refused["image"] = janus.REFUSED
+        media["image"], layout, full, heads = janus.generation_side(hf, cfg, weights, vq, text, src)
     state = to_unitok(weights, cfg, src)
-    vocab, tokenizers = _vocabulary(src, lm, cfg, media, layout)
+    if heads:  # the per-modality heads' weights, checked against the config that has them
+        cfg = full
+        _check_shapes(heads, cfg, src)
+        state.update(heads)
+    vocab, tokenizers = _vocabulary(src, lm, cfg, text, media, layout)
     meta = {"step": 0, "imported_from": str(src), "source_format": family, "history": []}
+    if refused:
+        meta["refused_inputs"] = refused
     if beside is not None:
         meta["image_tokenizer"] = f"../{emu3.IMAGE_TOKENIZER}"
     saved = save_checkpoint(dest, kind="transformer", config=asdict(cfg), modules={"model": state}, state=meta,
@@ -153,20 +169,39 @@ def _take(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
     return {k[len(prefix):]: weights.pop(k) for k in list(weights) if k.startswith(prefix)}
 
 
-def _vocabulary(src: Path, hf: dict, cfg, media: dict, layout: dict):
-    """(vocab, tokenizers): those of an export-hf folder as they are, else the folder's tokenizer.json,
-    its media tokenizers and its ids (`layout`: the span formats, the markers' and codebooks' ids)."""
-    from unitok.checkpoint import MODEL_JSON, TOKENIZERS, VOCAB_JSON, load_tokenizers, load_vocab
+def _check_shapes(state: dict[str, torch.Tensor], cfg, src: Path) -> None:
+    """The per-modality heads' weights: all there, each of the shape `cfg` implies."""
+    want = shapes(cfg)
+    missing = sorted(k for k in want if k.startswith("heads.") and k not in state)
+    if missing:
+        raise CheckpointError(f"{src}: the weights have no tensor for {missing[0]}, which config.json implies")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(want[k]):
+            raise CheckpointError(f"{src}: {k} has shape {tuple(v.shape)}, config.json implies {tuple(want[k])}")
+
+
+def _text_tokenizer(src: Path, cfg):
+    """The folder's tokenizer.json (None in an export-hf folder, whose tokenizers are kept)."""
+    from unitok.checkpoint import MODEL_JSON, VOCAB_JSON
     from unitok.tokenizers.text import HFTextTokenizer
-    from unitok.vocab import UnifiedVocab
 
     if (src / VOCAB_JSON).is_file() and (src / MODEL_JSON).is_file():
-        tokenizers = load_tokenizers(src, read_json(src / MODEL_JSON, "model.json"))
-        return load_vocab(src, tokenizers, cfg.vocab_size), {n: src / TOKENIZERS / n for n in tokenizers}
+        return None
     if not (src / "tokenizer.json").is_file():
         raise CheckpointError(f"{src}: no tokenizer.json (a SentencePiece tokenizer.model alone is not read; "
                               "transformers' save_pretrained writes tokenizer.json)")
-    tok = HFTextTokenizer.from_file(src / "tokenizer.json", vocab_size=cfg.vocab_size)
+    return HFTextTokenizer.from_file(src / "tokenizer.json", vocab_size=cfg.vocab_size)
+
+
+def _vocabulary(src: Path, hf: dict, cfg, tok, media: dict, layout: dict):
+    """(vocab, tokenizers): those of an export-hf folder as they are, else the folder's tokenizer.json,
+    its media tokenizers and its ids (`layout`: the span formats, the markers' and codebooks' ids)."""
+    from unitok.checkpoint import MODEL_JSON, TOKENIZERS, load_tokenizers, load_vocab
+    from unitok.vocab import UnifiedVocab
+
+    if tok is None:
+        tokenizers = load_tokenizers(src, read_json(src / MODEL_JSON, "model.json"))
+        return load_vocab(src, tokenizers, cfg.vocab_size), {n: src / TOKENIZERS / n for n in tokenizers}
     eos = hf.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) and eos else eos  # Llama 3 instruct lists several: the first ends text
     if eos is None:

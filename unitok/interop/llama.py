@@ -1,7 +1,7 @@
 """The Llama family of transformers and our `UnifiedTransformer`, both ways: Llama, Qwen2, Qwen3, and
-the language models of Chameleon and Emu3.
+the language models of Chameleon, Emu3 and Janus.
 
-They are one computation with options (transformers 5.25, `models/{llama,qwen2,qwen3,chameleon,emu3}`):
+They are one computation with options (transformers 5.25, `models/{llama,qwen2,qwen3,chameleon,emu3,janus}`):
 pre-norm RMSNorm blocks, SwiGLU, GQA, RoPE on the two halves of each head (`rotate_half`, our
 `apply_rope`), logits = lm_head(norm(h)). Their differences are `ModelConfig` options:
 
@@ -11,6 +11,7 @@ pre-norm RMSNorm blocks, SwiGLU, GQA, RoPE on the two halves of each head (`rota
     qwen3      attention_bias (+o)     RMSNorm over head_dim, one gain                    128
     chameleon  attention_bias (+o)     LayerNorm over head_dim, gain and bias per head    hidden / heads
     emu3       attention_bias (+o)     none                                               hidden / heads
+    janus      attention_bias (+o)     none                                               hidden / heads
 
 Chameleon's `swin_norm` variant (norms after attention and feed-forward) is refused. Its
 ForConditionalGeneration forward masks the image-token logits to the dtype's minimum; the `lm_head`
@@ -19,7 +20,8 @@ output, which ours equals, is before that mask. Its VQ model (`model.vqmodel.*`)
 (`Family.text_config`) and names its weights otherwise: `text_model.model.*`, `text_model.lm_head`
 and `vqmodel.*` in the files of its hub folder (transformers 5 renames them on loading and saving:
 `conversion_mapping.py`), `model.text_model.*`, `lm_head`, `model.vqmodel.*` in memory; both are
-read (`Family.renames`). Its residual dropout (attention_dropout) is off at inference.
+read (`Family.renames`). Its residual dropout (attention_dropout) is off at inference. Janus's is a
+Llama under `model.language_model.` in `text_config` (`unitok.interop.janus` for the rest).
 
 An o_proj bias has no place in our model: one that is all zeros is dropped (our export writes
 one where `attention_bias` must be on for the q/k/v biases), any other is refused. Weights map
@@ -38,7 +40,7 @@ import torch
 from unitok.errors import CheckpointError
 from unitok.model.config import ROPE_SCALING, ModelConfig
 
-__all__ = ["FAMILIES", "ARCHITECTURES", "model_config", "hf_config", "to_unitok", "to_hf"]
+__all__ = ["FAMILIES", "ARCHITECTURES", "model_config", "hf_config", "shapes", "to_unitok", "to_hf"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ FAMILIES = {
     "emu3": Family("Emu3ForConditionalGeneration", False, None, None, 8, 9216, 151849, 151850, "rms", 1e-5, 1e6, True,
                    (("text_model.model.", "model."), ("text_model.lm_head.", "lm_head."), ("vqmodel.", "model.vqmodel."),
                     ("model.text_model.", "model."))),
+    "janus": Family("JanusForConditionalGeneration", False, None, None, None, 2048, 1, 2, text_config=True,
+                    renames=(("model.language_model.", "model."),)),
 }
 ARCHITECTURES = {f.architecture: name for name, f in FAMILIES.items()}
 
@@ -99,7 +103,7 @@ def _names(ours: str) -> tuple[str, ...]:
     return _TOP[ours]
 
 
-def _shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
+def shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
     """Our parameter names and shapes for `cfg`, from a model built on the meta device (no memory)."""
     from unitok.model.transformer import UnifiedTransformer
 
@@ -183,6 +187,9 @@ def hf_config(cfg: ModelConfig, vocab, dtype: torch.dtype) -> dict:
     attention_bias for q/k/v biases; `to_hf` writes the zero o_proj bias that implies). RoPE is written
     as rope_theta + rope_scaling, which transformers 4 and 5 both read. CheckpointError (one line)
     where no stock class computes the model."""
+    if cfg.heads:
+        raise CheckpointError(f"per-modality heads ({', '.join(cfg.heads)}: own input embedding and output head): no "
+                              "stock causal-LM class computes them (export-hf writes Llama or Qwen3)")
     if cfg.qk_norm and cfg.qk_norm_type != "rms":
         raise CheckpointError(f"QK-norm {cfg.qk_norm_type!r} (a LayerNorm per head, as Chameleon's): no stock causal-LM "
                               "class computes it (export-hf writes Llama or Qwen3)")
@@ -209,7 +216,7 @@ def hf_config(cfg: ModelConfig, vocab, dtype: torch.dtype) -> dict:
 def to_unitok(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, source) -> dict[str, torch.Tensor]:
     """transformers' state dict -> ours, every tensor checked against the shape `cfg` implies."""
     out, used = {}, set()
-    for ours, shape in _shapes(cfg).items():
+    for ours, shape in shapes(cfg).items():
         parts = _names(ours)
         part_shape = (shape[0] // len(parts), *shape[1:])  # the fused pairs stack two equal blocks of rows
         for n in parts:
