@@ -490,3 +490,68 @@ def test_per_modality_heads_are_checked():
                        ({**head, "size": 0, "start": 512}, "must be positive integers")]:
         with pytest.raises(ValueError, match=match):
             debug(heads={"image": bad})
+
+
+# ------------------------------------------------------------------ LlamaGen VQ-16
+def test_llamagen_vq16_layout_loads_as_vq16():
+    """LlamaGen's VQ-16 (vq_ds16_c2i.pt / vq_ds16_t2i.pt), recorded from its repository by
+    scripts/record_layouts.py: every name and shape lands in our VQ-16 (CheckpointError otherwise),
+    and the architecture is read from the weights. Shapes only (meta tensors): 72M parameters."""
+    from upstream_layouts import random_state, read_layout
+
+    from unitok.tokenizers.image import ImageTokenizer
+
+    layout = read_layout("llamagen_vq_ds16.json")
+    params = layout["params"]
+    with torch.device("meta"):
+        tok = ImageTokenizer.from_llamagen_state(random_state(layout, device="meta"), "llamagen layout")
+    c = tok.config
+    assert (c.ch, c.ch_mult, c.num_res_blocks, c.z_channels, c.embed_dim, c.quantizer.size, c.quantizer.cosine) == (
+        128, params["encoder_ch_mult"], 2, params["z_channels"], params["codebook_embed_dim"], params["codebook_size"],
+        True)
+    assert c.downsample == 16 and len(tok.encoder.down[-1].attn) == 2 and not len(tok.encoder.down[0].attn)
+
+
+def _llamagen_names(janus_vq: dict) -> dict:
+    """transformers' Janus VQ names -> LlamaGen's (both list the decoder's levels deepest first)."""
+    import re
+
+    out = {}
+    for k, v in janus_vq.items():
+        k = re.sub(r"^(encoder\.)down\.(\d+)\.block\.", r"\1conv_blocks.\2.res.", k)
+        k = re.sub(r"^(encoder\.)down\.(\d+)\.", r"\1conv_blocks.\2.", k)
+        k = re.sub(r"^(decoder\.)up\.(\d+)\.block\.", r"\1conv_blocks.\2.res.", k)
+        k = re.sub(r"^(decoder\.)up\.(\d+)\.", r"\1conv_blocks.\2.", k)
+        for i, name in enumerate(("block_1", "attn_1", "block_2")):
+            k = k.replace(f".mid.{name}.", f".mid.{i}.")
+        out[k] = v
+    return out
+
+
+def test_llamagen_checkpoint_loads_code_for_code(janus, tmp_path):
+    """A small VQ-16 checkpoint in LlamaGen's layout and container ({"model": state dict, "args":
+    argparse.Namespace}, read without executing anything) gives the codes, and the images, of the
+    same weights in transformers' Janus VQ (VQ-16 too)."""
+    import argparse
+    import re
+
+    from upstream_layouts import read_layout
+
+    from unitok.tokenizers.image import ImageTokenizer
+
+    _, hf, _ = janus
+    vq = hf.model.vqmodel
+    state = _llamagen_names({k: v.clone() for k, v in vq.state_dict().items()})
+    state["quantize.codebook_used"] = torch.zeros(65536)
+    pattern = lambda keys: {re.sub(r"\.\d+\.", ".N.", k) for k in keys}  # noqa: E731
+    assert pattern(state) == pattern(k for k, _, _ in read_layout("llamagen_vq_ds16.json")["keys"])
+    torch.save({"model": state, "steps": 5, "args": argparse.Namespace(vq_model="VQ-16")}, tmp_path / "vq_ds16.pt")
+    tok = ImageTokenizer.from_llamagen(tmp_path / "vq_ds16.pt")
+    x = _images(4, seed=9)
+    with torch.no_grad():
+        theirs = vq.encode(x).image_tokens.view(4, 8, 8)
+        ours = tok.encode(x)
+        assert torch.equal(ours, theirs) and len(ours.unique()) > K // 4
+        diff = (vq.decode(ours.view(4, -1)) - tok.decode(ours)).abs().max().item()
+    print(f"llamagen VQ-16: {ours.numel()} codes equal; max |pixel diff| {diff:.2e}")
+    assert diff <= 1e-5

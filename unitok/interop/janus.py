@@ -31,7 +31,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from unitok.errors import CheckpointError
 from unitok.vocab import UNITOK_SPANS, SpanFormat
@@ -92,34 +91,26 @@ def _head_weights(weights: dict, src: Path) -> dict[str, torch.Tensor]:
 
 
 def _vq_tokenizer(vq: dict, vq_state: dict, src: Path, refuse):
-    """The VQ-16 model as our `ImageTokenizer`: attention at the deepest level and in the middle,
-    a cosine codebook (loaded normalised: only the codes' directions are ever used)."""
-    from unitok.config import from_dict
-    from unitok.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+    """The VQ-16 model as our `ImageTokenizer` (`vq16_config`), its decoder's levels reordered."""
+    from unitok.tokenizers.image import ImageTokenizer, vq16_config
 
     if vq.get("double_latent"):
         raise refuse("vq_config double_latent (a KL autoencoder's latent, not a VQ encoder)")
+    if vq.get("out_channels", 3) != vq.get("in_channels", 3):
+        raise refuse("vq_config out_channels differs from in_channels")
     mult = list(vq.get("channel_multiplier", [1, 1, 2, 2, 4]))
-    side = vq.get("num_patches", 32)
-    res = side * 2 ** (len(mult) - 1)  # the input size: attention sits where the maps are side x side
     try:
-        cfg = from_dict(ImageTokenizerConfig, dict(
-            ch=vq.get("base_channels", 128), ch_mult=mult, num_res_blocks=vq.get("num_res_blocks", 2),
-            attn_resolutions=[side], resolution=res, z_channels=vq.get("latent_channels", 256),
-            embed_dim=vq.get("embed_dim", 8), in_channels=vq.get("in_channels", 3),
-            quantizer=dict(codebook_size=vq.get("num_embeddings", 16384), kmeans_init=False, cosine=True)),
-            source=f"{src}/config.json vq_config")
+        cfg = vq16_config(ch=vq.get("base_channels", 128), ch_mult=mult, num_res_blocks=vq.get("num_res_blocks", 2),
+                          z_channels=vq.get("latent_channels", 256), embed_dim=vq.get("embed_dim", 8),
+                          codebook_size=vq.get("num_embeddings", 16384), in_channels=vq.get("in_channels", 3),
+                          source=f"{src}/config.json vq_config")
     except (TypeError, ValueError) as e:
         raise refuse(f"vq_config: {e}") from None
-    if vq.get("out_channels", 3) != cfg.in_channels:
-        raise refuse("vq_config out_channels differs from in_channels")
     last = len(mult) - 1
     state = {}
     for k, v in vq_state.items():
         m = re.fullmatch(r"decoder\.up\.(\d+)\.(.+)", k)  # deepest level first -> shallowest first
         state[f"decoder.up.{last - int(m[1])}.{m[2]}" if m else k] = v
-    if "quantize.embedding.weight" in state:
-        state["quantize.embedding.weight"] = F.normalize(state["quantize.embedding.weight"].float(), dim=-1)
     tok = ImageTokenizer(cfg)
     tok.load_taming_state_dict(state, source=f"{src} (model.vqmodel.*)")
     return tok.eval()
