@@ -16,6 +16,7 @@ import torch
 
 from test_interop import _edit_config, _one_line_error, check_greedy_trajectory
 from unitok.checkpoint import load_model
+from unitok.cli import main
 from unitok.errors import ConfigError
 from unitok.grammar import SpanGrammar
 from unitok.interop import import_checkpoint
@@ -93,6 +94,18 @@ def _images(n: int = 2, seed: int = 3) -> torch.Tensor:
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
+def _same_codes(name: str, theirs: torch.Tensor, ours: torch.Tensor) -> None:
+    print(f"{name} VQ: {int((ours == theirs).sum())} of {ours.numel()} codes equal, {len(ours.unique())} distinct")
+    assert torch.equal(ours, theirs) and len(ours.unique()) > K // 4  # and the codes vary
+
+
+def _same_images(name: str, want: torch.Tensor, got: torch.Tensor) -> None:
+    """Decoded images within 1e-5, at pixel values of image size (|x| < 2)."""
+    diff = (want - got).abs().max().item()
+    print(f"{name} VQ decoder: max |pixel diff| {diff:.2e} (pixels up to {want.abs().max().item():.2f})")
+    assert want.shape == got.shape and want.abs().max().item() < 2 and diff <= 1e-5
+
+
 def test_chameleon_gives_transformers_lm_head_logits(chameleon):
     """The same lm_head logits; transformers' forward then masks the image codes' logits, and that
     mask is the only difference."""
@@ -157,8 +170,7 @@ def test_chameleon_vq_encoder_gives_transformers_codes(chameleon):
     with torch.no_grad():
         theirs = hf.model.vqmodel.encode(x).image_tokens.view(4, 8, 8)
     ours = tok.encode(x)
-    print(f"chameleon VQ: {int((ours == theirs).sum())} of {ours.numel()} codes equal, {len(ours.unique())} distinct")
-    assert torch.equal(ours, theirs) and len(ours.unique()) > K // 4
+    _same_codes("chameleon", theirs, ours)
     with pytest.raises(ConfigError, match="no decoder"):
         tok.decode(ours)
 
@@ -284,12 +296,8 @@ def test_emu3_vq_gives_transformers_codes_and_images(emu3):
     with torch.no_grad():
         theirs = torch.stack(hf.model.vqmodel.encode(x, torch.tensor([[32, 32]] * 4)).image_tokens)
         ours = tok.encode(x)
-        print(f"emu3 VQ: {int((ours == theirs).sum())} of {ours.numel()} codes equal, {len(ours.unique())} distinct")
-        assert torch.equal(ours, theirs) and len(ours.unique()) > K // 4
-        want, got = hf.model.vqmodel.decode(ours), tok.decode(ours)
-    diff = (want - got).abs().max().item()
-    print(f"emu3 VQ decoder: max |pixel diff| {diff:.2e} (pixels up to {want.abs().max().item():.2f})")
-    assert got.shape == (4, 3, 32, 32) and diff <= 1e-5
+        _same_codes("emu3", theirs, ours)
+        _same_images("emu3", hf.model.vqmodel.decode(ours), tok.decode(ours))
 
 
 def test_emu3_bad_vq_config(emu3, tmp_path, capsys):
@@ -406,12 +414,8 @@ def test_janus_vq_gives_transformers_codes_and_images(janus):
     with torch.no_grad():
         theirs = hf.model.vqmodel.encode(x).image_tokens.view(4, 8, 8)
         ours = tok.encode(x)
-        print(f"janus VQ: {int((ours == theirs).sum())} of {ours.numel()} codes equal, {len(ours.unique())} distinct")
-        assert torch.equal(ours, theirs) and len(ours.unique()) > K // 4
-        want, got = hf.model.vqmodel.decode(ours.view(4, -1)), tok.decode(ours)
-    diff = (want - got).abs().max().item()
-    print(f"janus VQ decoder: max |pixel diff| {diff:.2e} (pixels up to {want.abs().max().item():.2f})")
-    assert want.abs().max().item() < 2 and diff <= 1e-5
+        _same_codes("janus", theirs, ours)
+        _same_images("janus", hf.model.vqmodel.decode(ours.view(4, -1)), tok.decode(ours))
 
 
 def test_janus_reads_no_image_siglip_and_exports_nothing(janus, tmp_path, capsys):
@@ -551,7 +555,83 @@ def test_llamagen_checkpoint_loads_code_for_code(janus, tmp_path):
     with torch.no_grad():
         theirs = vq.encode(x).image_tokens.view(4, 8, 8)
         ours = tok.encode(x)
-        assert torch.equal(ours, theirs) and len(ours.unique()) > K // 4
-        diff = (vq.decode(ours.view(4, -1)) - tok.decode(ours)).abs().max().item()
-    print(f"llamagen VQ-16: {ours.numel()} codes equal; max |pixel diff| {diff:.2e}")
-    assert diff <= 1e-5
+        _same_codes("llamagen VQ-16", theirs, ours)
+        _same_images("llamagen VQ-16", vq.decode(ours.view(4, -1)), tok.decode(ours))
+
+
+# ------------------------------------------------------------------ fine-tuning an import
+def test_imported_chameleon_fine_tunes_on_shards_in_its_layout(chameleon, tmp_path, capsys):
+    """`unitok pretokenize --vocab RUN` writes shards in Chameleon's own ids (image codes 4-35 between
+    <racm3:break> and <eoss>), and `unitok train ... init_from=RUN` continues the imported model (its
+    architecture and every weight) on them: 50 steps, and the loss falls."""
+    from PIL import Image
+
+    from unitok.data.shards import read_shards
+
+    _, _, run = chameleon
+    data = tmp_path / "data"
+    data.mkdir()
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 40)}
+    for i, (name, rgb) in enumerate(colours.items()):
+        for j, shape in enumerate(("square", "stripe")):
+            im = Image.new("RGB", (32, 32), (240, 240, 240))
+            im.paste(rgb, (8, 8, 24, 24) if shape == "square" else (0, 12, 32, 20))
+            im.save(data / f"{i}{j}.png")
+            (data / f"{i}{j}.txt").write_text(f"a {name} {shape}")
+    toks = [str(run / "tokenizers" / m) for m in ("text", "image")]
+    shards = tmp_path / "shards"
+    assert main(["pretokenize", str(data), "--tokenizer", *toks, "--vocab", str(run.parent), "--out", str(shards),
+                 "--set", "image_size=32"]) == 0
+    s = read_shards(shards)
+    assert s.vocab.hash == load_model(run).vocab.hash and len(s) == 8
+    ids = np.asarray(s.document(0)[0]).astype(np.int64)
+    doc = s.vocab.unpack(ids)
+    assert doc.ok and sorted(next(iter(seg)) for seg in doc.segments) == ["image", "text"]
+    span = ids[list(ids).index(BOI):]
+    assert span[65] == EOI and ((span[1:65] >= CODE0) & (span[1:65] < CODE0 + K)).all()  # 8 x 8 codes, no sizes
+    recipe = tmp_path / "finetune.yaml"
+    recipe.write_text("model: {max_seq_len: 128}\nseq_len: 128\nbatch_size: 4\neval_fraction: 0.25\neval_every: 0\n"
+                      "eval_batches: 1\ncond_dropout: 0.0\noptim: {lr: 2.0e-3, warmup_steps: 5}\n"
+                      "run: {max_steps: 50, log_every: 1, ckpt_every: 50, threads: 1}\n")
+    assert main(["train", str(recipe), f"init_from={run.parent}", "--data", str(shards),
+                 "--out", str(tmp_path / "ft")]) == 0
+    recs = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if "loss" in r]
+    first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+    with capsys.disabled():
+        print(f"chameleon fine-tune: loss {first:.3f} (steps 1-5) -> {last:.3f} (steps 46-50)")
+    assert len(losses) == 50 and last < 0.7 * first
+    tuned = load_model(tmp_path / "ft")
+    cfg = tuned.model.cfg
+    assert (cfg.qk_norm_type, cfg.dim, cfg.vocab_size, tuned.vocab.hash) == ("layernorm", 64, V, s.vocab.hash)
+
+
+def test_init_from_the_same_vocabulary_continues_every_weight(chameleon, tmp_path):
+    """init_from a run of the training vocabulary: the model is that run's (architecture and every
+    weight), whatever the recipe's model section says but its run-time keys; tokenizers that do not
+    build a given --vocab are refused in one line."""
+    from unitok.config import load_config
+    from unitok.training.loop import Engine
+    from unitok.training.transformer_task import TransformerTask
+    from unitok.training.unified import UnifiedConfig
+
+    _, _, run = chameleon
+    imported = load_model(run)
+    cfg = load_config(UnifiedConfig, Path(__file__).parents[1] / "configs" / "train" / "unified-debug.yaml",
+                      ["run.threads=1", "model.dropout=0.1"])
+    task = TransformerTask(Engine(cfg.run, cfg.optim, tmp_path / "run", recipe={}), cfg.model, imported.vocab,
+                           batch_size=2, seq_len=64, optim=cfg.optim, init_from=str(run))
+    a, b = task.model.state_dict(), imported.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (task.model_cfg.dim, task.model_cfg.dropout, task.model_cfg.qk_norm_type) == (64, 0.1, "layernorm")
+    with pytest.raises(ConfigError, match="exceeds the max_seq_len 128"):
+        TransformerTask(Engine(cfg.run, cfg.optim, tmp_path / "run2", recipe={}), cfg.model, imported.vocab,
+                        batch_size=2, seq_len=256, optim=cfg.optim, init_from=str(run))
+
+
+def test_pretokenize_refuses_tokenizers_that_do_not_build_the_vocab(chameleon, tmp_path, capsys):
+    _, _, run = chameleon
+    (tmp_path / "a.txt").write_text("The lazy dog.")
+    err = _one_line_error(capsys, ["pretokenize", str(tmp_path / "a.txt"), "--tokenizer", str(run / "tokenizers" / "text"),
+                                   "--vocab", str(run / "vocab.json"), "--out", str(tmp_path / "shards")])
+    assert "--tokenizer was built with a different vocabulary" in err and "codebooks.image" in err

@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "max_image_pixels=64000000 max_member_mb=256 (a tar member) max_tar_mb=16384 (a tar).")
     p.add_argument("data", nargs="+", help="JSONL manifests, .tar shards or folders")
     p.add_argument("--tokenizer", nargs="+", required=True, metavar="DIR", help="tokenizer directories (save_pretrained)")
+    p.add_argument("--vocab", metavar="PATH", help="the vocabulary to write in (vocab.json, or a run: an imported "
+                   "model's id layout); the tokenizers must build it (default: theirs)")
     p.add_argument("--out", required=True, help="shard directory")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: 0 = this process)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

@@ -617,8 +617,10 @@ class UnifiedVocab:
 
     def check_tokenizers(self, tokenizers, what: str = "tokenizers") -> None:
         """Raise `VocabMismatchError` unless `tokenizers` build exactly this vocabulary."""
-        UnifiedVocab.from_tokenizers(tokenizers, max_size=self.max_size, spans=self.spans, specials=self.specials,
-                                     code_ids=self.code_ids).check_same(self, what=what)
+        toks = list(tokenizers.values()) if isinstance(tokenizers, Mapping) else list(tokenizers)
+        placed = {m: i for m, i in self.code_ids.items() if m in {t.modality for t in toks}}  # a missing one: a difference
+        UnifiedVocab.from_tokenizers(toks, max_size=self.max_size, spans=self.spans, specials=self.specials,
+                                     code_ids=placed).check_same(self, what=what)
 
     def __repr__(self) -> str:
         books = ", ".join(f"{m}={cb.levels}x{cb.size}" for m, cb in self.codebooks.items())

@@ -1,6 +1,6 @@
 """transformers checkpoint folders in and out.
 
-    unitok checkpoint import SRC --out RUN [--format auto|llama|qwen2|qwen3]
+    unitok checkpoint import SRC --out RUN [--format auto|llama|qwen2|qwen3|chameleon|emu3|janus]
     unitok checkpoint export-hf RUN --out DIR
 
 Import reads SRC/config.json, the weights (model.safetensors, or shards named by
@@ -8,8 +8,10 @@ model.safetensors.index.json; a pickle pytorch_model.bin[.index.json] only throu
 `unitok.foreign`, which executes nothing) and SRC/tokenizer.json, and writes RUN/checkpoint, a
 normal unitok checkpoint: the weights under our names, the text tokenizer (`HFTextTokenizer`) and a
 vocabulary that describes the model's ids as they are (text = its vocab_size; <bos>, <eos> and <pad>
-its own ids from config.json; no media, no size tokens). A folder written by export-hf carries our
-vocabulary and tokenizers beside the weights: those are kept as they are.
+its own ids from config.json; no size tokens). Chameleon, Emu3 and Janus add their VQ model
+(`model.vqmodel.*`) as an image tokenizer and, where our span formats express it, their image ids
+to the vocabulary; Janus its image head (`chameleon.py`, `emu3.py`, `janus.py`). A folder written by
+export-hf carries our vocabulary and tokenizers beside the weights: those are kept as they are.
 
 Export writes DIR as both things at once: a transformers checkpoint (config.json, model.safetensors
 under transformers' names, generation_config.json; tokenizer.json where the text tokenizer is one)
