@@ -494,6 +494,16 @@ def test_per_modality_heads_are_checked():
                        ({**head, "size": 0, "start": 512}, "must be positive integers")]:
         with pytest.raises(ValueError, match=match):
             debug(heads={"image": bad})
+    # under bf16 autocast (GPU training) the head's vectors join the fp32 embeddings; both heads learn
+    from unitok.model.transformer import UnifiedTransformer
+
+    torch.manual_seed(0)
+    model = UnifiedTransformer(cfg)
+    ids, targets = torch.tensor([[1, 2, 501, 505, 3]]), torch.tensor([[2, 501, 505, 3, 510]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids, targets).backward()
+    for p in (model.heads["image"].embed.weight, model.heads["image"].out.weight, model.tok_emb.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
 
 
 # ------------------------------------------------------------------ LlamaGen VQ-16

@@ -396,7 +396,7 @@ class UnifiedTransformer(nn.Module):
         x = self.tok_emb(ids.clamp(max=self.tok_emb.num_embeddings - 1))  # a head's ids replaced below
         for head in self.heads.values():
             where = ((ids >= head.start) & (ids < head.start + head.size)).nonzero(as_tuple=True)
-            x = x.index_put(where, head.inputs(ids[where] - head.start))
+            x = x.index_put(where, head.inputs(ids[where] - head.start).to(x.dtype))  # bf16 under autocast
         return x
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
