@@ -591,7 +591,7 @@ def test_imported_chameleon_fine_tunes_on_shards_in_its_layout(chameleon, tmp_pa
     toks = [str(run / "tokenizers" / m) for m in ("text", "image")]
     shards = tmp_path / "shards"
     assert main(["pretokenize", str(data), "--tokenizer", *toks, "--vocab", str(run.parent), "--out", str(shards),
-                 "--set", "image_size=32"]) == 0
+                 "--set", "image_size=32", "--workers", "2"]) == 0  # the workers build the vocabulary too
     s = read_shards(shards)
     assert s.vocab.hash == load_model(run).vocab.hash and len(s) == 8
     ids = np.asarray(s.document(0)[0]).astype(np.int64)

@@ -445,7 +445,7 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
 
     device = f"cuda:{local}" if ddp and torch.cuda.is_available() else "cpu"
     main_tok = Tokenizing(tokenizer_dirs, cfg, device, vocab)
-    vocab = main_tok.vocab
+    given, vocab = vocab, main_tok.vocab
     identities = {m: t.identity() for m, t in main_tok.toks.items()}
     dtype = vocab.id_dtype
     policy = asdict(cfg)
@@ -526,7 +526,7 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         elif workers > 0:
             import multiprocessing as mp
 
-            pool = mp.get_context("spawn").Pool(workers, _init, (list(map(str, tokenizer_dirs)), cfg, vocab))
+            pool = mp.get_context("spawn").Pool(workers, _init, (list(map(str, tokenizer_dirs)), cfg, given))
             results = pool.imap(_work, todo, chunksize=4)
         else:
             results = map(main_tok, todo)
