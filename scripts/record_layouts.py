@@ -2,13 +2,14 @@
 checkpoints unitok loads, into tests/assets/layouts/*.json.
 
 Tests build checkpoints from these files (seeded random tensors of the recorded shapes, saved in
-the upstream container format) and load them through `ImageTokenizer.from_taming` and
-`AudioTokenizer.from_encodec_checkpoint`. That checks the loaders against the real layouts instead
+the upstream container format) and load them through `ImageTokenizer.from_taming`,
+`ImageTokenizer.from_llamagen` and `AudioTokenizer.from_encodec_checkpoint`. That checks the loaders against the real layouts instead
 of against state dicts made from our own modules. This script is not run by the tests; rerun it
 only to refresh the files (the output is deterministic):
 
     .venv/bin/python -m pip install --no-deps taming-transformers==0.0.1 encodec==0.1.1
-    .venv/bin/python scripts/record_layouts.py
+    git clone https://github.com/FoundationVision/LlamaGen /tmp/LlamaGen   # not a package
+    .venv/bin/python scripts/record_layouts.py --llamagen /tmp/LlamaGen
 
 What is recorded, and how it is built without the packages' heavy dependencies:
 
@@ -34,6 +35,12 @@ What is recorded, and how it is built without the packages' heavy dependencies:
   sys.modules. Its published `.th` files are plain `torch.save(model.state_dict())` files (the
   package reads them with `torch.hub.load_state_dict_from_url` and `model.load_state_dict(state)`),
   so the container is recorded as "state_dict".
+* LlamaGen (github.com/FoundationVision/LlamaGen, not on PyPI; recorded at commit ce98ec4): its
+  `tokenizer/tokenizer_image/vq_model.py`, imported from its file alone (the repository's top-level
+  `tokenizer/` and `utils/` folders would shadow other packages on sys.path), `VQ_16()` with its
+  defaults (16,384 codes of 8 dims, l2-normalised, the codebook-usage buffer), which
+  vq_ds16_c2i.pt and vq_ds16_t2i.pt hold. Its training and sampling scripts save and read
+  `{"model": state_dict, ...}` (`vq_model.load_state_dict(checkpoint["model"])`).
 """
 
 from __future__ import annotations
@@ -166,6 +173,32 @@ def record_encodec() -> None:
         })
 
 
+# ---------------------------------------------------------------------------------------- LlamaGen
+def record_llamagen(repo: Path) -> None:
+    import importlib.util
+    import subprocess
+
+    path = repo / "tokenizer" / "tokenizer_image" / "vq_model.py"
+    spec = importlib.util.spec_from_file_location("llamagen_vq_model", path)
+    vq_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vq_model)
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    torch.manual_seed(0)
+    model = vq_model.VQ_16()
+    write("llamagen_vq_ds16.json", {
+        "source": f"LlamaGen tokenizer/tokenizer_image/vq_model.py VQ_16().state_dict() (commit {commit}; see "
+                  "scripts/record_layouts.py)",
+        "container": "{'model': state_dict} (its vq_train.py adds optimizer, discriminator, steps, args, ema)",
+        "params": {"model": "VQ-16", **{k: v for k, v in vars(model.config).items()}},
+        "torch": torch.__version__.split("+")[0],
+        "keys": layout(model.state_dict()),
+    })
+
+
 if __name__ == "__main__":
-    record_taming()
-    record_encodec()
+    if "--llamagen" in sys.argv:
+        record_llamagen(Path(sys.argv[sys.argv.index("--llamagen") + 1]))
+    else:
+        record_taming()
+        record_encodec()

@@ -104,7 +104,7 @@ def test_span_formats_and_layouts_are_checked():
         SpanFormat("<x>", "<x>", grid=("T",))
     with pytest.raises(ValueError, match="whole grid"):
         SpanFormat("<x>", "</x>", grid=("H", "W"), header=("H",))
-    with pytest.raises(ValueError, match="whole grid"):  # a headerless grid needs a fixed size: not yet
+    with pytest.raises(ValueError, match="whole grid"):  # a headerless grid needs fixed sizes
         SpanFormat("<x>", "</x>", grid=("H", "W"))
     assert SpanFormat("<x>", "</x>", grid=("T",)).open and not UNITOK_SPANS["image"].open
     with pytest.raises(ValueError, match="no span format for the image codebook"):
@@ -115,6 +115,49 @@ def test_span_formats_and_layouts_are_checked():
         UnifiedVocab(10, spans={"image": UNITOK_SPANS["image"], "audio": SpanFormat("<eoi>", "<eoa>", grid=("T",))})
     with pytest.raises(ValueError, match=r"holds 2 sizes \('H', 'W'\), got \[3\]"):
         UnifiedVocab(10).span_head("image", [3])
+
+
+# ------------------------------------------------------------------ an imported model's layout
+def test_a_fixed_grid_inside_the_text_range():
+    """Chameleon's layout: image codes among the text ids (2 levels of 8 from id 4), markers that are
+    text ids, and a 2 x 3 grid without a header. It packs, unpacks, names its ids, round-trips its
+    manifest, and the grammar keeps text off those ids and a span at exactly 2 x 3 x 2 codes."""
+    from unitok.grammar import SpanGrammar
+
+    fixed = {"image": SpanFormat("<boi>", "<eoi>", grid=("H", "W"), sizes=(2, 3))}
+    v = UnifiedVocab(40, [CodebookSpec("image", 8, levels=2)], max_size=0, spans=fixed, code_ids={"image": 4},
+                     specials={"<bos>": 0, "<eos>": 1, "<pad>": 1, "<boi>": 21, "<eoi>": 20})
+    assert (v.size, v.code_range("image", 0), v.code_range("image", 1), v.marker_ids["image"]) == (40, (4, 12), (12, 20),
+                                                                                                  (21, 20))
+    assert [v.token_name(i) for i in (3, 4, 19, 20, 22)] == ["text:3", "image:L0:0", "image:L1:7", "<eoi>", "text:22"]
+    codes = np.arange(12).reshape(2, 2, 3) % 8
+    p = v.pack([{"text": [2, 30]}, {"image": codes}, {"text": [3]}])
+    assert p.ids.tolist() == [0, 2, 30, 21, *(codes.reshape(2, -1).T + [4, 12]).reshape(-1), 20, 3, 1]
+    un = v.unpack(p.ids)
+    assert un.ok and np.array_equal(un.segments[1]["image"], codes) and un.segments[2] == {"text": [3]}
+    assert "image span of grid (2, 3) needs 12 codes, got 10" in v.unpack(np.delete(p.ids, [4, 5])).problems[0]
+    assert "outside a span" in v.unpack([0, 5, 1]).problems[0]  # a code is never text
+    assert v.span_head("image") == v.span_head("image", (2, 3)) == [21]
+    with pytest.raises(ValueError, match=r"fixed grid \(2, 3\), got \(3, 3\)"):
+        v.span_head("image", (3, 3))
+    again = UnifiedVocab.from_manifest(v.manifest())
+    assert again.hash == v.hash and again.spans == v.spans and again.code_ids == {"image": 4}
+    assert v.manifest()["spans"]["image"]["sizes"] == [2, 3] and "sizes" not in UnifiedVocab(5).manifest()["spans"]["image"]
+    g = SpanGrammar(v)
+    assert g.start().allowed() == [(0, 4), (21, 40)]  # text and <boi>; not the codes, not <eoi>
+    st = g.start([0, 21])
+    for i in range(12):
+        assert st.allowed() == [v.code_range("image", i % 2)]
+        st.push(v.code_range("image", i % 2)[0])
+    assert st.allowed() == [(20, 21)]
+    assert g.start().fitting([(21, 22)], 13) == [] and g.start().fitting([(21, 22)], 14) == [(21, 22)]
+    with pytest.raises(ValueError, match="overlap <boi>"):
+        UnifiedVocab(40, [CodebookSpec("image", 8, levels=3)], max_size=0, spans=fixed, code_ids={"image": 4},
+                     specials={"<boi>": 21, "<eoi>": 20})
+    with pytest.raises(ValueError, match=r"must lie in the text range \[0, 40\)"):
+        UnifiedVocab(40, [CodebookSpec("image", 8)], max_size=0, spans=fixed, code_ids={"image": 35})
+    with pytest.raises(ValueError, match="one size per grid axis"):
+        SpanFormat("<x>", "</x>", grid=("H", "W"), sizes=(2,))
 
 
 # ------------------------------------------------------------------ another layout, end to end

@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
              "optimizer). Tokenizer folders written by save_pretrained (OUT/final) load as they are.")
     p.add_argument("old", help="old run directory or checkpoint directory")
     p.add_argument("new", help="directory to write the converted run into")
-    p = _add(ck, "import", "unitok.interop.hf:import_cli", "import a transformers model folder (Llama, Qwen2, Qwen3)",
+    p = _add(ck, "import", "unitok.interop.hf:import_cli", "import a transformers model folder (Llama, Qwen2, Qwen3, Chameleon, Emu3, Janus)",
              "Read a transformers folder (config.json, model.safetensors or its sharded index, tokenizer.json; a\n"
              "pytorch_model.bin only through unitok's pickle reader, which executes nothing) and write a unitok\n"
              "run: the weights under our names, the tokenizer.json as its text tokenizer and a vocabulary of the\n"
@@ -257,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
              epilog="example:\n  unitok checkpoint import ~/models/Qwen3-0.6B --out runs/qwen3")
     p.add_argument("src", help="transformers model folder")
     p.add_argument("--out", required=True, help="run directory to write (its checkpoint/ must not exist)")
-    p.add_argument("--format", default="auto", choices=["auto", "llama", "qwen2", "qwen3"],
+    p.add_argument("--format", default="auto", choices=["auto", "llama", "qwen2", "qwen3", "chameleon", "emu3", "janus"],
                    help="model family (default: auto, config.json's model_type)")
+    p.add_argument("--image-decoder", help="chameleon: the taming VQGAN checkpoint with the image decoder the "
+                   "folder lacks (Meta's tokenizer/vqgan.ckpt)")
     p = _add(ck, "export-hf", "unitok.interop.hf:export_hf_cli", "write a run as a transformers checkpoint",
              "Write RUN's model as a folder that AutoModelForCausalLM.from_pretrained loads without custom code\n"
              "(Qwen3 layout when the model has QK-norm, Llama without), with the unitok vocabulary and\n"
@@ -336,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "max_image_pixels=64000000 max_member_mb=256 (a tar member) max_tar_mb=16384 (a tar).")
     p.add_argument("data", nargs="+", help="JSONL manifests, .tar shards or folders")
     p.add_argument("--tokenizer", nargs="+", required=True, metavar="DIR", help="tokenizer directories (save_pretrained)")
+    p.add_argument("--vocab", metavar="PATH", help="the vocabulary to write in (vocab.json, or a run: an imported "
+                   "model's id layout); the tokenizers must build it (default: theirs)")
     p.add_argument("--out", required=True, help="shard directory")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: 0 = this process)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

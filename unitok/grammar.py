@@ -11,10 +11,12 @@
 The rules follow `UnifiedVocab.pack` and the vocabulary's span layout (`vocab.spans`; by default
 `UNITOK_SPANS`): outside a span, text ids, <eos> and the begin marker of every media modality the
 vocabulary has; a span with a header (image <boi> <size:H> <size:W>, video <bov> <size:T> <size:H>
-<size:W>) then takes exactly the grid's size x levels codes (position-major, level-minor: each
-position takes its level's range in turn), then its end marker; an open span (audio <boa>) takes
+<size:W>), or with a fixed grid and no header (Chameleon's image), then takes exactly the grid's size
+x levels codes (position-major, level-minor: each position takes its level's range in turn), then
+its end marker; an open span (audio <boa>) takes
 codes frame by frame (level-minor), and its end marker only at a frame boundary after at least one
-frame. So every span a sampler can produce decodes to a whole grid or whole frames.
+frame. So every span a sampler can produce decodes to a whole grid or whole frames. Where an imported
+vocabulary has its markers and codes among its text ids, those ids are not text.
 
 Two restrictions serve tasks (`unitok.generation.pipeline`): `SpanGrammar(vocab, spans=())` opens no
 media span outside spans (text and <eos> only; a prefix given to `start` may still hold spans), and
@@ -23,6 +25,7 @@ media span outside spans (text and <eos> only; a prefix given to `start` may sti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -48,7 +51,7 @@ class GrammarState:
             return self.frames * g.levels[m]
         if m is None or m in g.open or len(self.sizes) < g.header[m]:
             return None
-        n = g.levels[self.modality]
+        n = g.levels[m] * g.cells[m]
         for s in self.sizes:
             n *= s
         return n
@@ -88,7 +91,7 @@ class GrammarState:
         if room < 1:
             return []
         if m is None:  # a span opened now needs its marker, header, one position of codes and its end
-            too_long = [b for b, mb in g.begin_of.items() if 2 + g.header[mb] + g.levels[mb] > room]
+            too_long = [b for b, mb in g.begin_of.items() if 2 + g.header[mb] + g.levels[mb] * g.cells[mb] > room]
             return _cut(ranges, [(b, b + 1) for b in too_long])
         levels = g.levels[m]
         if len(self.sizes) < g.header[m]:  # this size token, the sizes after it (>= 1 each), the codes, the end
@@ -142,6 +145,7 @@ class SpanGrammar:
         self.vocab = v = vocab
         self.levels = {m: cb.levels for m, cb in v.codebooks.items()}
         self.header = {m: len(v.spans[m].header) for m in v.codebooks}  # size tokens after the begin marker
+        self.cells = {m: math.prod(v.spans[m].sizes) for m in v.codebooks}  # positions of a fixed grid (else 1)
         self.open = {m for m in v.codebooks if v.spans[m].open}  # spans that end at any frame boundary
         self.begin_of = {v.marker_ids[m][0]: m for m in v.codebooks}
         self.end = {m: (v.marker_ids[m][1], v.marker_ids[m][1] + 1) for m in v.codebooks}
@@ -150,7 +154,8 @@ class SpanGrammar:
         if unknown:
             raise ValueError(f"spans: this vocabulary has no {sorted(unknown)[0]} codebook")
         opens = [b for b, m in self.begin_of.items() if self.spans is None or m in self.spans]
-        self.free = _merge([(0, v.text_size), (v.eos, v.eos + 1)] + [(b, b + 1) for b in opens])
+        not_text = [(i, i + 1) for pair in v.marker_ids.values() for i in pair] + list(v.code_ranges())
+        self.free = _merge(_cut([(0, v.text_size)], not_text) + [(v.eos, v.eos + 1)] + [(b, b + 1) for b in opens])
 
     def start(self, prefix=None) -> GrammarState:
         """The state after `prefix` (ids; a leading <bos> is accepted), or at the start of a document.

@@ -23,7 +23,9 @@ the grammar, the generation pipeline, guidance, packed batches and pretokenize r
 shards' dtype. The layout above is `UNITOK_SPANS`, the default; the special tokens are <bos> <eos>
 <pad> and then the begin and end marker of each span format, in modality order. A vocabulary that
 describes an imported model's ids as they are (`unitok.interop`) names the text ids its special tokens
-already have (`specials`, recorded as `special_ids`) and may have no size tokens (`max_size` 0).
+and codebooks already have (`specials` and `code_ids`, recorded as `special_ids` and `code_ids`), may
+have no size tokens (`max_size` 0), and its spans may be a fixed grid without a header
+(`SpanFormat.sizes`: Chameleon's image is <racm3:break>, 32 x 32 codes, <eoss>).
 
 Codes are laid out position-major, level-minor: all levels of one position
 (pixel of the latent grid, or audio frame) come before the next position, so a
@@ -77,33 +79,44 @@ class SpanFormat:
     """How one media modality's codes sit in the id stream: `begin`, the header, the codes, `end`.
 
     `grid`: the axes of one level's codes (T frames, H rows, W columns), so its rank; `header`: the
-    axes whose sizes follow the begin marker as size tokens. Either the header is the whole grid (the
-    span carries its shape), or it is empty and the grid one axis long: an open span, whose length is
-    its number of codes (audio: frames = codes / levels; it may end at any whole frame)."""
+    axes whose sizes follow the begin marker as size tokens; `sizes`: a fixed grid, for a model whose
+    spans have no header (Chameleon: every image is 32 x 32 codes between its markers). Three kinds:
+    the header is the whole grid (the span carries its shape); no header and fixed `sizes` (the span
+    is always that grid); no header and a one-axis grid: an open span, whose length is its number of
+    codes (audio: frames = codes / levels; it may end at any whole frame)."""
 
     begin: str
     end: str
     grid: tuple[str, ...]
     header: tuple[str, ...] = ()
+    sizes: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.begin == self.end:
             raise ValueError(f"a span's begin and end markers must differ, got {self.begin!r} twice")
-        if not (self.header == self.grid or (not self.header and len(self.grid) == 1)):
+        if self.sizes:
+            if self.header or len(self.sizes) != len(self.grid):
+                raise ValueError(f"fixed span sizes {self.sizes} need no header and one size per grid axis {self.grid}")
+            if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.sizes):
+                raise ValueError(f"fixed span sizes must be positive integers, got {self.sizes}")
+        elif not (self.header == self.grid or (not self.header and len(self.grid) == 1)):
             raise ValueError(f"span header {self.header} must be the whole grid {self.grid}, or empty for a one-axis "
-                             "grid (other span formats are not supported yet)")
+                             "grid or a grid of fixed sizes")
 
     @property
     def open(self) -> bool:
-        """No header: the end marker, not a size, closes the span."""
-        return not self.header
+        """No header and no fixed sizes: the end marker, not a size, closes the span."""
+        return not self.header and not self.sizes
 
     def to_json(self) -> dict:
-        return {"begin": self.begin, "end": self.end, "grid": list(self.grid), "header": list(self.header)}
+        out = {"begin": self.begin, "end": self.end, "grid": list(self.grid), "header": list(self.header)}
+        if self.sizes:  # only then: the layouts recorded before fixed sizes keep their JSON and hash
+            out["sizes"] = list(self.sizes)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "SpanFormat":
-        return cls(d["begin"], d["end"], tuple(d["grid"]), tuple(d["header"]))
+        return cls(d["begin"], d["end"], tuple(d["grid"]), tuple(d["header"]), tuple(d.get("sizes", ())))
 
 
 # unitok's own span layout, and the one of every manifest that records none.
@@ -170,7 +183,12 @@ class UnifiedVocab:
     imported from elsewhere keeps its own ids (`unitok.interop`; Llama 3's <bos> is text id 128000).
     Those ids must be distinct, except that <bos>, <eos> and <pad> may share one (Qwen separates
     documents with one token); the special tokens not named follow the text ids as usual. `max_size`
-    may be 0 (no size tokens) where no span has a header."""
+    may be 0 (no size tokens) where no span has a header.
+
+    `code_ids`: codebooks that already have ids inside the text range, {modality: first id}: its
+    levels' ranges follow one another from there (Chameleon's 8,192 image codes are its ids 4-8195).
+    They must not overlap each other or a special token; the codebooks not named follow the size
+    tokens as usual."""
 
     def __init__(
         self,
@@ -181,6 +199,7 @@ class UnifiedVocab:
         text_tokenizer: Mapping[str, Any] | None = None,
         spans: Mapping[str, SpanFormat] | None = None,
         specials: Mapping[str, int] | None = None,
+        code_ids: Mapping[str, int] | None = None,
     ):
         if text_size < 0:
             raise ValueError("text_size must be >= 0")
@@ -219,6 +238,7 @@ class UnifiedVocab:
         self.marker_ids = {m: (self.special[f.begin], self.special[f.end]) for m, f in self.spans.items()}
         self.size_start = text_size + len(appended)  # id of <size:1>
         nxt = self.size_start + max_size
+        self.code_ids = _check_code_ids(code_ids or {}, self.codebooks, self.specials, text_size)
         # (modality, level) -> start id of that level's range
         self.code_start: dict[tuple[str, int], int] = {}
         for m in MEDIA:  # fixed order keeps the layout independent of argument order
@@ -226,16 +246,21 @@ class UnifiedVocab:
             if cb is None:
                 continue
             for lvl in range(cb.levels):
-                self.code_start[(m, lvl)] = nxt
-                nxt += cb.size
+                if m in self.code_ids:
+                    self.code_start[(m, lvl)] = self.code_ids[m] + lvl * cb.size
+                else:
+                    self.code_start[(m, lvl)] = nxt
+                    nxt += cb.size
         self.size = nxt
         self._media_start = self.size_start + max_size
-        # Lookup tables over the media range: modality index and level of each code id.
-        n_media = self.size - self._media_start
+        # Lookup tables from the first code id on (the media range, or from a codebook inside the
+        # text range): modality index (-1: not a code) and level of each id.
+        self._code_lo = min([*self.code_start.values(), self.size])
+        n_media = self.size - self._code_lo
         self._code_mod = np.full(n_media, -1, dtype=np.int8)
         self._code_lvl = np.zeros(n_media, dtype=np.int32)
         for (m, lvl), s in self.code_start.items():
-            sl = slice(s - self._media_start, s - self._media_start + self.codebooks[m].size)
+            sl = slice(s - self._code_lo, s - self._code_lo + self.codebooks[m].size)
             self._code_mod[sl] = MEDIA.index(m)
             self._code_lvl[sl] = lvl
 
@@ -264,17 +289,29 @@ class UnifiedVocab:
 
     def span_head(self, modality: str, sizes: Iterable[int] = ()) -> list[int]:
         """The ids that open a span: its begin marker and a size token per header axis (`sizes`, in
-        the order of `spans[modality].header`; none for an open span)."""
-        sizes = list(sizes)
-        header = self.spans[modality].header
-        if len(sizes) != len(header):
-            raise ValueError(f"a {modality} span header holds {len(header)} sizes {header}, got {sizes}")
+        the order of `spans[modality].header`; none for an open span, and for a span of fixed sizes,
+        whose `sizes` may be given: they must be those)."""
+        sizes, fmt = list(sizes), self.spans[modality]
+        if fmt.sizes:
+            if sizes and tuple(sizes) != fmt.sizes:
+                raise ValueError(f"{modality} spans of this vocabulary are a fixed grid {fmt.sizes}, got {tuple(sizes)}")
+            sizes = []
+        if len(sizes) != len(fmt.header):
+            raise ValueError(f"a {modality} span header holds {len(fmt.header)} sizes {fmt.header}, got {sizes}")
         return [self.marker_ids[modality][0]] + [self.size_token(n) for n in sizes]
+
+    def _is_code(self, i: int) -> bool:
+        k = i - self._code_lo
+        return 0 <= k < len(self._code_mod) and self._code_mod[k] >= 0
 
     def code_range(self, modality: str, level: int = 0) -> tuple[int, int]:
         """[start, end) ids of one level of a modality's codebook."""
         s = self.code_start[(modality, level)]
         return s, s + self.codebooks[modality].size
+
+    def code_ranges(self) -> list[tuple[int, int]]:
+        """[start, end) ids of every level of every codebook."""
+        return [self.code_range(m, lvl) for m, lvl in self.code_start]
 
     def token_name(self, i: int) -> str:
         """Human-readable name of an id, for debugging and error messages."""
@@ -282,15 +319,15 @@ class UnifiedVocab:
         for tok, j in self.special.items():
             if i == j:
                 return tok
+        k = i - self._code_lo
+        if 0 <= k < len(self._code_mod) and self._code_mod[k] >= 0:  # before text: codes may sit inside it
+            m = MEDIA[self._code_mod[k]]
+            lvl = int(self._code_lvl[k])
+            return f"{m}:L{lvl}:{i - self.code_start[(m, lvl)]}"
         if 0 <= i < self.text_size:
             return f"text:{i}"
         if self.size_start <= i < self._media_start:
             return f"<size:{i - self.size_start + 1}>"
-        if self._media_start <= i < self.size:
-            k = i - self._media_start
-            m = MEDIA[self._code_mod[k]]
-            lvl = int(self._code_lvl[k])
-            return f"{m}:L{lvl}:{i - self.code_start[(m, lvl)]}"
         return f"<invalid:{i}>"
 
     # ----------------------------------------------------------------- pack
@@ -348,7 +385,10 @@ class UnifiedVocab:
             want = f"({cb.levels}, {axes})" if fmt.open else f"({axes})" if cb.levels == 1 else f"({cb.levels}, ...)"
             raise ValueError(f"segment {n}: {modality} codes must have shape {want}, got {tuple(arr.shape)}")
         grid = arr.shape[1:]
-        if not fmt.open:  # the header's size tokens hold each side
+        if fmt.sizes and tuple(grid) != fmt.sizes:
+            raise ValueError(f"segment {n}: {modality} spans of this vocabulary are a fixed grid {fmt.sizes}, "
+                             f"got {tuple(grid)}")
+        if fmt.header:  # the header's size tokens hold each side
             for d in grid:
                 if not 1 <= d <= self.max_size:
                     raise ValueError(f"segment {n}: {modality} grid {tuple(grid)} outside [1, {self.max_size}]; raise max_size")
@@ -357,7 +397,7 @@ class UnifiedVocab:
         # (L, *grid) -> position-major, level-minor, each level shifted into its own range
         offsets = np.array([self.code_start[(modality, lvl)] for lvl in range(cb.levels)], dtype=np.int64)
         body = (arr.reshape(cb.levels, -1).T + offsets).reshape(-1)
-        head = self.span_head(modality, () if fmt.open else grid)
+        head = self.span_head(modality, grid if fmt.header else ())
         return np.concatenate([head, body, [self.marker_ids[modality][1]]]).astype(np.int64)
 
     # --------------------------------------------------------------- unpack
@@ -398,12 +438,9 @@ class UnifiedVocab:
 
         while i < n:
             t = int(arr[i])
-            if t in skip:  # before text: an imported vocabulary's <bos> and <eos> are text ids
+            # text last: an imported vocabulary's special tokens, markers and codes may be text ids
+            if t in skip:
                 end_stray(i)
-                i += 1
-            elif 0 <= t < self.text_size:
-                end_stray(i)
-                text.append(t)
                 i += 1
             elif t in begin_of and begin_of[t] in self.codebooks:
                 end_stray(i)
@@ -411,6 +448,10 @@ class UnifiedVocab:
                 i = self._unpack_span(arr, i, begin_of[t], segments, problems)
             elif t in end_of:
                 stray(i, f"{self.token_name(t)} without a matching begin marker")
+                i += 1
+            elif 0 <= t < self.text_size and not self._is_code(t):
+                end_stray(i)
+                text.append(t)
                 i += 1
             else:
                 stray(i, f"unexpected token {self.token_name(t)} outside a span")
@@ -431,7 +472,7 @@ class UnifiedVocab:
         i = start + 1
         grid = []
         for _ in fmt.header:
-            if i < n and self.size_start <= arr[i] < self._media_start:
+            if i < n and self.size_start <= arr[i] < self.size_start + self.max_size:
                 grid.append(int(arr[i]) - self.size_start + 1)
                 i += 1
             else:
@@ -441,9 +482,9 @@ class UnifiedVocab:
         # Codes: the longest run of this modality's code ids.
         j = i
         mi = MEDIA.index(modality)
-        while j < n and self._media_start <= arr[j] < self.size and self._code_mod[arr[j] - self._media_start] == mi:
+        while j < n and self._code_lo <= arr[j] < self.size and self._code_mod[arr[j] - self._code_lo] == mi:
             j += 1
-        body = arr[i:j] - self._media_start
+        body = arr[i:j] - self._code_lo
         levels = self._code_lvl[body]
         expected_lvl = np.arange(len(body)) % cb.levels
         terminated = j < n and arr[j] == end_tok
@@ -463,6 +504,7 @@ class UnifiedVocab:
                 return resume
             codes = values[: frames * cb.levels].reshape(frames, cb.levels).T
         else:
+            grid = grid or list(fmt.sizes)
             want = int(np.prod(grid)) * cb.levels
             if len(values) != want:
                 problems.append(
@@ -492,6 +534,8 @@ class UnifiedVocab:
         }
         if self.specials:  # only then: manifests without it keep their hash
             body["special_ids"] = dict(self.specials)
+        if self.code_ids:  # the same
+            body["code_ids"] = dict(self.code_ids)
         return {**body, "hash": _hash(body)}
 
     @property
@@ -515,7 +559,7 @@ class UnifiedVocab:
             spans = {m: SpanFormat.from_json(f) for m, f in manifest.get("spans", _spans_json(UNITOK_SPANS)).items()}
             books = [CodebookSpec(m, c["size"], c["levels"], c.get("tokenizer", {})) for m, c in manifest["codebooks"].items()]
             vocab = cls(manifest["text"]["size"], books, max_size=manifest["max_size"], text_tokenizer=manifest["text"].get("tokenizer"),
-                        spans=spans, specials=manifest.get("special_ids"))
+                        spans=spans, specials=manifest.get("special_ids"), code_ids=manifest.get("code_ids"))
             if list(manifest["special_tokens"]) != list(vocab.special_tokens):
                 raise VocabMismatchError(f"{source}: special tokens {manifest['special_tokens']} differ from those of its "
                                          f"span layout {list(vocab.special_tokens)}")
@@ -556,23 +600,27 @@ class UnifiedVocab:
     @classmethod
     def from_tokenizers(cls, tokenizers: Mapping[str, Any] | Iterable[Any], *, max_size: int = 1024,
                         spans: Mapping[str, SpanFormat] | None = None,
-                        specials: Mapping[str, int] | None = None) -> "UnifiedVocab":
+                        specials: Mapping[str, int] | None = None,
+                        code_ids: Mapping[str, int] | None = None) -> "UnifiedVocab":
         """The vocabulary of any set of tokenizers (at most one text tokenizer and one per media
         modality): text ids from the text tokenizer (none without one), then one codebook range
-        per media tokenizer level, each identified by the tokenizer's identity; `spans` and
-        `specials` as in the constructor."""
+        per media tokenizer level, each identified by the tokenizer's identity; `spans`, `specials`
+        and `code_ids` as in the constructor."""
         toks = list(tokenizers.values()) if isinstance(tokenizers, Mapping) else list(tokenizers)
         text = [t for t in toks if t.modality == "text"]
         if len(text) > 1:
             raise ValueError("more than one text tokenizer")
         books = [t.codebook_spec() for t in toks if t.modality != "text"]
         return cls(text[0].vocab_size if text else 0, books, max_size=max_size,
-                   text_tokenizer=text[0].identity() if text else None, spans=spans, specials=specials)
+                   text_tokenizer=text[0].identity() if text else None, spans=spans, specials=specials,
+                   code_ids=code_ids)
 
     def check_tokenizers(self, tokenizers, what: str = "tokenizers") -> None:
         """Raise `VocabMismatchError` unless `tokenizers` build exactly this vocabulary."""
-        UnifiedVocab.from_tokenizers(tokenizers, max_size=self.max_size, spans=self.spans,
-                                     specials=self.specials).check_same(self, what=what)
+        toks = list(tokenizers.values()) if isinstance(tokenizers, Mapping) else list(tokenizers)
+        placed = {m: i for m, i in self.code_ids.items() if m in {t.modality for t in toks}}  # a missing one: a difference
+        UnifiedVocab.from_tokenizers(toks, max_size=self.max_size, spans=self.spans, specials=self.specials,
+                                     code_ids=placed).check_same(self, what=what)
 
     def __repr__(self) -> str:
         books = ", ".join(f"{m}={cb.levels}x{cb.size}" for m, cb in self.codebooks.items())
@@ -591,6 +639,27 @@ def _check_specials(specials: Mapping[str, int], names: tuple[str, ...], text_si
     markers = [i for n, i in out.items() if n not in _DOCUMENT_TOKENS]
     if len(set(markers)) < len(markers) or set(markers) & {i for n, i in out.items() if n in _DOCUMENT_TOKENS}:
         raise ValueError(f"special tokens {out} share an id (only <bos>, <eos> and <pad> may)")
+    return out
+
+
+def _check_code_ids(code_ids: Mapping[str, int], codebooks: Mapping[str, CodebookSpec], specials: Mapping[str, int],
+                    text_size: int) -> dict[str, int]:
+    """`code_ids` ({modality: first id} inside the text range) checked against the codebooks and the
+    special tokens placed there."""
+    out, taken = {}, [(i, i + 1, name) for name, i in specials.items()]
+    for m, start in code_ids.items():
+        if m not in codebooks:
+            raise ValueError(f"code_ids names {m!r}, which has no codebook")
+        cb = codebooks[m]
+        end = start + cb.levels * cb.size if isinstance(start, int) and not isinstance(start, bool) else None
+        if end is None or start < 0 or end > text_size:
+            raise ValueError(f"the {m} codebook's {cb.levels} x {cb.size} ids from {start!r} must lie in the text "
+                             f"range [0, {text_size})")
+        for lo, hi, name in taken:
+            if lo < end and start < hi:
+                raise ValueError(f"the {m} codebook's ids [{start}, {end}) overlap {name}'s [{lo}, {hi})")
+        taken.append((start, end, f"the {m} codebook"))
+        out[m] = start
     return out
 
 

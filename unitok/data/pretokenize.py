@@ -265,7 +265,8 @@ def _sample(p: Path, key: str, members: dict, cfg: PretokenizeConfig, skipped: l
 class Tokenizing:
     """Lives in each worker: the tokenizers, the vocabulary and the policy."""
 
-    def __init__(self, tokenizer_dirs: list[str], cfg: PretokenizeConfig, device: str = "cpu"):
+    def __init__(self, tokenizer_dirs: list[str], cfg: PretokenizeConfig, device: str = "cpu",
+                 vocab: dict | None = None):
         import torch
 
         from unitok.tokenizers.base import load_tokenizer
@@ -288,7 +289,11 @@ class Tokenizing:
         for t in self.toks.values():
             if isinstance(t, torch.nn.Module):
                 t.to(self.device)
-        self.vocab = UnifiedVocab.from_tokenizers(self.toks.values())
+        if vocab is None:
+            self.vocab = UnifiedVocab.from_tokenizers(self.toks.values())
+        else:  # a given vocabulary (an imported model's id layout), which these tokenizers must build
+            self.vocab = UnifiedVocab.from_manifest(vocab, source="--vocab")
+            self.vocab.check_tokenizers(self.toks.values(), what="--tokenizer")
 
     def __call__(self, doc) -> tuple:
         """-> (source, "ok", [Packed]), (source, "split", [Packed per chunk]) or (source, "skip", (media, why)),
@@ -378,9 +383,9 @@ def _nothing_kept(stats: dict, out: Path) -> DataError:
 _worker: Tokenizing | None = None
 
 
-def _init(dirs, cfg):
+def _init(dirs, cfg, vocab):
     global _worker
-    _worker = Tokenizing(dirs, cfg)
+    _worker = Tokenizing(dirs, cfg, vocab=vocab)
 
 
 def _work(doc):
@@ -418,8 +423,10 @@ def _gathered(todo, fn, world: int, rank: int, per_rank: int = 2):
 
 def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: PretokenizeConfig | None = None, *,
                 workers: int = 0, resume: bool = False, progress: bool = True, commit_every: int = 64,
-                stop_after: int | None = None) -> dict:
+                stop_after: int | None = None, vocab: dict | None = None) -> dict:
     """Write SHARDS; returns the stats. `stop_after` documents (tests) simulates an interruption.
+    `vocab`: a vocabulary manifest the shards take (the tokenizers must build it), e.g. an imported
+    model's with its own id layout; default: the tokenizers' unitok vocabulary.
 
     Under torchrun every rank tokenizes a share of the documents (on its GPU where there is one) and
     rank 0 writes them in order: the files are the same as with one process. `workers` must then be
@@ -437,8 +444,8 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
     import torch
 
     device = f"cuda:{local}" if ddp and torch.cuda.is_available() else "cpu"
-    main_tok = Tokenizing(tokenizer_dirs, cfg, device)
-    vocab = main_tok.vocab
+    main_tok = Tokenizing(tokenizer_dirs, cfg, device, vocab)
+    given, vocab = vocab, main_tok.vocab
     identities = {m: t.identity() for m, t in main_tok.toks.items()}
     dtype = vocab.id_dtype
     policy = asdict(cfg)
@@ -521,7 +528,7 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
         elif workers > 0:
             import multiprocessing as mp
 
-            pool = mp.get_context("spawn").Pool(workers, _init, (list(map(str, tokenizer_dirs)), cfg))
+            pool = mp.get_context("spawn").Pool(workers, _init, (list(map(str, tokenizer_dirs)), cfg, given))
             results = pool.imap(_work, todo, chunksize=4)
         else:
             results = map(main_tok, todo)
@@ -597,13 +604,25 @@ def _follow(docs, tok, world: int, rank: int, done: int, stop_after: int | None)
 
 
 # ------------------------------------------------------------------ CLI
+def _vocab_manifest(path) -> dict | None:
+    """--vocab: a vocab.json, or a run or checkpoint directory (its vocab.json)."""
+    if path is None:
+        return None
+    from unitok.checkpoint import VOCAB_JSON, resolve
+    from unitok.vocab import UnifiedVocab
+
+    p = Path(path)
+    return UnifiedVocab.load(p if p.is_file() else resolve(p) / VOCAB_JSON).manifest()
+
+
 def run_cli(args) -> int:
     from unitok.config import from_dict, parse_overrides
 
     cfg = from_dict(PretokenizeConfig, parse_overrides(args.set or []), source="--set")
     cfg.allow_outside_paths |= args.allow_outside_paths
     try:
-        stats = pretokenize(args.data, args.tokenizer, args.out, cfg, workers=args.workers, resume=args.resume)
+        stats = pretokenize(args.data, args.tokenizer, args.out, cfg, workers=args.workers, resume=args.resume,
+                            vocab=_vocab_manifest(args.vocab))
     except KeyboardInterrupt:
         print("unitok: interrupted; the documents done so far are kept: continue with the same command and "
               "--resume", file=sys.stderr)

@@ -40,7 +40,7 @@ def beam_search(model: UnifiedTransformer, prompt, max_new_tokens: int, *, beams
 
     def logprobs(ids, cache):
         h = model.hidden(ids, cache=cache)[:, -1]
-        logits = (h @ model.output_weight.t()).float()  # (beams, V)
+        logits = model.logits(h)  # (beams, V)
         if keep is not None:
             logits = logits.masked_fill(~keep, float("-inf"))
         return logits.log_softmax(-1)

@@ -233,6 +233,9 @@ class Pipeline:
         extra = [k for k, v in given.items() if v is not None and k not in spec.inputs]
         if extra:
             raise ConfigError(f"{task} takes no {extra[0]} input (--{extra[0]})")
+        for kind in spec.inputs:  # an imported model that reads this modality otherwise (Janus: SigLIP)
+            if kind in self.state.get("refused_inputs", {}):
+                raise ConfigError(f"{task}: {self.state['refused_inputs'][kind]}")
         unused = {"--seconds": seconds is not None and task != "text-to-audio",
                   "--size": size is not None and not {"image", "video"} & {*spec.inputs, spec.output},
                   "--frames": frames is not None and task != "video-continuation",
@@ -270,7 +273,11 @@ class Pipeline:
             lo = max(f, px // f * f)
             raise ConfigError(f"{modality} size {px} px is not a multiple of the {modality} tokenizer's downsampling "
                               f"factor {f}; use e.g. {lo} or {lo + f}")
-        if px // f > self.vocab.max_size:
+        fixed = self.vocab.spans[modality].sizes  # an imported model's grid of one size (Chameleon, Janus)
+        if fixed and px // f != fixed[-1]:
+            raise ConfigError(f"{modality} spans of this model are {' x '.join(map(str, fixed))} codes: --size "
+                              f"{fixed[-1] * f}")
+        if not fixed and px // f > self.vocab.max_size:
             raise ConfigError(f"{modality} size {px} px gives {px // f} codes a side; the vocabulary's size tokens "
                               f"go up to {self.vocab.max_size}")
         return px // f

@@ -139,7 +139,7 @@ class _Cached:
 
     def _last(self, ids, cache, valid=None) -> torch.Tensor:
         h = self.model.hidden(ids, cache=cache, valid=valid)[:, -1]  # (R, dim): logits of the last position only
-        return (h @ self.model.output_weight.t()).float()
+        return self.model.logits(h)
 
     def prefill(self, rows: list[list[int]]) -> torch.Tensor:
         ids, valid = _left_pad(rows, self.model.output_weight.device)
@@ -170,7 +170,7 @@ class _Full:
     def _run(self) -> torch.Tensor:
         ids, valid = _left_pad(self.rows, self.model.output_weight.device)
         h = self.model.hidden(ids, valid=None if bool(valid.all()) else valid)[:, -1]
-        return (h @ self.model.output_weight.t()).float()
+        return self.model.logits(h)
 
     def prefill(self, rows: list[list[int]]) -> torch.Tensor:
         self.rows = [list(r) for r in rows]

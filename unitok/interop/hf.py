@@ -1,6 +1,6 @@
 """transformers checkpoint folders in and out.
 
-    unitok checkpoint import SRC --out RUN [--format auto|llama|qwen2|qwen3]
+    unitok checkpoint import SRC --out RUN [--format auto|llama|qwen2|qwen3|chameleon|emu3|janus]
     unitok checkpoint export-hf RUN --out DIR
 
 Import reads SRC/config.json, the weights (model.safetensors, or shards named by
@@ -8,8 +8,10 @@ model.safetensors.index.json; a pickle pytorch_model.bin[.index.json] only throu
 `unitok.foreign`, which executes nothing) and SRC/tokenizer.json, and writes RUN/checkpoint, a
 normal unitok checkpoint: the weights under our names, the text tokenizer (`HFTextTokenizer`) and a
 vocabulary that describes the model's ids as they are (text = its vocab_size; <bos>, <eos> and <pad>
-its own ids from config.json; no media, no size tokens). A folder written by export-hf carries our
-vocabulary and tokenizers beside the weights: those are kept as they are.
+its own ids from config.json; no size tokens). Chameleon, Emu3 and Janus add their VQ model
+(`model.vqmodel.*`) as an image tokenizer and, where our span formats express it, their image ids
+to the vocabulary; Janus its image head (`chameleon.py`, `emu3.py`, `janus.py`). A folder written by
+export-hf carries our vocabulary and tokenizers beside the weights: those are kept as they are.
 
 Export writes DIR as both things at once: a transformers checkpoint (config.json, model.safetensors
 under transformers' names, generation_config.json; tokenizer.json where the text tokenizer is one)
@@ -27,11 +29,12 @@ from pathlib import Path
 import torch
 
 from unitok.errors import CheckpointError, ConfigError, inside, read_json
-from unitok.interop.llama import ARCHITECTURES, FAMILIES, hf_config, model_config, to_hf, to_unitok
+from unitok.interop.llama import ARCHITECTURES, FAMILIES, hf_config, model_config, shapes, to_hf, to_unitok
 
 __all__ = ["FORMATS", "LAYOUT", "import_checkpoint", "export_hf", "read_hf_weights", "unitok_weights"]
 
 FORMATS = tuple(FAMILIES)
+VQ_PREFIX = "model.vqmodel."  # Chameleon's, Emu3's and Janus's VQ model in their weights
 LAYOUT = "transformers"  # model.json "layout" of an export-hf folder: weights under transformers' names
 _WEIGHTS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 
@@ -93,8 +96,9 @@ def _family(hf: dict, fmt: str, src: Path) -> str:
 
 
 # ------------------------------------------------------------------ import
-def import_checkpoint(src, out, fmt: str = "auto") -> Path:
-    """Import the transformers folder `src` as the unitok run `out` (written to out/checkpoint)."""
+def import_checkpoint(src, out, fmt: str = "auto", image_decoder=None) -> Path:
+    """Import the transformers folder `src` as the unitok run `out` (written to out/checkpoint).
+    `image_decoder`: a taming VQGAN checkpoint with the decoder a Chameleon folder lacks."""
     from unitok.checkpoint import CKPT_DIR, save_checkpoint
 
     src, out = Path(src), Path(out)
@@ -106,31 +110,100 @@ def import_checkpoint(src, out, fmt: str = "auto") -> Path:
     if not isinstance(hf, dict):
         raise CheckpointError(f"{src}/config.json: not a JSON object")
     family = _family(hf, fmt, src)
-    cfg = model_config(hf, family, src)
+    f = FAMILIES[family]
+    lm = hf.get("text_config") if f.text_config else hf  # the language model's keys
+    if not isinstance(lm, dict):
+        raise CheckpointError(f"{src}/config.json: a {family} model needs a text_config object")
+    if f.text_config and "tie_word_embeddings" in hf:  # the top-level key ties lm_head, as transformers does
+        lm = {**lm, "tie_word_embeddings": hf["tie_word_embeddings"]}
+    cfg = model_config(lm, family, src)
     dest = out if out.name == CKPT_DIR else out / CKPT_DIR
     if dest.exists():
         raise CheckpointError(f"{dest} exists; choose another --out")
-    state = to_unitok(read_hf_weights(src), cfg, src)
-    vocab, tokenizers = _vocabulary(src, hf, cfg)
+    if image_decoder is not None and family != "chameleon":
+        raise ConfigError(f"--image-decoder is for chameleon models; {src} holds a {family} model")
+    weights = {_renamed(k, f.renames): v for k, v in read_hf_weights(src).items()}
+    vq = _take(weights, VQ_PREFIX)  # the VQ model, under its own names
+    media, layout, beside, heads, refused = {}, {}, None, {}, {}
+    text = _text_tokenizer(src, cfg)
+    if family == "chameleon":
+        from unitok.interop import chameleon
+
+        media["image"], layout = chameleon.image_side(hf, vq, src, image_decoder)
+    elif family == "emu3":
+        from unitok.interop import emu3
+
+        beside = emu3.image_tokenizer(hf, vq, src)
+    elif family == "janus":
+        from unitok.interop import janus
+
+        for prefix in janus.UNDERSTANDING:
+            _take(weights, prefix)
+        refused["image"] = janus.REFUSED
+        media["image"], layout, full, heads = janus.generation_side(hf, cfg, weights, vq, text, src)
+    state = to_unitok(weights, cfg, src)
+    if heads:  # the per-modality heads' weights, checked against the config that has them
+        cfg = full
+        _check_shapes(heads, cfg, src)
+        state.update(heads)
+    vocab, tokenizers = _vocabulary(src, lm, cfg, text, media, layout)
     meta = {"step": 0, "imported_from": str(src), "source_format": family, "history": []}
-    return save_checkpoint(dest, kind="transformer", config=asdict(cfg), modules={"model": state}, state=meta,
-                           vocab=vocab, tokenizers=tokenizers)
+    if refused:
+        meta["refused_inputs"] = refused
+    if beside is not None:
+        meta["image_tokenizer"] = f"../{emu3.IMAGE_TOKENIZER}"
+    saved = save_checkpoint(dest, kind="transformer", config=asdict(cfg), modules={"model": state}, state=meta,
+                            vocab=vocab, tokenizers=tokenizers)
+    if beside is not None:  # a tokenizer the vocabulary does not describe: next to the checkpoint
+        beside.save_pretrained(dest.parent / emu3.IMAGE_TOKENIZER)
+    return saved
 
 
-def _vocabulary(src: Path, hf: dict, cfg):
-    """(vocab, tokenizers): those of an export-hf folder as they are, else the folder's tokenizer.json
-    and its ids."""
-    from unitok.checkpoint import MODEL_JSON, TOKENIZERS, VOCAB_JSON, load_tokenizers, load_vocab
+def _renamed(name: str, renames) -> str:
+    for old, new in renames:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def _take(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under `prefix`, removed from `weights`, without the prefix."""
+    return {k[len(prefix):]: weights.pop(k) for k in list(weights) if k.startswith(prefix)}
+
+
+def _check_shapes(state: dict[str, torch.Tensor], cfg, src: Path) -> None:
+    """The per-modality heads' weights: all there, each of the shape `cfg` implies."""
+    want = shapes(cfg)
+    missing = sorted(k for k in want if k.startswith("heads.") and k not in state)
+    if missing:
+        raise CheckpointError(f"{src}: the weights have no tensor for {missing[0]}, which config.json implies")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(want[k]):
+            raise CheckpointError(f"{src}: {k} has shape {tuple(v.shape)}, config.json implies {tuple(want[k])}")
+
+
+def _text_tokenizer(src: Path, cfg):
+    """The folder's tokenizer.json (None in an export-hf folder, whose tokenizers are kept)."""
+    from unitok.checkpoint import MODEL_JSON, VOCAB_JSON
     from unitok.tokenizers.text import HFTextTokenizer
-    from unitok.vocab import UnifiedVocab
 
     if (src / VOCAB_JSON).is_file() and (src / MODEL_JSON).is_file():
-        tokenizers = load_tokenizers(src, read_json(src / MODEL_JSON, "model.json"))
-        return load_vocab(src, tokenizers, cfg.vocab_size), {n: src / TOKENIZERS / n for n in tokenizers}
+        return None
     if not (src / "tokenizer.json").is_file():
         raise CheckpointError(f"{src}: no tokenizer.json (a SentencePiece tokenizer.model alone is not read; "
                               "transformers' save_pretrained writes tokenizer.json)")
-    tok = HFTextTokenizer.from_file(src / "tokenizer.json", vocab_size=cfg.vocab_size)
+    return HFTextTokenizer.from_file(src / "tokenizer.json", vocab_size=cfg.vocab_size)
+
+
+def _vocabulary(src: Path, hf: dict, cfg, tok, media: dict, layout: dict):
+    """(vocab, tokenizers): those of an export-hf folder as they are, else the folder's tokenizer.json,
+    its media tokenizers and its ids (`layout`: the span formats, the markers' and codebooks' ids)."""
+    from unitok.checkpoint import MODEL_JSON, TOKENIZERS, load_tokenizers, load_vocab
+    from unitok.vocab import UnifiedVocab
+
+    if tok is None:
+        tokenizers = load_tokenizers(src, read_json(src / MODEL_JSON, "model.json"))
+        return load_vocab(src, tokenizers, cfg.vocab_size), {n: src / TOKENIZERS / n for n in tokenizers}
     eos = hf.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) and eos else eos  # Llama 3 instruct lists several: the first ends text
     if eos is None:
@@ -139,11 +212,13 @@ def _vocabulary(src: Path, hf: dict, cfg):
     bos = eos if hf.get("bos_token_id") is None else hf["bos_token_id"]
     pad = eos if hf.get("pad_token_id") is None else hf["pad_token_id"]
     try:
-        vocab = UnifiedVocab.from_tokenizers([tok], max_size=0, spans={},
-                                             specials={"<bos>": bos, "<eos>": eos, "<pad>": pad})
+        vocab = UnifiedVocab.from_tokenizers([tok, *media.values()], max_size=0, spans=layout.get("spans", {}),
+                                             specials={"<bos>": bos, "<eos>": eos, "<pad>": pad,
+                                                       **layout.get("specials", {})},
+                                             code_ids=layout.get("code_ids"))
     except ValueError as e:
         raise CheckpointError(f"{src}/config.json: {e}") from None
-    return vocab, {"text": tok}
+    return vocab, {"text": tok, **media}
 
 
 # ------------------------------------------------------------------ export
@@ -255,7 +330,7 @@ def unitok_weights(meta: dict, state: dict[str, torch.Tensor], source) -> dict[s
 
 # ------------------------------------------------------------------ CLI handlers
 def import_cli(args) -> int:
-    print(f"wrote {import_checkpoint(args.src, args.out, args.format)}")
+    print(f"wrote {import_checkpoint(args.src, args.out, args.format, args.image_decoder)}")
     return 0
 
 

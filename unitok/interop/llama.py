@@ -1,13 +1,27 @@
-"""The Llama family of transformers (Llama, Qwen2, Qwen3) and our `UnifiedTransformer`, both ways.
+"""The Llama family of transformers and our `UnifiedTransformer`, both ways: Llama, Qwen2, Qwen3, and
+the language models of Chameleon, Emu3 and Janus.
 
-The three are one computation with options (transformers 5.25, `models/{llama,qwen2,qwen3}`):
+They are one computation with options (transformers 5.25, `models/{llama,qwen2,qwen3,chameleon,emu3,janus}`):
 pre-norm RMSNorm blocks, SwiGLU, GQA, RoPE on the two halves of each head (`rotate_half`, our
 `apply_rope`), logits = lm_head(norm(h)). Their differences are `ModelConfig` options:
 
-    family   q/k/v bias              QK-norm                            head_dim default
-    llama    attention_bias (+o)     none                               hidden / heads
-    qwen2    always (o_proj none)    none                               hidden / heads
-    qwen3    attention_bias (+o)     RMSNorm over head_dim, before RoPE 128
+    family     q/k/v bias              QK-norm (before RoPE)                              head_dim default
+    llama      attention_bias (+o)     none                                               hidden / heads
+    qwen2      always (o_proj none)    none                                               hidden / heads
+    qwen3      attention_bias (+o)     RMSNorm over head_dim, one gain                    128
+    chameleon  attention_bias (+o)     LayerNorm over head_dim, gain and bias per head    hidden / heads
+    emu3       attention_bias (+o)     none                                               hidden / heads
+    janus      attention_bias (+o)     none                                               hidden / heads
+
+Chameleon's `swin_norm` variant (norms after attention and feed-forward) is refused. Its
+ForConditionalGeneration forward masks the image-token logits to the dtype's minimum; the `lm_head`
+output, which ours equals, is before that mask. Its VQ model (`model.vqmodel.*`) is not read here
+(`unitok.interop.chameleon`). Emu3 nests its language model's config in `text_config`
+(`Family.text_config`) and names its weights otherwise: `text_model.model.*`, `text_model.lm_head`
+and `vqmodel.*` in the files of its hub folder (transformers 5 renames them on loading and saving:
+`conversion_mapping.py`), `model.text_model.*`, `lm_head`, `model.vqmodel.*` in memory; both are
+read (`Family.renames`). Its residual dropout (attention_dropout) is off at inference. Janus's is a
+Llama under `model.language_model.` in `text_config` (`unitok.interop.janus` for the rest).
 
 An o_proj bias has no place in our model: one that is all zeros is dropped (our export writes
 one where `attention_bias` must be on for the q/k/v biases), any other is refused. Weights map
@@ -26,7 +40,7 @@ import torch
 from unitok.errors import CheckpointError
 from unitok.model.config import ROPE_SCALING, ModelConfig
 
-__all__ = ["FAMILIES", "ARCHITECTURES", "model_config", "hf_config", "to_unitok", "to_hf"]
+__all__ = ["FAMILIES", "ARCHITECTURES", "model_config", "hf_config", "shapes", "to_unitok", "to_hf"]
 
 
 @dataclass(frozen=True)
@@ -39,12 +53,24 @@ class Family:
     max_positions: int
     bos: int | None
     eos: int | None
+    qk_norm_type: str = "rms"
+    norm_eps: float = 1e-6  # rms_norm_eps when config.json gives none
+    theta: float = 10000.0  # rope_theta when config.json gives none
+    text_config: bool = False  # the language model's keys are in config.json's text_config
+    # name prefixes in the folder -> the Llama layout's (model.*, lm_head) and model.vqmodel.*; first match
+    renames: tuple[tuple[str, str], ...] = ()
 
 
 FAMILIES = {
     "llama": Family("LlamaForCausalLM", False, None, None, None, 2048, 1, 2),
     "qwen2": Family("Qwen2ForCausalLM", False, True, None, 32, 32768, None, None),
     "qwen3": Family("Qwen3ForCausalLM", True, None, 128, 32, 32768, None, None),
+    "chameleon": Family("ChameleonForConditionalGeneration", True, None, None, 32, 4096, 1, 2, "layernorm", 1e-5),
+    "emu3": Family("Emu3ForConditionalGeneration", False, None, None, 8, 9216, 151849, 151850, "rms", 1e-5, 1e6, True,
+                   (("text_model.model.", "model."), ("text_model.lm_head.", "lm_head."), ("vqmodel.", "model.vqmodel."),
+                    ("model.text_model.", "model."))),
+    "janus": Family("JanusForConditionalGeneration", False, None, None, None, 2048, 1, 2, text_config=True,
+                    renames=(("model.language_model.", "model."),)),
 }
 ARCHITECTURES = {f.architecture: name for name, f in FAMILIES.items()}
 
@@ -58,6 +84,8 @@ _BLOCK = {
     "attn.wo.weight": ("self_attn.o_proj.weight",),
     "attn.q_norm.weight": ("self_attn.q_norm.weight",),
     "attn.k_norm.weight": ("self_attn.k_norm.weight",),
+    "attn.q_norm.bias": ("self_attn.q_norm.bias",),
+    "attn.k_norm.bias": ("self_attn.k_norm.bias",),
     "ffn_norm.weight": ("post_attention_layernorm.weight",),
     "ffn.w13.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
     "ffn.w2.weight": ("mlp.down_proj.weight",),
@@ -75,7 +103,7 @@ def _names(ours: str) -> tuple[str, ...]:
     return _TOP[ours]
 
 
-def _shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
+def shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
     """Our parameter names and shapes for `cfg`, from a model built on the meta device (no memory)."""
     from unitok.model.transformer import UnifiedTransformer
 
@@ -105,15 +133,17 @@ def model_config(hf: dict, family: str, source) -> ModelConfig:
         raise refuse("mlp_bias (our feed-forward has no biases)")
     if hf.get("use_sliding_window") and "sliding_attention" in _layer_types(hf, layers):
         raise refuse("sliding-window attention layers (our attention is full causal)")
+    if hf.get("swin_norm"):
+        raise refuse("swin_norm (norms after attention and feed-forward; our blocks are pre-norm)")
     head_dim = hf.get("head_dim") or f.head_dim or dim // heads
-    theta, scaling = _rope(hf, refuse)
+    theta, scaling = _rope(hf, refuse, f.theta)
     try:
         return ModelConfig(
             vocab_size=need("vocab_size"), dim=dim, n_layer=layers, n_head=heads,
             n_kv_head=hf.get("num_key_value_heads") or f.kv_heads, ffn_hidden=need("intermediate_size"),
             max_seq_len=hf.get("max_position_embeddings", f.max_positions), rope_theta=float(theta),
-            qk_norm=f.qk_norm, z_loss=0.0, dropout=0.0, tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            qk_norm=f.qk_norm, qk_norm_type=f.qk_norm_type, z_loss=0.0, dropout=0.0,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)), norm_eps=float(hf.get("rms_norm_eps", f.norm_eps)),
             qkv_bias=bool(hf.get("attention_bias", False)) if f.qkv_bias is None else f.qkv_bias,
             attn_head_dim=None if head_dim * heads == dim else head_dim, rope_scaling=scaling)
     except (TypeError, ValueError) as e:
@@ -128,13 +158,13 @@ def _layer_types(hf: dict, layers: int) -> list[str]:
     return ["sliding_attention" if i >= first else "full_attention" for i in range(layers)]
 
 
-def _rope(hf: dict, refuse) -> tuple[float, dict | None]:
+def _rope(hf: dict, refuse, default_theta: float) -> tuple[float, dict | None]:
     """(theta, our rope_scaling) from transformers 5's rope_parameters or the older rope_theta +
     rope_scaling keys."""
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
         raise refuse("RoPE parameters per layer type")
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    theta = params.get("rope_theta", hf.get("rope_theta", default_theta))
     if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         raise refuse("partial rotary embeddings (partial_rotary_factor)")
     kind = params.get("rope_type", params.get("type", "default"))
@@ -157,6 +187,12 @@ def hf_config(cfg: ModelConfig, vocab, dtype: torch.dtype) -> dict:
     attention_bias for q/k/v biases; `to_hf` writes the zero o_proj bias that implies). RoPE is written
     as rope_theta + rope_scaling, which transformers 4 and 5 both read. CheckpointError (one line)
     where no stock class computes the model."""
+    if cfg.heads:
+        raise CheckpointError(f"per-modality heads ({', '.join(cfg.heads)}: own input embedding and output head): no "
+                              "stock causal-LM class computes them (export-hf writes Llama or Qwen3)")
+    if cfg.qk_norm and cfg.qk_norm_type != "rms":
+        raise CheckpointError(f"QK-norm {cfg.qk_norm_type!r} (a LayerNorm per head, as Chameleon's): no stock causal-LM "
+                              "class computes it (export-hf writes Llama or Qwen3)")
     family = "qwen3" if cfg.qk_norm else "llama"
     if family == "llama" and cfg.dim % cfg.n_head:
         raise CheckpointError(f"hidden size {cfg.dim} is not a multiple of the {cfg.n_head} heads, which "
@@ -180,7 +216,7 @@ def hf_config(cfg: ModelConfig, vocab, dtype: torch.dtype) -> dict:
 def to_unitok(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, source) -> dict[str, torch.Tensor]:
     """transformers' state dict -> ours, every tensor checked against the shape `cfg` implies."""
     out, used = {}, set()
-    for ours, shape in _shapes(cfg).items():
+    for ours, shape in shapes(cfg).items():
         parts = _names(ours)
         part_shape = (shape[0] // len(parts), *shape[1:])  # the fused pairs stack two equal blocks of rows
         for n in parts:

@@ -14,14 +14,52 @@ from typing import Optional
 from unitok.kernels import BACKENDS, CE_BACKENDS, NORM_BACKENDS, TRITON_HEAD_DIMS
 
 __all__ = ["ModelConfig", "debug", "text", "small", "base", "PRESETS", "preset", "QK_NORM_TYPES", "ROPE_SCALING",
-           "check_rope_scaling"]
+           "HEAD_KINDS", "check_rope_scaling", "check_heads"]
 
-QK_NORM_TYPES = ("rms",)
+# QK-norm kinds, both applied to each head's queries and keys before RoPE. "rms": one RMSNorm over
+# head_dim, its gain shared by the heads (Qwen3, unitok). "layernorm": a LayerNorm over head_dim with
+# its own gain and bias per head, eps 1e-5 whatever norm_eps is (Chameleon's `ChameleonLayerNorm`).
+QK_NORM_TYPES = ("rms", "layernorm")
 # RoPE scalings: rope_type -> the keys its dict needs (the names of transformers' `rope_scaling`).
 # "llama3" (Llama 3.1+): wavelengths longer than original_max_position_embeddings / low_freq_factor are
 # stretched by `factor`, those shorter than original_max_position_embeddings / high_freq_factor kept, and
 # the band between interpolated (unitok.model.transformer.rope_frequencies).
 ROPE_SCALING = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
+# Per-modality heads (`ModelConfig.heads`): a modality's ids [start, start + size), the top of the id
+# range, are embedded and predicted by modules of their own instead of tok_emb and lm_head. Kinds:
+#   "mlp" (Janus's image generation): in, Embedding(size, code_dim), then Linear(code_dim, dim) and
+#         in_layers - 1 times [GELU, Linear(dim, dim)]; out, Linear(dim, out_hidden), GELU,
+#         Linear(out_hidden, size), read from the final-normed hidden state.
+# Each kind is one key set below; a head of another kind (a diffusion head on continuous latents)
+# adds its own kind here and its module in unitok.model.transformer.
+HEAD_KINDS = {"mlp": ("start", "size", "code_dim", "in_layers", "out_hidden")}
+
+
+def check_heads(heads: Optional[dict], vocab_size: int) -> None:
+    """ValueError (one line) unless `heads` is None or per-modality heads that tile the top of the id
+    range, [vocab_size - sum of sizes, vocab_size), in order of their start."""
+    if heads is None:
+        return
+    if not isinstance(heads, dict) or not heads:
+        raise ValueError(f"heads must be a non-empty mapping of modality -> head, got {heads!r}")
+    nxt = vocab_size - sum(h.get("size", 0) if isinstance(h, dict) else 0 for h in heads.values())
+    for m, h in sorted(heads.items(), key=lambda kv: kv[1].get("start", 0) if isinstance(kv[1], dict) else 0):
+        kind = h.get("kind") if isinstance(h, dict) else None
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"head {m!r}: unknown kind {kind!r}; available: {', '.join(HEAD_KINDS)}")
+        keys = HEAD_KINDS[kind]
+        if set(h) != {"kind", *keys}:
+            raise ValueError(f"head {m!r} ({kind}) takes exactly the keys kind, {', '.join(keys)}; got {', '.join(sorted(h))}")
+        if any(isinstance(h[k], bool) or not isinstance(h[k], int) or h[k] < (0 if k == "start" else 1) for k in keys):
+            raise ValueError(f"head {m!r}: {', '.join(keys)} must be positive integers (start >= 0), got {h}")
+        if h["start"] != nxt:
+            raise ValueError(f"head {m!r} starts at id {h['start']}; the heads must tile the top of the ids, so it starts "
+                             f"at {nxt}")
+        nxt += h["size"]
+    if nxt - sum(h["size"] for h in heads.values()) < 1:
+        raise ValueError(f"the heads take all {vocab_size} ids; tok_emb needs at least one")
 
 
 def check_rope_scaling(scaling: Optional[dict]) -> None:
@@ -64,10 +102,11 @@ class ModelConfig:
     ce_backend: str = "torch"  # backend name for unitok.kernels.linear_cross_entropy
     norm_backend: str = "torch"  # backend name for unitok.kernels.rms_norm
     # Options that other model families need (unitok.interop imports them); the defaults are unitok's model.
-    qk_norm_type: str = "rms"  # with qk_norm: "rms" = RMSNorm over head_dim, one gain for all heads (as Qwen3)
+    qk_norm_type: str = "rms"  # with qk_norm: "rms" or "layernorm" (see QK_NORM_TYPES)
     qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
     attn_head_dim: Optional[int] = None  # None: dim // n_head; set where heads are not dim / n_head wide (Qwen3)
     rope_scaling: Optional[dict] = None  # None: plain RoPE; {"rope_type": "llama3", ...} (see ROPE_SCALING)
+    heads: Optional[dict] = None  # None: every id through tok_emb and lm_head; {modality: head} (see HEAD_KINDS)
 
     def __post_init__(self):
         if self.attn_head_dim is None and self.dim % self.n_head:
@@ -81,6 +120,7 @@ class ModelConfig:
         if self.qk_norm_type not in QK_NORM_TYPES:
             raise ValueError(f"unknown qk_norm_type {self.qk_norm_type!r}; available: {', '.join(QK_NORM_TYPES)}")
         check_rope_scaling(self.rope_scaling)
+        check_heads(self.heads, self.vocab_size)
         if min(self.vocab_size, self.n_layer, self.max_seq_len) < 1:
             raise ValueError("vocab_size, n_layer and max_seq_len must be >= 1")
         for name, value, known in (("attention", self.attention, BACKENDS),
@@ -95,6 +135,11 @@ class ModelConfig:
     @property
     def kv_heads(self) -> int:
         return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def embedding_rows(self) -> int:
+        """Rows of tok_emb and lm_head: the ids below the per-modality heads (all, without heads)."""
+        return self.vocab_size - sum(h["size"] for h in (self.heads or {}).values())
 
     @property
     def head_dim(self) -> int:

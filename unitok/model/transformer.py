@@ -1,8 +1,12 @@
 """Llama-style decoder-only transformer over the unified vocabulary.
 
-RMSNorm (pre-norm), RoPE (optionally Llama 3 scaled), SwiGLU, optional QK-norm and q/k/v biases,
-grouped-query attention: the computation of transformers' Llama, Qwen2 and Qwen3 (`unitok.interop`
-maps their weights; RoPE rotates the halves of each head, as their `rotate_half`).
+RMSNorm (pre-norm), RoPE (optionally Llama 3 scaled), SwiGLU, optional QK-norm (RMSNorm, or
+Chameleon's per-head LayerNorm) and q/k/v biases, grouped-query attention: the computation of
+transformers' Llama, Qwen2, Qwen3, Chameleon, Emu3 and Janus (`unitok.interop` maps their weights;
+RoPE rotates the halves of each head, as their `rotate_half`). Optional per-modality heads
+(`ModelConfig.heads`, Janus's image generation) embed and predict a modality's ids with modules of
+their own: the logits are then [lm_head's | each head's], and the loss scores each target against
+its own part (a text target over lm_head's logits, an image code over its head's), as Janus trains.
 Attention goes through `unitok.kernels.attention`, the norms through
 `unitok.kernels.rms_norm` and the loss through `unitok.kernels.linear_cross_entropy`,
 so fused kernels plug in by backend name (`attention`, `norm_backend`, `ce_backend`).
@@ -11,6 +15,7 @@ Single-device code: parallelism is applied from outside.
     model = UnifiedTransformer(cfg)
     loss = model(ids, targets)                 # ids, targets: (B, T); -100 targets are skipped
     logits = model(ids)                        # (B, T, V)
+    logits = model.logits(model.hidden(ids))   # the same
     cache = model.new_cache(B, max_len)
     logits = model(prompt, cache=cache, valid=valid)  # prefill; valid (B, T) False at left padding
     logits = model(next_ids[:, None], cache=cache)   # one-token decode steps
@@ -198,6 +203,30 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}, backend={self.backend!r}"
 
 
+class HeadLayerNorm(nn.Module):
+    """LayerNorm over head_dim with a gain and bias per head: weight, bias (heads, head_dim), as
+    transformers' `ChameleonLayerNorm` (whose statistics are per head, eps 1e-5)."""
+
+    eps = 1e-5
+
+    def __init__(self, heads: int, head_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(heads, head_dim))
+        self.bias = nn.Parameter(torch.zeros(heads, head_dim))
+
+    def forward(self, x):  # (B, H, T, D)
+        y = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return y * self.weight[:, None] + self.bias[:, None]
+
+
+def _qk_norm(cfg: ModelConfig, heads: int) -> nn.Module:
+    if not cfg.qk_norm:
+        return nn.Identity()
+    if cfg.qk_norm_type == "layernorm":
+        return HeadLayerNorm(heads, cfg.head_dim)
+    return RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_backend)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -206,9 +235,7 @@ class Attention(nn.Module):
         self.wq = nn.Linear(cfg.dim, cfg.n_head * hd, bias=cfg.qkv_bias)
         self.wkv = nn.Linear(cfg.dim, 2 * cfg.kv_heads * hd, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_head * hd, cfg.dim, bias=False)
-        # qk_norm_type "rms": one RMSNorm over head_dim, its gain shared by the heads; before RoPE
-        self.q_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_backend) if cfg.qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_backend) if cfg.qk_norm else nn.Identity()
+        self.q_norm, self.k_norm = _qk_norm(cfg, cfg.n_head), _qk_norm(cfg, cfg.kv_heads)  # before RoPE
 
     def forward(self, x, cos, sin, doc_ids=None, span_ids=None, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
@@ -261,14 +288,42 @@ class Block(nn.Module):
         return x + F.dropout(h, self.dropout, self.training)
 
 
+class ModalityHead(nn.Module):
+    """The "mlp" head of one modality (`HEAD_KINDS`): its ids [start, start + size) in through
+    `embed` and `aligner`, their logits out through `proj` and `out` (Janus: generation_embeddings,
+    generation_aligner, generation_head)."""
+
+    def __init__(self, spec: dict, dim: int):
+        super().__init__()
+        self.start, self.size = spec["start"], spec["size"]
+        self.embed = nn.Embedding(self.size, spec["code_dim"])
+        self.aligner = nn.ModuleList([nn.Linear(spec["code_dim"], dim)] +
+                                     [nn.Linear(dim, dim) for _ in range(spec["in_layers"] - 1)])
+        self.proj = nn.Linear(dim, spec["out_hidden"])
+        self.out = nn.Linear(spec["out_hidden"], self.size)
+
+    def inputs(self, codes: torch.Tensor) -> torch.Tensor:  # (N,) codes in [0, size) -> (N, dim)
+        x = self.aligner[0](self.embed(codes))
+        for layer in self.aligner[1:]:
+            x = layer(F.gelu(x))
+        return x
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., size)
+        return self.out(F.gelu(self.proj(h)))
+
+
 class UnifiedTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        rows = cfg.embedding_rows
+        self.tok_emb = nn.Embedding(rows, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_backend)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, rows, bias=False)
+        if cfg.heads:  # in order of their ids (the logits' order)
+            specs = sorted(cfg.heads.items(), key=lambda kv: kv[1]["start"])
+            self.heads = nn.ModuleDict({m: ModalityHead(spec, cfg.dim) for m, spec in specs})
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -276,13 +331,13 @@ class UnifiedTransformer(nn.Module):
 
     def reset_parameters(self):
         """Normal(0, 0.02) weights; residual output projections scaled by 1/sqrt(2 n_layer) (GPT-2);
-        biases (qkv_bias) zero."""
+        biases (qkv_bias, the per-head QK-norm's) zero."""
         out_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
         for name, p in self.named_parameters():
             if name.endswith(".bias"):
                 nn.init.zeros_(p)
-            if p.dim() < 2:
-                continue  # norm gains keep their ones
+            if p.dim() < 2 or name.endswith(("q_norm.weight", "k_norm.weight")):
+                continue  # norm gains keep their ones (a per-head QK-norm's are (heads, head_dim))
             nn.init.normal_(p, std=out_std if name.endswith(("wo.weight", "w2.weight")) else 0.02)
 
     @property
@@ -326,13 +381,49 @@ class UnifiedTransformer(nn.Module):
             cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, D/2)
         else:
             cos, sin = self.rope_cos[:T][None, None], self.rope_sin[:T][None, None]
-        x = self.tok_emb(ids)  # (B, T, dim)
+        x = self.embed(ids)  # (B, T, dim)
         x = F.dropout(x, self.cfg.dropout, self.training)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, doc_ids, span_ids, cache, i)
         if cache is not None:
             cache.pos += T
         return self.norm(x)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, dim) input vectors: tok_emb's, and each per-modality head's for its ids."""
+        if not self.cfg.heads:
+            return self.tok_emb(ids)
+        x = self.tok_emb(ids.clamp(max=self.tok_emb.num_embeddings - 1))  # a head's ids replaced below
+        for head in self.heads.values():
+            where = ((ids >= head.start) & (ids < head.start + head.size)).nonzero(as_tuple=True)
+            x = x.index_put(where, head.inputs(ids[where] - head.start).to(x.dtype))  # bf16 under autocast
+        return x
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden states (..., dim) -> logits (..., V) in fp32: lm_head's, then each head's."""
+        out = h @ self.output_weight.t()
+        if self.cfg.heads:
+            out = torch.cat([out, *(head.logits(h) for head in self.heads.values())], dim=-1)
+        return out.float()
+
+    def _head_loss(self, h, targets, reduction: str, z_loss: float):
+        """The loss with per-modality heads: each target scored by the softmax of its own part of the
+        logits (ids below the heads: lm_head's; a head's ids: that head's), z-loss on that part."""
+        h, t = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
+        valid = t != -100
+        loss = h.new_zeros(t.shape, dtype=torch.float32)
+        parts = [(0, self.tok_emb.num_embeddings, lambda x: x @ self.output_weight.t())]
+        parts += [(head.start, head.start + head.size, head.logits) for head in self.heads.values()]
+        for lo, hi, part in parts:
+            rows = (valid & (t >= lo) & (t < hi)).nonzero(as_tuple=True)[0]
+            logits = part(h[rows]).float()
+            nll = F.cross_entropy(logits, t[rows] - lo, reduction="none")
+            if z_loss:
+                nll = nll + z_loss * torch.logsumexp(logits, -1).pow(2)
+            loss = loss.index_put((rows,), nll)
+        if reduction == "none":
+            return loss
+        return loss.sum() if reduction == "sum" else loss.sum() / valid.sum().clamp(min=1)
 
     def forward(self, ids, targets=None, doc_ids=None, span_ids=None, cache: KVCache | None = None,
                 reduction: str = "mean", z_loss: float | None = None, valid: torch.Tensor | None = None):
@@ -341,7 +432,9 @@ class UnifiedTransformer(nn.Module):
         `z_loss=0` give plain token NLLs for evaluation). `valid`: see `hidden`."""
         h = self.hidden(ids, doc_ids, span_ids, cache, valid)
         if targets is None:
-            return (h @ self.output_weight.t()).float()
+            return self.logits(h)
+        if self.cfg.heads:
+            return self._head_loss(h, targets, reduction, self.cfg.z_loss if z_loss is None else z_loss)
         return linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.output_weight, targets.reshape(-1),
                                     ignore_index=-100, z_loss=self.cfg.z_loss if z_loss is None else z_loss,
                                     reduction=reduction, backend=self.cfg.ce_backend)

@@ -39,6 +39,8 @@ TOKENIZER_TYPES: dict[str, str] = {
     "text-sentencepiece": "unitok.tokenizers.text:TextTokenizer",
     "text-hf-tokenizer": "unitok.tokenizers.text:HFTextTokenizer",
     "image-vqgan": "unitok.tokenizers.image:ImageTokenizer",
+    "image-vq-encoder": "unitok.tokenizers.image:ImageEncoderTokenizer",
+    "image-emu3-vq": "unitok.tokenizers.emu3:Emu3ImageTokenizer",
     "video-vq3d": "unitok.tokenizers.video:VideoTokenizer",
     "audio-encodec": "unitok.tokenizers.audio:AudioTokenizer",
 }

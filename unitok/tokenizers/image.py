@@ -4,6 +4,8 @@
     codes = tok.encode(x)        # x (B, 3, H, W) float in [-1, 1]  ->  (B, H/f, W/f) long
     y = tok.decode(codes)        # -> (B, 3, H, W) float in [-1, 1]
     tok = ImageTokenizer.from_taming("vqgan.ckpt", "vqgan.yaml")   # Chameleon / taming checkpoints
+    tok = ImageTokenizer.from_llamagen("vq_ds16_c2i.pt")            # LlamaGen's VQ-16 (and Janus's design)
+    enc = ImageEncoderTokenizer(cfg)  # encoder and codebook only (transformers' ChameleonVQVAE): no decode
 
 The encoder/decoder are written here with the same module names as taming's
 `taming.modules.diffusionmodules.model.Encoder/Decoder` (so its checkpoints load key for key and
@@ -13,6 +15,7 @@ The discriminator (`NLayerDiscriminator`, PatchGAN) is used only by the trainer.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,8 +29,8 @@ from unitok.foreign import load_torch_file, state_dict_from
 from unitok.tokenizers.base import NeuralTokenizer
 from unitok.tokenizers.quantizers import Quantizer, QuantizerConfig
 
-__all__ = ["ImageTokenizerConfig", "ImageTokenizer", "Encoder", "Decoder", "NLayerDiscriminator",
-           "image_preset", "IMAGE_PRESETS", "load_state_file"]
+__all__ = ["ImageTokenizerConfig", "ImageTokenizer", "ImageEncoderTokenizer", "Encoder", "Decoder", "NLayerDiscriminator",
+           "image_preset", "IMAGE_PRESETS", "load_state_file", "vq16_config"]
 
 
 @dataclass
@@ -383,6 +386,8 @@ class ImageTokenizer(NeuralTokenizer):
         if "quantize.embedding.weight" not in state:
             raise CheckpointError(f"{source}: no 'quantize.embedding.weight'; not a taming VQModel checkpoint")
         emb = state.pop("quantize.embedding.weight")  # (K, E)
+        if self.config.quantizer.cosine:  # only the codes' directions count (VQ-16's l2-normalised codebook)
+            emb = F.normalize(emb.float(), dim=-1)
         state.pop("quantize.used", None)  # VectorQuantizer2 remap buffer
         own = self.state_dict()
         cb = "quantize.vq._codebook."
@@ -400,6 +405,91 @@ class ImageTokenizer(NeuralTokenizer):
             raise CheckpointError(f"{source}: weights do not match the config (missing {missing[:3]}, "
                                   f"unexpected {unexpected[:3]}, wrong shape {bad[:3]})")
         self.load_state_dict(state)
+
+    @classmethod
+    def from_llamagen(cls, ckpt: str | Path) -> "ImageTokenizer":
+        """Load a LlamaGen VQ checkpoint (vq_ds16_c2i.pt, vq_ds16_t2i.pt: `{"model": state_dict}`,
+        read by `unitok.foreign`; or .safetensors). The config is read from the weights; the codebook
+        is l2-normalised, as VQ-16's `codebook_l2_norm` (its default, and its released checkpoints')."""
+        return cls.from_llamagen_state(load_state_file(ckpt), str(ckpt))
+
+    @classmethod
+    def from_llamagen_state(cls, state: dict, ckpt: str = "checkpoint") -> "ImageTokenizer":
+        """`from_llamagen` of a state dict already read."""
+        state = dict(state)
+        state.pop("quantize.codebook_used", None)  # a training statistic (recent code usage)
+        levels = len({k.split(".")[2] for k in state if k.startswith("encoder.conv_blocks.")})
+        if not levels or "encoder.conv_in.weight" not in state or "quantize.embedding.weight" not in state:
+            raise CheckpointError(f"{ckpt}: no encoder.conv_blocks.* / quantize.embedding.weight; not a LlamaGen VQ "
+                                  "checkpoint")
+        ch = state["encoder.conv_in.weight"].shape[0]
+        mult = [state[f"encoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0] // ch for i in range(levels)]
+        decoder_mult = [state[f"decoder.conv_blocks.{levels - 1 - i}.res.0.conv1.weight"].shape[0] // ch
+                        for i in range(levels)]
+        if decoder_mult != mult:
+            raise CheckpointError(f"{ckpt}: decoder_ch_mult {decoder_mult} differs from encoder_ch_mult {mult}; one "
+                                  "ch_mult serves both here")
+        attn = sorted({int(k.split(".")[2]) for k in state if re.match(r"encoder\.conv_blocks\.\d+\.attn\.", k)})
+        if attn != [levels - 1]:
+            raise CheckpointError(f"{ckpt}: attention at levels {attn}; VQ-16 has it at the deepest level only")
+        emb = state["quantize.embedding.weight"]
+        cfg = vq16_config(ch=ch, ch_mult=mult, num_res_blocks=len({k.split(".")[4] for k in state
+                                                                   if k.startswith("encoder.conv_blocks.0.res.")}),
+                          z_channels=state["quant_conv.weight"].shape[1], embed_dim=emb.shape[1],
+                          codebook_size=emb.shape[0], in_channels=state["encoder.conv_in.weight"].shape[1],
+                          source=str(ckpt))
+        model = cls(cfg)
+        model.load_taming_state_dict(_taming_names(state, levels), source=str(ckpt))
+        return model.eval()
+
+
+class ImageEncoderTokenizer(ImageTokenizer):
+    """An `ImageTokenizer` without its decoder: encoder, quant_conv and codebook, as transformers'
+    `ChameleonVQVAE` ships them. `encode` gives the full tokenizer's codes; decoding is refused (a
+    taming checkpoint with the decoder makes the full tokenizer, `ImageTokenizer.from_taming`)."""
+
+    type_name = "image-vq-encoder"
+
+    def __init__(self, config: ImageTokenizerConfig):
+        NeuralTokenizer.__init__(self, config)
+        self.encoder = Encoder(config)
+        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
+        self.quantize = Quantizer(config.quantizer, config.embed_dim)
+
+    def _no_decoder(self, *args):
+        raise ConfigError("this image tokenizer has an encoder and codebook but no decoder (transformers' "
+                          "ChameleonVQVAE has none): it reads images, it cannot draw them; import the model with "
+                          "--image-decoder (a taming VQGAN checkpoint) to decode")
+
+    forward = decode = last_layer = _no_decoder
+
+
+def _taming_names(state: dict, levels: int) -> dict:
+    """LlamaGen's VQ names -> taming's (ours): conv_blocks.i.res -> down.i.block / up.i.block (the
+    decoder's listed deepest first there, shallowest first here), mid.0/1/2 -> mid.block_1/attn_1/block_2."""
+    out = {}
+    for k, v in state.items():
+        m = re.fullmatch(r"(encoder|decoder)\.conv_blocks\.(\d+)\.(res|attn|downsample|upsample)(\..+)", k)
+        if m:
+            enc = m[1] == "encoder"
+            i = int(m[2]) if enc else levels - 1 - int(m[2])
+            k = f"{m[1]}.{'down' if enc else 'up'}.{i}.{'block' if m[3] == 'res' else m[3]}{m[4]}"
+        m = re.fullmatch(r"(encoder|decoder)\.mid\.([012])(\..+)", k)
+        if m:
+            k = f"{m[1]}.mid.{('block_1', 'attn_1', 'block_2')[int(m[2])]}{m[3]}"
+        out[k] = v
+    return out
+
+
+def vq16_config(*, ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int, embed_dim: int,
+                codebook_size: int, in_channels: int = 3, source: str = "config") -> ImageTokenizerConfig:
+    """LlamaGen's VQ-16 design (Janus's too) as our config: taming's encoder and decoder with attention
+    in every block of the deepest level and in the middle, a cosine (l2-normalised) codebook."""
+    res = 2 ** len(ch_mult)  # nominal: it only places the attention, at res / downsample = 2
+    return from_dict(ImageTokenizerConfig, dict(
+        ch=ch, ch_mult=list(ch_mult), num_res_blocks=num_res_blocks, attn_resolutions=[2], resolution=res,
+        z_channels=z_channels, embed_dim=embed_dim, in_channels=in_channels,
+        quantizer=dict(codebook_size=codebook_size, kmeans_init=False, cosine=True)), source=source)
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -7,9 +7,12 @@
             self.data = ...                       # the subclass supplies its data and its step
 
 The model is built from the recipe's `ModelConfig` with the vocabulary's size filled in on a copy
-(`dataclasses.replace`: the caller's config is never written to); `init_from` copies a text LM's
-weights before the model is wrapped; the engine wraps it (`parallelize`), AdamW decays matrices only,
-and `tokens_per_step` counts the tokens of one optimizer step over all ranks.
+(`dataclasses.replace`: the caller's config is never written to). `init_from` starts from a checkpoint
+before the model is wrapped: one of the same vocabulary (an imported model and shards pretokenized
+in its layout, or a unitok run) is continued, its architecture and every weight (the recipe's model
+section sets only `RUNTIME_KEYS`); a text LM of the same text tokenizer seeds the text and special
+rows and every tensor of the same shape. The engine wraps the model (`parallelize`), AdamW decays
+matrices only, and `tokens_per_step` counts the tokens of one optimizer step over all ranks.
 """
 
 from __future__ import annotations
@@ -24,15 +27,18 @@ from unitok.errors import ConfigError, VocabMismatchError
 from unitok.model.config import ModelConfig
 from unitok.training.loop import Engine, OptimConfig, Task
 
-__all__ = ["TransformerTask", "transformer_param_groups"]
+__all__ = ["TransformerTask", "transformer_param_groups", "RUNTIME_KEYS"]
+
+# what a recipe's model section still sets when init_from continues a model of the same vocabulary
+RUNTIME_KEYS = ("z_loss", "dropout", "attention", "ce_backend", "norm_backend")
 
 
 def transformer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups for a UnifiedTransformer: weight decay on linear weights only (not norms, biases
-    or the embedding)."""
+    or the embedding; a per-head QK-norm's gains are 2-D, named *_norm)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "tok_emb" not in name else no_decay).append(p)
+        (decay if p.dim() >= 2 and "tok_emb" not in name and "_norm." not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -48,10 +54,17 @@ class TransformerTask(Task):
         if batch_size % engine.world:
             raise ConfigError(f"batch_size {batch_size} must be a multiple of the {engine.world} processes")
         self.engine, self._vocab = engine, vocab
-        self.model_cfg = replace(model, vocab_size=vocab.size)
+        start = self._start(init_from) if init_from else None
+        if start is not None and start.vocab.hash == vocab.hash:  # continue that model, architecture and all
+            self.model_cfg = replace(start.model.cfg, **{k: getattr(model, k) for k in RUNTIME_KEYS})
+            if seq_len > self.model_cfg.max_seq_len:
+                raise ConfigError(f"seq_len {seq_len} exceeds the max_seq_len {self.model_cfg.max_seq_len} of "
+                                  f"init_from {init_from}")
+        else:
+            self.model_cfg = replace(model, vocab_size=vocab.size)
         self.model = UnifiedTransformer(self.model_cfg).to(engine.device)
-        if init_from:
-            self._init_from(init_from)
+        if start is not None:
+            self._init_from(start, init_from)
         if activation_checkpointing:
             from unitok.training.parallel import checkpoint_blocks
 
@@ -60,16 +73,25 @@ class TransformerTask(Task):
         self.param_groups = transformer_param_groups(self.model, optim.weight_decay)
         self.tokens_per_step = batch_size * seq_len * optim.grad_accum
 
-    def _init_from(self, path) -> None:
-        """Copy a text LM's weights: every tensor of the same shape, and the text + special rows of
-        the embedding and output matrices (their ids are the same in both vocabularies)."""
+    @staticmethod
+    def _start(path):
         from unitok.checkpoint import load_model
 
         lm = load_model(path)
         if lm.kind != "transformer" or lm.vocab is None:
             raise ConfigError(f"init_from {path}: not a language-model checkpoint")
+        return lm
+
+    def _init_from(self, lm, path) -> None:
+        """Of the same vocabulary: every weight. Else a text LM's of the same text tokenizer: every
+        tensor of the same shape, and the text + special rows of the embedding and output matrices
+        (their ids are the same in both vocabularies)."""
+        if lm.vocab.hash == self._vocab.hash:
+            self.model.load_state_dict(lm.model.state_dict())
+            return
         if lm.vocab.text_tokenizer != self._vocab.text_tokenizer:
-            raise VocabMismatchError(f"init_from {path}: its text tokenizer differs from the training vocabulary's "
+            raise VocabMismatchError(f"init_from {path}: its vocabulary is not the training vocabulary, and its text "
+                                     f"tokenizer differs from the training vocabulary's "
                                      f"({lm.vocab.text_tokenizer.get('sha256')} vs "
                                      f"{self._vocab.text_tokenizer.get('sha256')})")
         n = lm.vocab.size_start  # text ids, then the special tokens
