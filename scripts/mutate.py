@@ -71,11 +71,10 @@ MODULES: dict[str, Target] = {
         "tests/test_lm_presets.py::test_kmeans_chunked_equals_whole_and_cosine_centres_are_unit",
     ]),
     "packed": Target("unitok/data/packed.py", [
+        "tests/test_packed.py",
         "tests/test_unified.py::test_split_is_seeded_and_stratified_by_document_kind",
         "tests/test_unified.py::test_drop_conditions_removes_the_text_before_each_media_span",
         "tests/test_span_layout.py::test_another_layout_in_guidance_and_packed_batches",
-        "tests/test_unified.py::test_packed_rows_keep_documents_apart_on_the_model",
-        "tests/test_unified.py::test_cond_dropout_is_seeded_and_near_its_rate",
     ]),
     "grammar": Target("unitok/grammar.py", [
         "tests/test_grammar.py",
@@ -102,6 +101,7 @@ MODULES: dict[str, Target] = {
     # the engine's checkpoint and resume: what it saves, how it reads it back, the recipe check and the
     # schedule it resumes on (fit() itself is covered by tests/test_engine.py's kill -9 tests, ~1 min each)
     "loop": Target("unitok/training/loop.py", [
+        "tests/test_engine_resume.py",
         "tests/test_checkpoint.py::test_recipe_diff_names_changed_keys_and_ignores_resumable_ones",
         "tests/test_checkpoint.py::test_lr_factor_schedules",
         "tests/test_lm_training.py::test_schedule_warmup_then_cosine_or_wsd_to_min",
@@ -110,6 +110,7 @@ MODULES: dict[str, Target] = {
     # the resume path: pretokenize() (its progress file, truncation to the last commit, the interrupt)
     # and --resume on a complete output
     "pretokenize": Target("unitok/data/pretokenize.py", [
+        "tests/test_pretokenize_resume.py",
         "tests/test_data_limits.py::test_resume_on_a_complete_output_changes_nothing",
         "tests/test_pretokenize.py::test_counts_skips_and_decoding",
     ], ["pretokenize", "_complete"]),
@@ -308,16 +309,21 @@ def _run_tests(tree: Path, tests: list[str], timeout: float, log: Path) -> tuple
 
             traceback.print_exc()
             os._exit(99)
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            rc = os.waitstatus_to_exitcode(status)
-            return ("passed" if rc == 0 else "failed"), time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                rc = os.waitstatus_to_exitcode(status)
+                return ("passed" if rc == 0 else "failed"), time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                return "timeout", time.monotonic() - t0
+            time.sleep(0.02)
+    finally:  # a timeout, Ctrl-C or SIGTERM: nothing the tests started outlives them
+        try:
             os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return "timeout", time.monotonic() - t0
-        time.sleep(0.02)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
 
 def _killed_by(log: Path) -> str:
@@ -445,6 +451,7 @@ def main(argv=None) -> int:
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"mutate: results go to {out}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` cleans up as Ctrl-C does
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
