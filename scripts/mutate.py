@@ -34,6 +34,7 @@ import ast
 import copy
 import datetime
 import difflib
+import gc
 import hashlib
 import json
 import os
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,7 +295,6 @@ def _run_tests(tree: Path, tests: list[str], timeout: float, log: Path) -> tuple
             os.dup2(fd, 2)
             os.chdir(tree)
             sys.path.insert(0, str(tree))
-            sys.dont_write_bytecode = True
             import pytest
             from hypothesis import Phase, settings
 
@@ -326,6 +327,15 @@ def _run_tests(tree: Path, tests: list[str], timeout: float, log: Path) -> tuple
             pass
 
 
+def _write(module: Path, src: str) -> None:
+    """Write a module's source and drop its cached bytecode: a pyc is trusted by the source's mtime (whole
+    seconds) and size, which two mutants can share. The other modules' caches are kept (compiling them in
+    every child took ~2 s of each mutant)."""
+    module.write_text(src)
+    for pyc in (module.parent / "__pycache__").glob(f"{module.stem}.*.pyc"):
+        pyc.unlink()
+
+
 def _killed_by(log: Path) -> str:
     failed = re.search(r"^(?:FAILED|ERROR) (\S+)", log.read_text(errors="replace"), re.M)  # pytest -x stops there
     return failed.group(1) if failed else "?"
@@ -352,11 +362,10 @@ def run_module(name: str, tree: Path, logs: Path, limit: int | None, tests: list
     if limit:
         ms = ms[:limit]
     log, mlog = logs / f"{name}.log", logs / f"{name}.mutant.log"
-    shutil.rmtree(target.parent / "__pycache__", ignore_errors=True)
-    target.write_text(base)  # the unparsed original must pass, or no mutant tells anything
+    _write(target, base)  # the unparsed original must pass, or no mutant tells anything
     status, base_s = _run_tests(tree, tests, 900, log)
     if status != "passed":
-        target.write_text(original)
+        _write(target, original)
         raise SystemExit(f"{name}: the selected tests fail on the unmutated module; see {log}")
     # Generous: a mutant's tests usually stop at the first failure, well before the full run's time, and a
     # loaded machine can slow one run several-fold; a timeout is retried once at twice this.
@@ -369,7 +378,7 @@ def run_module(name: str, tree: Path, logs: Path, limit: int | None, tests: list
         for m, src in ms:
             if m.status:  # killed in the earlier run
                 continue
-            target.write_text(src)
+            _write(target, src)
             status, m.seconds = _run_tests(tree, tests, timeout, mlog)
             if status == "timeout":  # maybe only the machine was busy: once more, with twice the time
                 m.retried = True
@@ -380,7 +389,7 @@ def run_module(name: str, tree: Path, logs: Path, limit: int | None, tests: list
             if m.status == "survived":
                 print(f"  survived #{m.id} line {m.line}: {m.kind}: {m.original}  =>  {m.mutated}", flush=True)
     finally:
-        target.write_text(original)
+        _write(target, original)
     killed = sum(m.status in ("killed", "timeout") for m, _ in ms)
     return {
         "name": name, "module": t.file, "functions": t.functions, "tests": tests, "source_sha256": src_hash,
@@ -454,7 +463,6 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` cleans up as Ctrl-C does
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     # import the heavy dependencies once; every forked child inherits them (unitok itself is not imported
     # here: each child imports it from the scratch copy, mutant included)
     import hypothesis  # noqa: F401
@@ -465,6 +473,10 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     import vector_quantize_pytorch  # noqa: F401
+
+    for ep in entry_points(group="pytest11"):  # pytest's plugins (anyio's takes ~1 s to import)
+        ep.load()
+    gc.freeze()  # the children's collections (pytest runs two at exit) then skip the inherited heap: ~1 s each
 
     res = {"command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
            "commit": _git("rev-parse", "HEAD"), "uncommitted_changes": bool(_git("status", "--porcelain")),
@@ -485,24 +497,20 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(res, indent=1) + "\n")
         os.replace(tmp, out)
 
-    with tempfile.TemporaryDirectory(prefix="unitok-mutate-") as tmp:
-        tree, logs = Path(tmp) / "repo", Path(tmp) / "logs"
-        tree.mkdir()
-        logs.mkdir()
+    logs = out.with_suffix(".logs")  # pytest's output of each module's unmutated run and of its last mutant
+    logs.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="unitok-mutate-") as tree:
+        tree = Path(tree)
         _copy_tree(tree)
         os.environ["PYTHONPATH"] = str(tree) + os.pathsep + os.environ.get("PYTHONPATH", "")
-        try:
-            for name in mods:
-                res["modules"].append(run_module(name, tree, logs, args.limit, args.tests, earlier.get(name)))
-                write()
-        except SystemExit as e:  # the unmutated tests failed: keep their log beside the results
-            for f in logs.iterdir():
-                shutil.copy(f, out.parent / f.name)
-            raise SystemExit(str(e).replace(str(logs), str(out.parent))) from None
+        for name in mods:
+            res["modules"].append(run_module(name, tree, logs, args.limit, args.tests, earlier.get(name)))
+            write()
     res["complete"] = True
     write()
     print(summary(res))
     print(f"mutate: {res['total']['score']:.1%} killed in {res['seconds']:.0f} s; results in {out}", flush=True)
+    gc.unfreeze()  # what was frozen is freed at exit as usual (else extension modules report it as leaked)
     return 0
 
 
