@@ -70,6 +70,7 @@ MODULES: dict[str, Target] = {
     ]),
     "quantizers": Target("unitok/tokenizers/quantizers.py", [
         "tests/test_quantizers.py",
+        "tests/test_quantizer_refit.py",
         "tests/test_lm_presets.py::test_kmeans_chunked_equals_whole_and_cosine_centres_are_unit",
     ]),
     "packed": Target("unitok/data/packed.py", [
@@ -295,6 +296,7 @@ def _run_tests(tree: Path, tests: list[str], timeout: float, log: Path) -> tuple
             os.dup2(fd, 2)
             os.chdir(tree)
             sys.path.insert(0, str(tree))
+            sys.dont_write_bytecode = False  # even under PYTHONDONTWRITEBYTECODE: the scratch copy's caches (_write)
             import pytest
             from hypothesis import Phase, settings
 
@@ -504,8 +506,10 @@ def main(argv=None) -> int:
         _copy_tree(tree)
         os.environ["PYTHONPATH"] = str(tree) + os.pathsep + os.environ.get("PYTHONPATH", "")
         for name in mods:
-            res["modules"].append(run_module(name, tree, logs, args.limit, args.tests, earlier.get(name)))
+            r = run_module(name, tree, logs, args.limit, args.tests, earlier.get(name))
+            res["modules"].append(r)
             write()
+            print(f"{name}: {r['killed']}/{r['mutants']} = {r['score']:.1%} killed ({r['seconds']:.0f} s)", flush=True)
     res["complete"] = True
     write()
     print(summary(res))
