@@ -369,9 +369,9 @@ def run_module(name: str, tree: Path, logs: Path, limit: int | None, tests: list
     if status != "passed":
         _write(target, original)
         raise SystemExit(f"{name}: the selected tests fail on the unmutated module; see {log}")
-    # Generous: a mutant's tests usually stop at the first failure, well before the full run's time, and a
-    # loaded machine can slow one run several-fold; a timeout is retried once at twice this.
-    timeout = max(30.0, 4 * base_s + 20)
+    # Generous: the unmutated run was timed under the same load, a mutant's tests usually stop at their first
+    # failure, and a timeout is retried once at twice this; what times out twice loops (or nearly so).
+    timeout = 5 * base_s + 10
     todo = sum(not m.status for m, _ in ms)
     print(f"{name}: {len(ms)} mutants ({todo} to run), tests {' '.join(tests)} ({base_s:.1f} s unmutated, "
           f"timeout {timeout:.0f} s)", flush=True)
