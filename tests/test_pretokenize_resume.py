@@ -121,3 +121,25 @@ def test_resume_of_a_fresh_or_complete_output(corpus, tmp_path, capsys):
         pretokenize([corpus / "docs.jsonl"], [corpus / "tok"], empty, PretokenizeConfig(max_doc_tokens=1),
                     progress=False, resume=True)
     assert str(first.value) == str(second.value)
+
+
+def test_ctrl_c_while_the_workers_start_keeps_the_resume_point(corpus, tmp_path, monkeypatch):
+    """A resumed run interrupted before its first new document (the worker pool takes seconds to start)
+    records the documents already done, not 0 (which made the next resume write them a second time)."""
+    import multiprocessing
+
+    _run(corpus, tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus, tmp_path / "cut", stop_after=3)
+
+    class Interrupted:
+        def Pool(self, *a, **kw):  # noqa: N802 (multiprocessing's name)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus, tmp_path / "cut", resume=True, workers=2)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "cut" / "progress.json").read_text())["docs_done"] == 3
+    _run(corpus, tmp_path / "cut", resume=True)
+    assert _files(tmp_path / "cut") == _files(tmp_path / "ref")
