@@ -80,6 +80,7 @@ MODULES: dict[str, Target] = {
         "tests/test_span_layout.py::test_another_layout_in_guidance_and_packed_batches",
     ]),
     "grammar": Target("unitok/grammar.py", [
+        "tests/test_grammar_rules.py",
         "tests/test_grammar.py",
         "tests/test_span_layout.py::test_another_layout_packs_unpacks_and_the_grammar_accepts_it",
         "tests/test_generation.py::test_spans_are_kept_inside_the_context",
