@@ -89,6 +89,7 @@ MODULES: dict[str, Target] = {
     # rows and positions (generate_batch's loop and guidance are covered by tests/test_generation.py too,
     # but not mutated here)
     "sample": Target("unitok/generation/sample.py", [
+        "tests/test_sampler_rules.py",
         "tests/test_sampling.py",
         "tests/test_generation.py::test_kv_cache_decoding_equals_full_recomputation",
         "tests/test_generation.py::test_batched_prompts_of_different_lengths_decode_as_alone",
