@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -368,9 +368,11 @@ def run_module(name: str, tree: Path, logs: Path, limit: int | None, tests: list
     log, mlog = logs / f"{name}.log", logs / f"{name}.mutant.log"
     _write(target, base)  # the unparsed original must pass, or no mutant tells anything
     status, base_s = _run_tests(tree, tests, 900, log)
-    if status != "passed":
+    if status != "passed":  # no mutant would tell anything: the module is reported unscored, the run goes on
         _write(target, original)
-        raise SystemExit(f"{name}: the selected tests fail on the unmutated module; see {log}")
+        print(f"{name}: NOT SCORED: the selected tests fail on the unmutated module; see {log}", flush=True)
+        return {"name": name, "module": t.file, "functions": t.functions, "tests": tests,
+                "error": f"the selected tests fail on the unmutated module (see {log})"}
     # Generous: the unmutated run was timed under the same load, a mutant's tests usually stop at their first
     # failure, and a timeout is retried once at twice this; what times out twice loops (or nearly so).
     timeout = 5 * base_s + 10
@@ -413,8 +415,9 @@ def _git(*args) -> str:
 
 def summary(res: dict) -> str:
     """The score table and every survivor, as Markdown (printed at the end of a run; `--show FILE`)."""
-    mods = res["modules"]
+    mods = [r for r in res["modules"] if "error" not in r]
     lines = ["| module | mutants | killed (timeouts) | survived | score | s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['module']} | not scored: {r['error']} |||||" for r in res["modules"] if "error" in r]
     lines += [f"| {r['module']}{' (' + ', '.join(r['functions']) + ')' if r['functions'] else ''} | {r['mutants']} | "
               f"{r['killed']} ({r['timeouts']}) | {r['survived']} | {r['score']:.1%} | {r['seconds']:.0f} |" for r in mods]
     t = res["total"]
@@ -487,12 +490,13 @@ def main(argv=None) -> int:
            "rerun_of": str(Path(args.rerun).resolve()) if args.rerun else None,
            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(), "python": platform.python_version(),
-                       "torch": torch.__version__, "nice": os.nice(0)},
+                       "torch": torch.__version__, "vector-quantize-pytorch": version("vector-quantize-pytorch"),
+                       "nice": os.nice(0)},
            "complete": False, "modules": []}
     t0 = time.monotonic()
 
     def write():  # after every module, so an interrupted run leaves what it finished
-        done = res["modules"]
+        done = [r for r in res["modules"] if "error" not in r]
         n, k = sum(r["mutants"] for r in done), sum(r["killed"] for r in done)
         res.update(seconds=round(time.monotonic() - t0, 1), total={"mutants": n, "killed": k, "survived": n - k,
                                                                    "score": round(k / max(n, 1), 4)})
@@ -511,13 +515,14 @@ def main(argv=None) -> int:
             r = run_module(name, tree, logs, args.limit, args.tests, earlier.get(name))
             res["modules"].append(r)
             write()
-            print(f"{name}: {r['killed']}/{r['mutants']} = {r['score']:.1%} killed ({r['seconds']:.0f} s)", flush=True)
+            if "error" not in r:
+                print(f"{name}: {r['killed']}/{r['mutants']} = {r['score']:.1%} killed ({r['seconds']:.0f} s)", flush=True)
     res["complete"] = True
     write()
     print(summary(res))
     print(f"mutate: {res['total']['score']:.1%} killed in {res['seconds']:.0f} s; results in {out}", flush=True)
     gc.unfreeze()  # what was frozen is freed at exit as usual (else extension modules report it as leaked)
-    return 0
+    return 1 if any("error" in r for r in res["modules"]) else 0
 
 
 if __name__ == "__main__":

@@ -34,7 +34,17 @@ def test_kmeans_finds_separated_clusters_and_reseeds_empty_ones():
     assert (n > 0).all() and n.sum() == 240
     assert torch.equal(kmeans(x, 4, 10, seed=1)[0], kmeans(x, 4, 10, seed=1)[0])  # seeded
     one = kmeans(x[:1], 3, 2)[0]  # fewer points than centres: copies of them
-    assert one.shape == (3, 6) and torch.equal(one, x[:1].expand(3, 6))
+    assert one.shape == (3, 6) and torch.equal(one, x[:1].expand(3, 6)) and kmeans(x[:2], 3, 2)[0].shape == (3, 6)
+
+
+def test_kmeans_moves_a_centre_left_with_one_point_onto_it():
+    """0, 1 and 10 with two centres: {0, 1} and {10} from every start; starting from 0 and 1, the second
+    centre first takes 1 and 10, then is left with 10 alone and must move there."""
+    x = torch.tensor([[0.0], [1.0], [10.0]])
+    for seed in range(8):
+        c, n = kmeans(x, 2, 3, seed=seed)
+        order = c[:, 0].argsort()
+        assert c[order, 0].tolist() == [0.5, 10.0] and n[order].tolist() == [2.0, 1.0], seed
 
 
 @pytest.mark.parametrize("codebook_dim", [None, 4])
