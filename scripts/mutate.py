@@ -62,7 +62,16 @@ class Target:
 
 
 MODULES: dict[str, Target] = {
-    "vocab": Target("unitok/vocab.py", ["tests/test_vocab.py"]),
+    "vocab": Target("unitok/vocab.py", [
+        "tests/test_vocab.py",
+        "tests/test_vocab_edges.py",
+        "tests/test_span_layout.py::test_span_formats_and_layouts_are_checked",
+        "tests/test_span_layout.py::test_a_manifest_without_spans_loads_as_the_default_layout_and_keeps_its_hash",
+        "tests/test_span_layout.py::test_another_layout_is_recorded_hashed_and_checked",
+        "tests/test_span_layout.py::test_another_layout_moves_every_id_after_the_text",
+        "tests/test_span_layout.py::test_another_layout_packs_unpacks_and_the_grammar_accepts_it",
+        "tests/test_span_layout.py::test_id_dtype_at_the_uint16_limit_whatever_the_layout",
+    ]),
     "checkpoint": Target("unitok/checkpoint.py", [
         "tests/test_checkpoint.py",
         "tests/test_lm_training.py::test_load_model_errors",
