@@ -482,7 +482,7 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
     n_tokens = sizes[0] // np.dtype(dtype).itemsize
     skipped_inputs: list = []
     docs = iter_documents(list(map(str, inputs)), cfg, skipped_inputs)
-    t0, last_print, seen = time.time(), time.time(), 0
+    t0, last_print, seen = time.time(), time.time(), done  # a Ctrl-C before the next document commits `done`
 
     def commit():
         for fh in files:
@@ -532,7 +532,6 @@ def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: Pretoken
             results = pool.imap(_work, todo, chunksize=4)
         else:
             results = map(main_tok, todo)
-        seen = done
         for doc, kind, payload in results:
             seen += 1
             if kind == "skip":
