@@ -5,6 +5,7 @@ permutation of the training documents, the state resumes the stream, ranks split
 and the held-out pass is deterministic and leaves training where it was."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,7 +29,8 @@ def _shards(lengths, kinds=None) -> Shards:
             m[2:] = I
         mods.append(m)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return Shards(Path("memory"), np.concatenate(toks), np.concatenate(mods).astype(np.uint8), offsets, None, {})
+    pad = SimpleNamespace(pad=-1)  # eval_batches pads its last row with the vocabulary's <pad>
+    return Shards(Path("memory"), np.concatenate(toks), np.concatenate(mods).astype(np.uint8), offsets, pad, {})
 
 
 def _docs_of(ids: torch.Tensor) -> list[int]:

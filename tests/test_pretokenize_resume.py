@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from unitok.data.pretokenize import PretokenizeConfig, pretokenize
+from unitok.data.shards import FILES
 from unitok.errors import ConfigError, DataError
 
 CFG = PretokenizeConfig(max_doc_tokens=40)
-FILES = ("tokens.bin", "modality.bin", "offsets.bin")
 
 
 @pytest.fixture(scope="module")
