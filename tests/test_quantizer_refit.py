@@ -6,8 +6,7 @@ mode, and the dead-code threshold is a fraction."""
 import pytest
 import torch
 
-from unitok.errors import ConfigError
-from unitok.tokenizers.quantizers import Quantizer, QuantizerConfig, dead_code_ratio, kmeans
+from unitok.tokenizers.quantizers import Quantizer, QuantizerConfig, kmeans
 
 
 def _clusters(k: int, per: int, dim: int, seed: int = 0):
@@ -85,10 +84,3 @@ def test_a_frozen_quantizer_stays_in_eval_mode():
     assert q.train() is q and not q.training and not q.vq.training
     q.frozen = False
     assert q.train().training
-
-
-def test_dead_code_threshold_is_a_fraction():
-    assert dead_code_ratio(0.0) == 0.0 and dead_code_ratio(0.25) == 0.25
-    for bad in (-0.01, 1.0, 2):
-        with pytest.raises(ConfigError, match=f"dead_code_threshold {bad} must be in \\[0, 1\\)"):
-            dead_code_ratio(bad)
