@@ -1,11 +1,12 @@
 """The codebook refit and its k-means, on data whose answer is known (tests/test_lm_presets.py and
 tests/test_audio_training.py refit inside whole training runs): points in well-separated clusters give
 one centre per cluster, the codebook's EMA state is set to the fit, a frozen quantizer stays in eval
-mode, and the dead-code threshold is a fraction."""
+mode."""
 
 import pytest
 import torch
 
+from unitok.errors import ConfigError
 from unitok.tokenizers.quantizers import Quantizer, QuantizerConfig, kmeans
 
 
