@@ -76,6 +76,12 @@ MODULES: dict[str, Target] = {
         "tests/test_checkpoint.py",
         "tests/test_lm_training.py::test_load_model_errors",
         "tests/test_lm_training.py::test_checkpoint_trained_with_triton_kernels_loads_with_auto_backends",
+        "tests/test_checkpoint_edges.py",
+        # the trust checks that run in process (the crafted-checkpoint tests also run the CLI: ~10 s)
+        "tests/test_checkpoint_trust.py::test_links_and_special_files_are_never_copied_or_read",
+        "tests/test_checkpoint_trust.py::test_inside_refuses_anything_but_a_plain_name",
+        "tests/test_checkpoint_trust.py::test_absolute_weights_name_and_text_model_file_are_refused",
+        "tests/test_checkpoint_trust.py::test_dcp_metadata_is_checked_before_use",
     ]),
     "quantizers": Target("unitok/tokenizers/quantizers.py", [
         "tests/test_quantizers.py",
