@@ -4,6 +4,7 @@
     .venv/bin/python scripts/mutate.py grammar packed   # some of them
     .venv/bin/python scripts/mutate.py --out FILE       # the results file to write
     .venv/bin/python scripts/mutate.py --list sample    # print the mutants, run nothing
+    .venv/bin/python scripts/mutate.py --show runs/mutation/results.json    # its scores and survivors
     .venv/bin/python scripts/mutate.py --rerun runs/mutation/results.json   # only its survivors
 
 A small mutator of our own, built on `ast` (no extra package; works offline): each mutant changes one
@@ -291,7 +292,7 @@ def _copy_tree(dst: Path) -> None:
         raise SystemExit("mutate: needs a git checkout (it copies the files git tracks)") from None
     for name in filter(None, names):
         s = ROOT / name
-        if s.is_file() and not s.is_symlink():  # a tracked file deleted in the working tree is skipped
+        if s.is_file() and not s.is_symlink():  # not a tracked file deleted here, nor a link (e.g. to a .venv)
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(s, dst / name)
 
