@@ -4,6 +4,7 @@
     .venv/bin/python scripts/mutate.py grammar packed   # some of them
     .venv/bin/python scripts/mutate.py --out FILE       # the results file to write
     .venv/bin/python scripts/mutate.py --list sample    # print the mutants, run nothing
+    .venv/bin/python scripts/mutate.py --show runs/mutation/results.json    # its scores and survivors
     .venv/bin/python scripts/mutate.py --rerun runs/mutation/results.json   # only its survivors
 
 A small mutator of our own, built on `ast` (no extra package; works offline): each mutant changes one
@@ -76,6 +77,12 @@ MODULES: dict[str, Target] = {
         "tests/test_checkpoint.py",
         "tests/test_lm_training.py::test_load_model_errors",
         "tests/test_lm_training.py::test_checkpoint_trained_with_triton_kernels_loads_with_auto_backends",
+        "tests/test_checkpoint_edges.py",
+        # the trust checks that run in process (the crafted-checkpoint tests also run the CLI: ~10 s)
+        "tests/test_checkpoint_trust.py::test_links_and_special_files_are_never_copied_or_read",
+        "tests/test_checkpoint_trust.py::test_inside_refuses_anything_but_a_plain_name",
+        "tests/test_checkpoint_trust.py::test_absolute_weights_name_and_text_model_file_are_refused",
+        "tests/test_checkpoint_trust.py::test_dcp_metadata_is_checked_before_use",
     ]),
     "quantizers": Target("unitok/tokenizers/quantizers.py", [
         "tests/test_quantizers.py",
@@ -285,7 +292,7 @@ def _copy_tree(dst: Path) -> None:
         raise SystemExit("mutate: needs a git checkout (it copies the files git tracks)") from None
     for name in filter(None, names):
         s = ROOT / name
-        if s.is_file() and not s.is_symlink():  # a tracked file deleted in the working tree is skipped
+        if s.is_file() and not s.is_symlink():  # not a tracked file deleted here, nor a link (e.g. to a .venv)
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(s, dst / name)
 

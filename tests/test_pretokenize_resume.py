@@ -49,6 +49,7 @@ def _stats(out):
 def test_an_interrupted_run_resumes_to_the_same_bytes(corpus, tmp_path):
     ref = _run(corpus, tmp_path / "ref")
     assert ref["documents"] == 6 and ref["tokens_per_modality"] == {"text": ref["tokens"]}
+    assert (ref["timings"]["workers"], ref["timings"]["processes"]) == (0, 1)
     # most frequent first, then by name (not in the order they were met)
     assert list(ref["skip_reasons"].items()) == [("malformed line", 2), ("N tokens > max_doc_tokens N", 1),
                                                  ("no image tokenizer given", 1)]
