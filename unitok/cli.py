@@ -430,6 +430,17 @@ def _version() -> str:
     return __version__
 
 
+def _end_distributed() -> None:
+    """Under torchrun, every rank waits for the others, then tears the process group down. A rank that
+    exits with the group alive while another still finishes its run (writes the checkpoint, tears down
+    later) can abort in gloo ("terminate called without an active exception", SIGABRT): seen once in
+    test_engine's two-rank run under load, reproduced by tests/test_distributed_exit.py."""
+    dist = sys.modules.get("torch.distributed")  # a command that never imported torch has no group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -441,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     module, func = args.handler.split(":")
     try:
         handler = getattr(importlib.import_module(module), func)
-        return int(handler(args) or 0)
+        rc = int(handler(args) or 0)
+        _end_distributed()
+        return rc
     except UnitokError as e:
         print(f"unitok: error: {e}", file=sys.stderr)
         return 2
