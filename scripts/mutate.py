@@ -91,6 +91,7 @@ MODULES: dict[str, Target] = {
     ]),
     "packed": Target("unitok/data/packed.py", [
         "tests/test_packed.py",
+        "tests/test_packed_split.py",  # the split by source on in-memory shards (test_unified.py's: ~4 s to build)
         "tests/test_unified.py::test_split_is_seeded_and_stratified_by_document_kind",
         "tests/test_unified.py::test_drop_conditions_removes_the_text_before_each_media_span",
         "tests/test_span_layout.py::test_another_layout_in_guidance_and_packed_batches",

@@ -15,18 +15,18 @@ from unitok.data.packed import PackedBatches, drop_conditions, split_documents
 from unitok.data.shards import Shards
 from unitok.vocab import Modality
 
-T, I = int(Modality.TEXT), int(Modality.IMAGE)
+T, I, A = int(Modality.TEXT), int(Modality.IMAGE), int(Modality.AUDIO)
 
 
 def _shards(lengths, kinds=None) -> Shards:
-    """Document i: tokens 1000 i + (0, 1, ...); text, or (kinds[i] == I) an image document whose
-    tokens after the first two are image codes."""
+    """Document i: tokens 1000 i + (0, 1, ...); text, or (kinds[i] a media modality) a media document
+    whose tokens after the first two are that modality's codes."""
     toks, mods = [], []
     for i, n in enumerate(lengths):
         toks.append(1000 * i + np.arange(n))
         m = np.full(n, T)
-        if kinds is not None and kinds[i] == I:
-            m[2:] = I
+        if kinds is not None and kinds[i] != T:
+            m[2:] = kinds[i]
         mods.append(m)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     pad = SimpleNamespace(pad=-1)  # eval_batches pads its last row with the vocabulary's <pad>
@@ -146,3 +146,28 @@ def test_condition_dropout_is_seeded_per_document_and_epoch():
     for p, n in ((0.0, 8), (1.0, 7)):
         d = PackedBatches(sh, seq_len=7, batch_size=1, seed=2, eval_fraction=0.0, cond_dropout=p)
         assert {len(d._doc(i, 0)[0]) for i in range(40)} == {n}
+
+
+def test_eval_batches_score_every_held_out_target_once_with_its_modality():
+    """Documents shorter and longer than a row: every held-out target once, in order, with its
+    modality, whatever the row length; a cut pass is the full pass's first batches, each full."""
+    rng = np.random.default_rng(0)
+    sh = _shards(rng.integers(2, 20, 40).tolist(), kinds=rng.choice([T, I, A], 40).tolist())
+    padding = []
+    for seq_len in (5, 9, 10, 11):
+        data = PackedBatches(sh, seq_len=seq_len, batch_size=3, seed=0, eval_fraction=0.5)
+        docs = [sh.document(int(d)) for d in data.eval_docs]
+        assert any(len(t) > seq_len + 1 for t, _ in docs) and any(len(t) < seq_len for t, _ in docs)
+        full = data.eval_batches(1000)
+        for b in full:
+            assert b.ids.shape == b.targets.shape == b.doc_ids.shape == b.modality.shape == (len(b.ids), seq_len)
+        scored = torch.cat([b.targets != -100 for b in full])
+        assert torch.cat([b.targets for b in full])[scored].tolist() == np.concatenate([t[1:] for t, _ in docs]).tolist()
+        assert torch.cat([b.modality for b in full])[scored].tolist() == np.concatenate([m[1:] for _, m in docs]).tolist()
+        assert all(len(b.ids) == 3 for b in full[:-1])
+        padding.append(int((full[-1].ids[-1] == sh.vocab.pad).sum()))
+        for k in range(1, len(full)):
+            cut = data.eval_batches(k)
+            assert len(cut) == k and all(len(b.ids) == 3 for b in cut)
+            assert all(torch.equal(a.targets, b.targets) and torch.equal(a.modality, b.modality) for a, b in zip(cut, full))
+    assert max(padding) >= 2  # a last row with padding after padding: those targets were not scored either
