@@ -162,12 +162,14 @@ def test_eval_batches_score_every_held_out_target_once_with_its_modality():
         for b in full:
             assert b.ids.shape == b.targets.shape == b.doc_ids.shape == b.modality.shape == (len(b.ids), seq_len)
         scored = torch.cat([b.targets != -100 for b in full])
-        assert torch.cat([b.targets for b in full])[scored].tolist() == np.concatenate([t[1:] for t, _ in docs]).tolist()
-        assert torch.cat([b.modality for b in full])[scored].tolist() == np.concatenate([m[1:] for _, m in docs]).tolist()
+        targets, mods = (torch.cat([getattr(b, f) for b in full])[scored].tolist() for f in ("targets", "modality"))
+        assert targets == np.concatenate([t[1:] for t, _ in docs]).tolist()  # each once, in order, no padding
+        assert mods == np.concatenate([m[1:] for _, m in docs]).tolist()
         assert all(len(b.ids) == 3 for b in full[:-1])
         padding.append(int((full[-1].ids[-1] == sh.vocab.pad).sum()))
         for k in range(1, len(full)):
             cut = data.eval_batches(k)
             assert len(cut) == k and all(len(b.ids) == 3 for b in cut)
-            assert all(torch.equal(a.targets, b.targets) and torch.equal(a.modality, b.modality) for a, b in zip(cut, full))
+            assert all(torch.equal(a.targets, b.targets) and torch.equal(a.modality, b.modality)
+                       for a, b in zip(cut, full))
     assert max(padding) >= 2  # a last row with padding after padding: those targets were not scored either
