@@ -375,6 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-frames", type=int, default=5,
                    help="frames of a clip given as the prompt of video continuation (default: 5)")
     p.add_argument("--seed", type=int, default=0)
+    p = _add(data, "split", "unitok.data.corpus:run_cli", "split a corpus (photos/ speech/ video/ text/) by source",
+             "Write OUT/train/ and OUT/held-out/ folders of symlinks per modality, no source on both sides:\n"
+             "video by original_file, speech by recording folder and language, photos and text per file\n"
+             "(SOURCES.tsv says which); docs/unified.md describes it. Deterministic per seed.",
+             epilog="example:\n  unitok data split ../shared/corpus --out runs/corpus-split --held-out-fraction 0.2")
+    p.add_argument("corpus", help="folder with photos/, speech/, video/, text/ (e.g. ../shared/corpus)")
+    p.add_argument("--out", required=True, help="new (or empty) folder to write into")
+    p.add_argument("--held-out-fraction", type=float, default=0.2, help="fraction of sources held out (default: 0.2)")
+    p.add_argument("--seed", type=int, default=0)
 
     # --- vocab
     vocab = sub.add_parser("vocab", help="the unified vocabulary").add_subparsers(dest="vocab_command", metavar="COMMAND")
