@@ -35,7 +35,7 @@ from unitok.data.media import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
 from unitok.data.packed import split_documents
 from unitok.errors import DataError
 
-__all__ = ["FOLDERS", "SIDES", "read_sources", "corpus_files", "split_corpus", "write_split", "run_cli"]
+__all__ = ["FOLDERS", "SIDES", "read_sources", "corpus_files", "split_corpus", "write_split", "group_sources", "run_cli"]
 
 FOLDERS = {"photos": IMAGE_EXTS, "speech": AUDIO_EXTS, "video": VIDEO_EXTS, "text": {".txt"}}
 SIDES = ("train", "held-out")
@@ -137,3 +137,24 @@ def run_cli(args) -> int:
               f"{f['held_out_files']:5d} files ({len(f['held_out_sources'])} sources)")
     print(f"-> {args.out}/train, {args.out}/held-out (what went where: {Path(args.out) / 'split.json'})")
     return 0
+
+
+def group_sources(shards, corpus) -> int:
+    """Give each media document of SHARDS/sources.jsonl made from the corpus folders its "group" (the
+    split's source: "video|vtest.avi", ...), which the trainer's held-out split groups by; a document
+    is matched by its file's folder and name (the corpus files or links to them). -> documents grouped."""
+    from unitok.data.shards import SOURCES
+
+    group = {(f, n): f"{f}|{g}" for f, n, g, _ in corpus_files(corpus) if f != "text"}
+    path = Path(shards) / SOURCES
+    lines, n = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        s = json.loads(line)
+        p = Path(s["source"])
+        if (p.parent.name, p.name) in group:
+            s["group"], n = group[p.parent.name, p.name], n + 1
+        lines.append(json.dumps(s, ensure_ascii=False) + "\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(path)
+    return n
