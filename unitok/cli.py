@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokens per level (e.g. the training folder; default: --data)")
     p.add_argument("--usage-tokens", type=int, default=None,
                    help="tokens per level the usage figure counts at least (default: 20 x codebook size)")
+    p.add_argument("--train-data", default=None,
+                   help="audio: the training folder; with a SOURCES.tsv (language, seconds), the bench names the "
+                        "held-out language seen least in training and scores it")
 
     # --- bench
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", metavar="COMMAND")
