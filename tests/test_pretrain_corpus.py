@@ -108,3 +108,18 @@ def test_prepares_the_corpus_layout(corpus, tmp_path):
     # a rerun finds everything in place and keeps the groups
     assert ps.main(argv) == 0
     assert document_sources(read_shards(out / "shards")) == sources
+
+
+def test_speech_transcripts_from_sources_or_the_folders_own(tmp_path):
+    src, dst = tmp_path / "speech", tmp_path / "staged"
+    src.mkdir()
+    (src / "a.flac").write_bytes(b"x")
+    (src / "transcripts.tsv").write_text("a.flac\tfrom the folder\n")
+    (src / "SOURCES.tsv").write_text("file\tpackage\na.flac\tpkg\n")  # no text column: the folder's own
+    ps._stage_speech(src, dst)
+    assert sorted(p.name for p in dst.iterdir()) == ["a.flac", "transcripts.tsv"]
+    assert (dst / "transcripts.tsv").read_text() == "a.flac\tfrom the folder\n"
+    (src / "SOURCES.tsv").write_text("file\ttext\tpackage\na.flac\tfrom SOURCES\tpkg\n")
+    ps._stage_speech(src, dst)  # a rerun with a text column: written, not through the earlier link
+    assert (dst / "transcripts.tsv").read_text() == "a.flac\tfrom SOURCES\n" and not (dst / "transcripts.tsv").is_symlink()
+    assert (src / "transcripts.tsv").read_text() == "a.flac\tfrom the folder\n"

@@ -99,12 +99,12 @@ def _stage_speech(src: Path, dst: Path) -> None:
     for f in sorted(src.iterdir()):
         if f.name not in ("SOURCES.tsv", "transcripts.tsv") and not (dst / f.name).exists():
             (dst / f.name).symlink_to(f.resolve())
-    rows = read_sources(src)
+    rows, tsv = read_sources(src), dst / "transcripts.tsv"
+    tsv.unlink(missing_ok=True)  # remade each run; never written through a link into --data
     if any(r.get("text") for r in rows.values()):
-        (dst / "transcripts.tsv").write_text("".join(f"{n}\t{r['text']}\n" for n, r in rows.items() if r.get("text")),
-                                             encoding="utf-8")
-    elif (src / "transcripts.tsv").is_file() and not (dst / "transcripts.tsv").exists():
-        (dst / "transcripts.tsv").symlink_to((src / "transcripts.tsv").resolve())
+        tsv.write_text("".join(f"{n}\t{r['text']}\n" for n, r in rows.items() if r.get("text")), encoding="utf-8")
+    elif (src / "transcripts.tsv").is_file():
+        tsv.symlink_to((src / "transcripts.tsv").resolve())
 
 
 def stage_inputs(data: Path, out: Path, max_chars: int, texts: list[Path]) -> dict[str, Path]:
