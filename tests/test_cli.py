@@ -12,7 +12,7 @@ SUBCOMMANDS = [
     ["pretokenize"], ["shards", "show"], ["shards", "decode"],
     ["train"], ["bench", "train"], ["bench", "generate"], ["bench", "rd"], ["generate"], ["bench", "overfit"],
     ["bench", "pretokenize"],
-    ["data", "scenes"], ["bench", "judge"],
+    ["data", "scenes"], ["data", "split"], ["bench", "judge"],
 ]
 
 

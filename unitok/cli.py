@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokens per level (e.g. the training folder; default: --data)")
     p.add_argument("--usage-tokens", type=int, default=None,
                    help="tokens per level the usage figure counts at least (default: 20 x codebook size)")
+    p.add_argument("--train-data", default=None,
+                   help="audio: the training folder; with a SOURCES.tsv (language, seconds), the bench names the "
+                        "held-out language seen least in training and scores it")
 
     # --- bench
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", metavar="COMMAND")
@@ -374,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=9, help="frames per clip (default: 9)")
     p.add_argument("--prompt-frames", type=int, default=5,
                    help="frames of a clip given as the prompt of video continuation (default: 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p = _add(data, "split", "unitok.data.corpus:run_cli", "split a corpus (photos/ speech/ video/ text/) by source",
+             "Write OUT/train/ and OUT/held-out/ folders of symlinks per modality, no source on both sides:\n"
+             "video by original_file, speech by recording folder and language, photos and text per file\n"
+             "(SOURCES.tsv says which); docs/unified.md describes it. Deterministic per seed.",
+             epilog="example:\n  unitok data split ../shared/corpus --out runs/corpus-split --held-out-fraction 0.2")
+    p.add_argument("corpus", help="folder with photos/, speech/, video/, text/ (e.g. ../shared/corpus)")
+    p.add_argument("--out", required=True, help="new (or empty) folder to write into")
+    p.add_argument("--held-out-fraction", type=float, default=0.2, help="fraction of sources held out (default: 0.2)")
     p.add_argument("--seed", type=int, default=0)
 
     # --- vocab

@@ -9,6 +9,11 @@ For every file of the folder (converted to the tokenizer's rate and channels), i
   `unitok.bench.audio` describes; band-limited scores to 0-4 kHz for all three (`mel_distance_4k`).
 * STOI (pystoi) for every system; `classical_best`: the lowest log-mel distance among the classical
   codecs at or below our rate. Tokens per second and bits per token: what the language model pays.
+* `by_rate`: the scores per source sampling rate (an 8 kHz file is upsampled to the model rate, as
+  the tokenizer's policy does); `by_language`: per language, where --data has a SOURCES.tsv with a
+  `language` column (the corpus layout, `unitok data split`); with --train-data (the training
+  folder, its SOURCES.tsv) also `least_seen_language`: the held-out language with the fewest
+  training seconds, and its scores.
 
 The metrics are `unitok.bench.audio.scores`. Writes the JSON (`ours`, `opus` entries with `kbps`,
 `si_snr`, `mel_distance`, `per_file`), OUT/bench.md (markdown table), OUT/spectrograms/*.png
@@ -25,9 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unitok.bench.audio import band_limit, codec2_mode, codec2_roundtrip, opus_roundtrip, scores, usage_sweep
+from unitok.bench.audio import (band_limit, by_group, codec2_mode, codec2_roundtrip, least_seen, opus_roundtrip, scores,
+                                usage_sweep)
 from unitok.bench.image import level_stats
 from unitok.data.audio import check_duration, list_audio_files, log_mel, read_audio, to_model_format, write_wav
+from unitok.data.corpus import read_sources
 from unitok.errors import DataError
 from unitok.reporting import write_json
 
@@ -119,7 +126,7 @@ def run(args, tokenizer) -> int:
         t_dec += time.perf_counter() - t
         all_codes.append(codes[0].cpu())
         xb = band_limit(x, sr)
-        ours[path.name] = {**scores(y, x, sr, xb), "seconds": round(dur, 3)}
+        ours[path.name] = {**scores(y, x, sr, xb), "seconds": round(dur, 3), "source_rate": fsr}
         rows = [("original", x), (f"ours ({kbps:g} kbps)", y)]
         if opus_missing is None:
             yo, info = opus_roundtrip(x, sr, kbps)
@@ -183,6 +190,17 @@ def run(args, tokenizer) -> int:
         name, best = min(cands, key=lambda c: c[1]["mel_distance"])
         result["classical_best"] = {"name": name, "mel_distance": best["mel_distance"], "kbps": best["kbps"],
                                     "mel_distance_4k": best["mel_distance_4k"]}
+    systems = {"ours": ours, "opus": opus, "codec2": codec2}
+    result["by_rate"] = by_group({f: f"{v['source_rate']} Hz" for f, v in ours.items()}, systems)
+    rows = read_sources(Path(args.data))
+    if any(r.get("language") for r in rows.values()):
+        result["by_language"] = by_group({f: r["language"] for f, r in rows.items() if r.get("language")}, systems)
+        if getattr(args, "train_data", None):
+            train = {}  # language -> training seconds (the `seconds` column; a file counts 0 without one)
+            for r in read_sources(Path(args.train_data)).values():
+                if r.get("language"):
+                    train[r["language"]] = train.get(r["language"], 0.0) + float(r.get("seconds") or 0)
+            result["least_seen_language"] = least_seen(result["by_language"], train)
     write_json(result, json_path)
     md = _markdown(result)
     (out_dir / "bench.md").write_text(md)
@@ -227,6 +245,7 @@ def _markdown(r: dict) -> str:
         f"Real-time factor (compute s / audio s): encode {o['real_time_factor']['encode']:.4f}, "
         f"decode {o['real_time_factor']['decode']:.4f}",
         "",
+        *_group_lines(r),
         "| file | s | ours SI-SNR | ours log-mel | Opus SI-SNR | Opus log-mel |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
@@ -235,3 +254,22 @@ def _markdown(r: dict) -> str:
         lines.append(f"| {name} | {v['seconds']:.1f} | {f(v['si_snr'], 2)} | {f(v['mel_distance'])} | "
                      f"{f(q.get('si_snr'), 2)} | {f(q.get('mel_distance'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _group_lines(r: dict) -> list[str]:
+    """The 0-4 kHz log-mel distance per source rate and per language (ours, Codec2, Opus)."""
+    f = lambda e, k: "n/a" if e is None else f"{e[k]:.3f}"  # noqa: E731
+    lines = []
+    for key, title in (("by_rate", "source rate"), ("by_language", "language")):
+        if key not in r:
+            continue
+        lines += [f"| {title} | files | s | ours log-mel 0-4 kHz | Codec2 | Opus |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {g} | {v['files']} | {v['seconds']:.1f} | {f(v['ours'], 'mel_distance_4k')} | "
+                  f"{f(v.get('codec2'), 'mel_distance_4k')} | {f(v.get('opus'), 'mel_distance_4k')} |"
+                  for g, v in r[key].items()]
+        lines.append("")
+    if r.get("least_seen_language"):
+        ls = r["least_seen_language"]
+        lines += [f"Language seen least in training: {ls['language']} ({ls['train_seconds']:.1f} s), "
+                  f"{ls['files']} held-out files: ours {f(ls['ours'], 'mel_distance_4k')} log-mel 0-4 kHz.", ""]
+    return lines

@@ -13,6 +13,8 @@ Metrics (`scores`; all at the model rate, on every channel, averaged):
 * STFT distance: mean |log10 |STFT(y)| - log10 |STFT(x)||, averaged over n_fft 512/1024/2048
   (hop n_fft/4), floored at 1e-5.
 * STOI (pystoi, mono mix).
+Per group (`by_group`): the same means over the files of one source sampling rate (8 kHz telephone
+speech, upsampled to the model rate as the tokenizer's policy does) or one language.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from unitok.data.audio import list_audio_files, read_audio, resample, to_model_f
 from unitok.errors import DataError
 from unitok.metrics import mel_distance, si_snr, stft_distance
 
-__all__ = ["opus_roundtrip", "align", "scores"]
+__all__ = ["opus_roundtrip", "align", "scores", "by_group", "least_seen"]
 
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
@@ -162,3 +164,30 @@ def usage_sweep(tok, directory, min_tokens: int, device, held_out: torch.Tensor,
     return {"source": f"held-out files + {directory}", "files": used, "tokens_per_level": int(flat.shape[1]),
             "enough": flat.shape[1] >= min_tokens, "codebook_usage": usage, "perplexity": ppl,
             "protocol": "whole files, mono at the model's rate, all levels"}
+
+
+GROUP_KEYS = ("si_snr", "mel_distance", "mel_distance_4k", "stoi")
+
+
+def by_group(label: dict[str, str], systems: dict[str, dict]) -> dict[str, dict]:
+    """{label: {"files", "seconds", system: {score: mean}}} over the files that have a label. `label`:
+    file -> group (a source rate, a language); `systems`: name -> per-file scores ("ours" first, with
+    each file's "seconds"); a system without a file's scores (a missing codec) is left out."""
+    out: dict[str, dict] = {}
+    for g in sorted(set(label.values())):
+        files = [f for f in systems["ours"] if label.get(f) == g]
+        if not files:
+            continue
+        out[g] = {"files": len(files), "seconds": round(sum(systems["ours"][f]["seconds"] for f in files), 3)}
+        for name, per_file in systems.items():
+            if all(f in per_file for f in files):
+                out[g][name] = {k: float(np.mean([per_file[f][k] for f in files])) for k in GROUP_KEYS}
+    return out
+
+
+def least_seen(groups: dict[str, dict], train_seconds: dict[str, float]) -> dict | None:
+    """The scored group with the fewest training seconds (ties: by name), with them; None without groups."""
+    if not groups:
+        return None
+    g = min(groups, key=lambda k: (train_seconds.get(k, 0.0), k))
+    return {"language": g, "train_seconds": round(train_seconds.get(g, 0.0), 3), **groups[g]}

@@ -135,15 +135,18 @@ def codec_matched(tiles: list[np.ndarray], codec: str, target_bpp: float, scale:
     return res
 
 
-def classical_best(tiles: list[np.ndarray], target_bpp: float) -> tuple[dict, list[dict]]:
+def classical_best(tiles: list[np.ndarray], target_bpp: float, extra=()) -> tuple[dict, list[dict]]:
     """JPEG and WebP at full size and downscaled by 2, 4 and 8, each at its highest quality at or below
-    target_bpp (or its floor); the best PSNR among those at or below the target. Returns (best, all candidates)."""
+    target_bpp (or its floor), and the `extra` candidates measured elsewhere on the same frames (the
+    video bench's H.264 at the matched rate: name, psnr, ssim, bpp, quality); the best PSNR among those
+    at or below the target. Returns (best, all candidates)."""
     cands = []
     for scale in (1, 2, 4, 8):
         for codec in ("jpeg", "webp"):
             r = codec_matched(tiles, codec, target_bpp, scale=scale, at_or_below=True)
             r["name"] = codec if scale == 1 else f"{codec}@1/{scale}"
             cands.append(r)
+    cands += extra
     ok = [c for c in cands if c["bpp"] <= target_bpp * 1.0001]
     best = max(ok, key=lambda c: c["psnr"]) if ok else min(cands, key=lambda c: c["bpp"])
     return {k: best[k] for k in ("name", "psnr", "ssim", "bpp", "quality") if k in best} | \

@@ -13,7 +13,8 @@
   Every rank draws the global batch and keeps its slice, so any number of ranks sees the same data.
 * Held-out split (`split_shards`): a seeded `eval_fraction` of the documents never enters
   training, held out by source: every chunk or clip of one recording, video or photo (the shards'
-  sources.jsonl) on one side, and text documents in blocks of about sqrt(n) consecutive documents
+  sources.jsonl; a line's "group" where it has one, e.g. a corpus clip's recording) on one side,
+  and text documents in blocks of about sqrt(n) consecutive documents
   (n: the run of consecutive text documents, as a manifest lists a file's passages), so held-out
   passages sit between held-out ones, not between training ones. Stratified by document kind (text
   only, or the media modality with most tokens): a kind with two or more sources (blocks) holds at
@@ -88,7 +89,8 @@ def split_shards(shards, eval_fraction: float, seed: int) -> tuple[np.ndarray, n
     if eval_fraction <= 0 or n < 2:
         return np.arange(n), np.zeros(0, np.int64), {}
     kinds, src = document_kinds(shards), document_sources(shards)
-    groups = np.arange(n) if src is None else np.unique([s["source"] for s in src], return_inverse=True)[1]
+    groups = np.arange(n) if src is None else np.unique([s.get("group", s["source"]) for s in src],
+                                                        return_inverse=True)[1]
     text = kinds == Modality.TEXT
     starts = np.flatnonzero(text & ~np.r_[False, text[:-1]])
     ends = np.flatnonzero(text & ~np.r_[text[1:], False]) + 1
