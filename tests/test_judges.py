@@ -180,4 +180,3 @@ def test_bench_judge_bad_arguments_are_one_line_errors(tmp_path):
     j = str(tmp_path / "j.json")
     assert_user_error(run_cli("bench", "judge", "--data", str(tmp_path), "--ground-truth", "--json", j), "no scenes.json")
     assert_user_error(run_cli("bench", "judge", "--data", str(tmp_path), "--json", j), "--ground-truth")
-    assert_user_error(run_cli("bench", "judge", "runs/x", "--data", str(tmp_path), "--json", j), "not implemented yet")

@@ -220,11 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
              "`nearest_training` (the closest training item's output). --ground-truth scores the data's own media:\n"
              "the judges' accuracy. docs/judges.md describes the judges and their floors.",
              epilog="example:\n  unitok bench judge --data data/scenes --ground-truth --json runs/judges.json")
-    p.add_argument("run", nargs="?", default=None, help="a unified run to score (comes with the scenes recipe)")
+    p.add_argument("run", nargs="?", default=None, help="a unified run to score (e.g. from scripts/train_scenes.py)")
     p.add_argument("--data", required=True, help="folder written by `unitok data scenes`")
     p.add_argument("--ground-truth", action="store_true", help="score the data's own media and texts")
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--max-items", type=int, default=None, help="at most this many items per task and split")
+    p.add_argument("--out", default=None, help="RUN: a folder for the picture grid (text_to_image.png)")
+    p.add_argument("--head", choices=["discrete", "diffusion"], default="discrete",
+                   help="RUN: the head that generates media (default: discrete; diffusion is not built yet)")
+    p.add_argument("--seed", type=int, default=0, help="RUN: the sampling seed (default: 0)")
+    p.add_argument("--cfg", type=float, default=1.0, help="RUN: guidance scale inside media spans (default: 1, off)")
     p = _add(bench, "kernels", "unitok.apps.bench_kernels:run", "fused kernels vs. torch (timing needs a GPU)")
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--quick", action="store_true", help="fewer shapes")
