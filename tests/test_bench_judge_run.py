@@ -1,58 +1,33 @@
-"""`unitok bench judge RUN`: a tiny unified run, trained here on scenes data, goes through every task
-end to end and the JSON has the keys of `--ground-truth`; a run without an audio tokenizer skips the
-speech tasks with the reason; bad input is a one-line error."""
+"""The scenes recipe (scripts/train_scenes.py --quick: data, tokenizers and a unified model trained
+here, then judged) and `unitok bench judge RUN` on its run: every task end to end, the JSON has the
+keys of `--ground-truth`; a run without an audio tokenizer skips the speech tasks with the reason; bad
+input is a one-line error."""
 
 import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from unitok.apps.train_scenes import main as train_scenes
 from unitok.cli import main
-from unitok.data.scenes import ScenesConfig, write_scenes
 from tests.test_cli import assert_user_error, run_cli
 from tests.test_judges import TASKS
+
+STAGES = ("data", "text tokenizer", "image tokenizer", "video tokenizer", "audio tokenizer", "shards",
+          "unified model", "judge")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """scenes data (32 px, speech), tokenizers (untrained media ones, k-means initialised), shards of the
-    training split and a unified model trained for a few steps on them."""
-    from unitok.data.pretokenize import PretokenizeConfig, pretokenize
-    from unitok.model.config import ModelConfig
-    from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
-    from unitok.tokenizers.image import ImageTokenizer, image_preset
-    from unitok.tokenizers.text import TextTokenizer
-    from unitok.tokenizers.video import VideoTokenizer, video_preset
-    from unitok.training.loop import RunConfig
-    from unitok.training.unified import UnifiedConfig, train_unified
+    """The quick recipe's folder: 32 px scenes with speech, tokenizers and a unified model of a few steps."""
+    from unitok.tokenizers.base import load_tokenizer
 
-    d = tmp_path_factory.mktemp("judge_run")
-    data = d / "scenes"
-    write_scenes(data, ScenesConfig(n=24, clips=8, speech=24, px=32, seed=0, seen_fraction=0.25,
-                                    held_out_fraction=0.3), log=lambda s: None)
-    items = json.loads((data / "scenes.json").read_text())["items"]
-    (d / "captions.txt").write_text("\n".join(it["caption"] for it in items) * 4 + "\n")
-    torch.manual_seed(0)
-    img = ImageTokenizer(image_preset("debug")).eval()
-    img.encode(torch.rand(4, 3, 32, 32) * 2 - 1)  # k-means-initialise the codebooks, as training would
-    vid = VideoTokenizer(video_preset("debug")).eval()
-    vid.encode(torch.rand(2, 3, 5, 16, 16) * 2 - 1)
-    aud = AudioTokenizer(AudioTokenizerConfig.tiny(upsampling_ratios=[8, 8, 8], levels=2)).eval()  # 31 frames/s
-    toks = {"text": TextTokenizer.train([d / "captions.txt"], vocab_size=320), "image": img, "video": vid, "audio": aud}
-    dirs = {}
-    for name, tok in toks.items():
-        tok.save_pretrained(d / name)
-        dirs[name] = d / name
-    policy = PretokenizeConfig(image_size=32, video_size=16, video_frames=9, video_fps=8.0, audio_max_seconds=4.0)
-    inputs = [data / "train" / k for k in ("images", "video", "speech")]
-    pretokenize(inputs, list(dirs.values()), d / "shards", policy, progress=False)
-    cfg = UnifiedConfig(model=ModelConfig(dim=32, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=512), seq_len=256,
-                        batch_size=2, eval_fraction=0.1, eval_every=0, eval_batches=1,
-                        run=RunConfig(max_steps=3, log_every=1, ckpt_every=0))
-    train_unified(cfg, d / "shards", d / "run", progress=False)
-    return {"dir": d, "data": data, "run": d / "run", "toks": toks}
+    d = tmp_path_factory.mktemp("judge_run") / "scenes"
+    assert train_scenes(["--quick", "--out", str(d)]) == 0
+    toks = {"text": load_tokenizer(d / "tokenizers" / "text")}
+    toks.update({m: load_tokenizer(d / "tokenizers" / m / "final") for m in ("image", "video", "audio")})
+    return {"dir": d, "data": d / "data", "run": d / "run", "toks": toks}
 
 
 def _check_keys(report: dict, skipped=()):
@@ -81,7 +56,7 @@ def test_bench_judge_scores_a_trained_run(trained, tmp_path):
     _check_keys(report)
     png = np.asarray(Image.open(grid / "text_to_image.png"))
     n = {s: report["tasks"]["text_to_image"][s]["n"] for s in ("seen", "held_out")}
-    assert png.shape == (2 * 2 * 32, 8 * 32, 3)  # per split: truth row, generated row; 32 px (the policy's size)
+    assert png.shape == (2 * 2 * 32, 2 * 32, 3)  # per split: truth row, generated row; 32 px (the policy's size)
     truth, made = png[:32, :32].astype(int), png[32:64, :32].astype(int)
     assert np.abs(truth - made).mean() > 10  # the run's picture, not the data's
     assert [len(c) for c in report["grid"]["captions"].values()] == [n["seen"], n["held_out"]]
@@ -97,7 +72,8 @@ def test_bench_judge_skips_tasks_the_run_has_no_tokenizer_for(trained, tmp_path)
     report = json.loads(j.read_text())
     _check_keys(report, skipped={"text_to_audio", "audio_to_text"})
     for name in ("text_to_audio", "audio_to_text"):
-        assert report["tasks"][name]["skipped"] == "the run has no audio tokenizer (its vocabulary has image, text, video)"
+        why = report["tasks"][name]["skipped"]
+        assert why == "the run has no audio tokenizer (its vocabulary has image, text, video)"
 
 
 def test_bench_judge_run_bad_input_is_one_line(trained, tmp_path):
@@ -108,3 +84,42 @@ def test_bench_judge_run_bad_input_is_one_line(trained, tmp_path):
                       "the diffusion head does not exist yet")
     assert_user_error(run_cli("bench", "judge", run, "--data", data, "--ground-truth", "--json", j), "one of them")
     assert_user_error(run_cli("bench", "judge", "--data", data, "--json", j), "one of them")
+
+
+def test_recipe_writes_every_stage_and_resumes(trained, capsys):
+    d = trained["dir"]
+    _check_keys(json.loads((d / "judge.json").read_text()))
+    assert set(json.loads((d / "recipe.json").read_text())["seconds"]) == set(STAGES)
+    assert (d / "judge" / "text_to_image.png").is_file()
+    settings = json.loads((d / "recipe.json").read_text())["settings"]
+    assert settings["scenes"]["px"] == 32 and settings["unified"]["run"]["max_steps"] == 3  # the quick block
+    assert train_scenes(["--quick", "--out", str(d), "judge.max_items=1"]) == 0  # only the judge runs again
+    printed = capsys.readouterr().out
+    for stage in STAGES[:-1]:
+        assert f"train_scenes: {stage}: already there, skipped" in printed
+    assert json.loads((d / "judge.json").read_text())["tasks"]["text_to_image"]["seen"]["n"] == 1
+
+
+def test_recipe_bad_settings_are_one_line(tmp_path, capsys):
+    for args, msg in [(["tokenizers.image.recipe=tokenizers/nope.yaml"], "config file not found"),
+                      (["tokenizers.image.recipe=tokenizers/audio-encodec-16k/config.yaml"], "is a recipe for audio"),
+                      (["scenes.px=8"], "px must be >= 24"), (["unified.nope=1"], "nope")]:
+        assert train_scenes(["--quick", "--out", str(tmp_path / "x"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("train_scenes: error: ") and msg in err and err.count("\n") == 1, (args, err)
+        assert not (tmp_path / "x" / "data").exists()  # checked before the first stage
+
+
+def test_full_recipe_settings_check_and_fit_the_budgets():
+    import math
+
+    from unitok.apps.train_scenes import ROOT, check, settings
+
+    scenes, policy, recipes, unified, judge = check(settings(ROOT / "configs/train/scenes-cpu.yaml", False, []))
+    assert set(recipes) == {"image", "video", "audio"}
+    assert sum(r.run.max_minutes for r in recipes.values()) <= 20 and unified.run.max_minutes <= 30
+    assert scenes.px == policy.image_size == policy.video_size and scenes.frames == policy.video_frames
+    assert recipes["image"].data.color_aug == 0  # a channel permutation renames the colours
+    audio = recipes["audio"].model
+    per_second = audio.sample_rate / math.prod(audio.upsampling_ratios) * audio.levels
+    assert per_second * policy.audio_max_seconds + 40 <= unified.seq_len  # a recording and its caption fit a row

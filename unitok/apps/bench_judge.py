@@ -78,7 +78,8 @@ def run(args) -> int:
 def judge_ground_truth(root: Path, data: dict, max_items: int | None = None) -> dict:
     """Every task's figures with the data's own outputs in place of a model's."""
     tasks = _tasks(root, data)
-    return _judge(root, data, tasks, {t.name: t.output for t in tasks}, max_items, {"mode": "ground_truth", "run": None})
+    return _judge(root, data, tasks, {t.name: t.output for t in tasks}, max_items,
+                  {"mode": "ground_truth", "run": None})
 
 
 # the Pipeline task and the tokenizers (beyond text) each scenes task needs
@@ -171,15 +172,16 @@ def _grid(root: Path, data: dict, pictures: dict, out: Path) -> dict:
     from PIL import Image
 
     items = {it["id"]: it for it in data["items"]}
+    shown = {s: [i for i in pictures if items[i]["split"] == s][:GRID_ITEMS] for s in SCORED}
+    cols = max(len(ids) for ids in shown.values())
     rows, captions = [], {}
-    for split in SCORED:
-        ids = [i for i in pictures if items[i]["split"] == split][:GRID_ITEMS]
+    for split, ids in shown.items():
         if not ids:
             continue
         captions[split] = [items[i]["caption"] for i in ids]
         side = pictures[ids[0]].shape[0]
         truth = [np.asarray(Image.open(root / items[i]["file"]).convert("RGB").resize((side, side))) for i in ids]
-        pad = [np.zeros((side, side, 3), np.uint8)] * (GRID_ITEMS - len(ids))
+        pad = [np.zeros((side, side, 3), np.uint8)] * (cols - len(ids))  # black where a split has fewer
         rows += [np.concatenate(truth + pad, 1), np.concatenate([pictures[i] for i in ids] + pad, 1)]
     out.mkdir(parents=True, exist_ok=True)
     f = out / "text_to_image.png"
