@@ -9,6 +9,11 @@ For every file of the folder (converted to the tokenizer's rate and channels), i
   `unitok.bench.audio` describes; band-limited scores to 0-4 kHz for all three (`mel_distance_4k`).
 * STOI (pystoi) for every system; `classical_best`: the lowest log-mel distance among the classical
   codecs at or below our rate. Tokens per second and bits per token: what the language model pays.
+* WER under pocketsphinx (`unitok.bench.judges.SpeechJudge`, English only) of the original
+  (`original.wer`) and of our reconstruction (`ours.wer`) against each file's transcript
+  (`transcripts.tsv` / `captions.tsv` / a same-stem .txt beside it): the scenes captions' grammar when
+  every transcript is a scenes caption, else its language model. Files without a transcript are scored
+  against the judge's transcript of the original (`original.wer` is then null).
 
 The metrics are `unitok.bench.audio.scores`. Writes the JSON (`ours`, `opus` entries with `kbps`,
 `si_snr`, `mel_distance`, `per_file`), OUT/bench.md (markdown table), OUT/spectrograms/*.png
@@ -87,6 +92,9 @@ def run(args, tokenizer) -> int:
     c2_missing = None if importlib.util.find_spec("pycodec2") else "pycodec2 is not installed (make setup installs it)"
 
     ours, opus, codec2, skipped = {}, {}, {}, {}
+    said = {f.name: _transcript(f) for f in files}
+    judge = _judge_for(said)
+    heard: dict = {}  # file -> (the judge's transcript of the original, of ours)
     all_codes: list[torch.Tensor] = []  # (L, T') per file
     t_enc = t_dec = seconds = 0.0
     for i, path in enumerate(tqdm(files, desc="bench audio", disable=not sys.stderr.isatty())):  # a bar on a tty only
@@ -120,6 +128,8 @@ def run(args, tokenizer) -> int:
         all_codes.append(codes[0].cpu())
         xb = band_limit(x, sr)
         ours[path.name] = {**scores(y, x, sr, xb), "seconds": round(dur, 3)}
+        heard[path.name] = (judge.transcribe(x.numpy(), sr), judge.transcribe(y.numpy(), sr))
+        ours[path.name]["heard"] = heard[path.name][1]
         rows = [("original", x), (f"ours ({kbps:g} kbps)", y)]
         if opus_missing is None:
             yo, info = opus_roundtrip(x, sr, kbps)
@@ -163,6 +173,7 @@ def run(args, tokenizer) -> int:
                  "tokens_counted": int(flat.numel()),
                  "codebook_usage": usage, "codebook_perplexity": perplexity, "usage": usage_block,
                  "real_time_factor": {"encode": t_enc / seconds, "decode": t_dec / seconds}, "per_file": ours},
+        "original": _wer_of_original(heard, said, judge),
         # Opus's rate is what it spent (payload), not what it was asked for: below ~5 kbps it cannot go
         "opus": ({"kbps": round(mean(opus, "payload_kbps"), 4), "requested_kbps": round(kbps, 4),
                   "si_snr": mean(opus, "si_snr"), "mel_distance": mean(opus, "mel_distance"),
@@ -183,11 +194,54 @@ def run(args, tokenizer) -> int:
         name, best = min(cands, key=lambda c: c[1]["mel_distance"])
         result["classical_best"] = {"name": name, "mel_distance": best["mel_distance"], "kbps": best["kbps"],
                                     "mel_distance_4k": best["mel_distance_4k"]}
+    result["ours"]["wer"] = _wer({k: (said[k] or h[0], h[1]) for k, h in heard.items()})
     write_json(result, json_path)
     md = _markdown(result)
     (out_dir / "bench.md").write_text(md)
     print(md)
     return 0
+
+
+def _transcript(path: Path) -> str | None:
+    """A file's transcript: its line in transcripts.tsv / captions.tsv beside it (by name or stem), or a
+    same-stem .txt; None without one."""
+    for tsv in ("transcripts.tsv", "captions.tsv"):
+        f = path.parent / tsv
+        if f.is_file():
+            lines = dict(line.split("\t")[:2] for line in f.read_text(errors="replace").splitlines() if "\t" in line)
+            text = lines.get(path.name, lines.get(path.stem))
+            if text is not None:
+                return text.strip()
+    txt = path.with_suffix(".txt")
+    return txt.read_text(errors="replace").strip() if txt.is_file() else None
+
+
+def _judge_for(said: dict):
+    """The scenes grammar's judge when every file has a transcript of the scenes language, else free
+    decoding with pocketsphinx's language model."""
+    from unitok.bench.judges import SpeechJudge
+    from unitok.data.scenes import parse_caption
+
+    return SpeechJudge(grammar=all(t is not None and parse_caption(t) for t in said.values()))
+
+
+def _wer(pairs: dict) -> float | None:
+    """{file: (reference, hypothesis)} -> the corpus WER over files with a non-empty reference (None if none)."""
+    from unitok.metrics import wer
+
+    kept = [(r, h) for r, h in pairs.values() if r and r.strip()]
+    return round(wer([h for _, h in kept], [r for r, _ in kept]), 4) if kept else None
+
+
+def _wer_of_original(heard: dict, said: dict, judge) -> dict:
+    import importlib.metadata as md
+
+    given = {k: (said[k], h[0]) for k, h in heard.items() if said[k]}
+    return {"wer": _wer(given) if len(given) == len(heard) else None, "transcribed_files": len(given),
+            "judge": f"pocketsphinx {md.version('pocketsphinx')} en-us, "
+                     + ("the scenes captions' grammar" if judge.grammar else "its language model"),
+            "reference": "the files' transcripts" if len(given) == len(heard) else
+                         "the files' transcripts, else the judge's transcript of the original"}
 
 
 def _markdown(r: dict) -> str:
@@ -213,6 +267,9 @@ def _markdown(r: dict) -> str:
         *([f"Opus was asked for {p['requested_kbps']:g} kbps and spent {p['kbps']:.2f} kbps (its floor): "
            "it is not a candidate for the best classical codec at or below our rate.", ""]
           if p.get("requested_kbps") and p["kbps"] > o["kbps"] + 1e-9 else []),
+        f"WER under the speech judge ({r['original']['judge']}; reference: {r['original']['reference']}): "
+        f"original {f(r['original']['wer'])}, ours {f(o['wer'])}.",
+        "",
         f"Tokens per second: {o['tokens_per_second']:g} ({o['levels']} levels x {o['frame_rate']:g} Hz), "
         f"{o['bits_per_token']:g} bits per token.",
         "",
