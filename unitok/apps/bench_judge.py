@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -82,10 +83,9 @@ def judge_ground_truth(root: Path, data: dict, max_items: int | None = None) -> 
                   {"mode": "ground_truth", "run": None})
 
 
-# the Pipeline task and the tokenizers (beyond text) each scenes task needs
-PIPELINE_TASKS = {"text_to_image": ("text-to-image", ("image",)), "image_to_text": ("image-to-text", ("image",)),
-                  "text_to_audio": ("text-to-audio", ("audio",)), "audio_to_text": ("audio-to-text", ("audio",)),
-                  "video_continuation": ("video-continuation", ("video",))}
+# the tokenizer (beside text) each task needs
+MEDIA_OF_TASK = {"text_to_image": "image", "image_to_text": "image", "text_to_audio": "audio",
+                 "audio_to_text": "audio", "video_continuation": "video"}
 GRID_ITEMS = 8  # text-to-image pictures per split in the grid
 CAPTION_TOKENS = 48  # text pieces a caption or transcript may take (the longest captions are 19 words)
 
@@ -107,7 +107,7 @@ def judge_run(run, root: Path, data: dict, max_items: int | None = None, *, out=
     greedy = {"text": Sampling(temperature=0.0)}
     tasks = _tasks(root, data)
     pictures: dict = {}
-    tmp = Path(tempfile.mkdtemp(prefix="bench-judge-"))
+    tmp = tempfile.TemporaryDirectory(prefix="bench-judge-")  # the prompt clips
 
     def generate(task: str, **kw):
         return pipe(task, seed=seed, sampling=greedy, **kw).samples[0]
@@ -126,7 +126,8 @@ def judge_run(run, root: Path, data: dict, max_items: int | None = None, *, out=
     def continuation(it):
         from unitok.data.media import read_video, write_video
 
-        given = write_video(tmp / it["id"], read_video(root / it["file"])[:it["prompt_frames"]], data["config"]["fps"])
+        given = write_video(Path(tmp.name) / it["id"], read_video(root / it["file"])[:it["prompt_frames"]],
+                            data["config"]["fps"])
         frames = generate("video-continuation", video=given, frames=data["config"]["frames"], cfg=cfg).media
         return frames[it["prompt_frames"] - 1:]
 
@@ -138,32 +139,24 @@ def judge_run(run, root: Path, data: dict, max_items: int | None = None, *, out=
                                                  max_new_tokens=CAPTION_TOKENS).text.strip(),
             "video_continuation": continuation}
     outputs = {}
-    for name, (task, needs) in PIPELINE_TASKS.items():
-        missing = [m for m in ("text", *needs) if m not in pipe.tokenizers]
+    for name, needs in MEDIA_OF_TASK.items():
+        missing = [m for m in ("text", needs) if m not in pipe.tokenizers]
         outputs[name] = (f"the run has no {missing[0]} tokenizer (its vocabulary has "
                          f"{', '.join(sorted(pipe.tokenizers))})") if missing else made[name]
-    try:
+    with tmp:
         report = _judge(root, data, tasks, outputs, max_items,
                         {"mode": "run", "run": str(run), "head": "discrete", "seed": seed, "cfg": cfg})
-    finally:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
     if out is not None and pictures:
         report["grid"] = _grid(root, data, pictures, Path(out))
     return report
 
 
-_SPEECH_JUDGE = []
-
-
+@lru_cache(maxsize=1)
 def _speech_judge():
     """One pocketsphinx decoder per process (loading its model takes a second)."""
     from unitok.bench.judges import SpeechJudge
 
-    if not _SPEECH_JUDGE:
-        _SPEECH_JUDGE.append(SpeechJudge())
-    return _SPEECH_JUDGE[0]
+    return SpeechJudge()
 
 
 def _grid(root: Path, data: dict, pictures: dict, out: Path) -> dict:
@@ -259,8 +252,6 @@ def _aggregate(metric: str, records: list) -> dict:
 
 # ------------------------------------------------------------------ the tasks on the data
 def _tasks(root: Path, data: dict) -> list[Task]:
-    from functools import lru_cache
-
     from unitok.bench.judges import caption_accuracy, judge_image, judge_motion
     from unitok.data.scenes import parse_caption
 
