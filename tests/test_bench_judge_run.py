@@ -87,16 +87,22 @@ def test_bench_judge_run_bad_input_is_one_line(trained, tmp_path):
 
 
 def test_recipe_writes_every_stage_and_resumes(trained, capsys):
+    """A stage whose output is there is skipped; a tokenizer without its final folder resumes its checkpoint."""
     d = trained["dir"]
     _check_keys(json.loads((d / "judge.json").read_text()))
     assert set(json.loads((d / "recipe.json").read_text())["seconds"]) == set(STAGES)
     assert (d / "judge" / "text_to_image.png").is_file()
     settings = json.loads((d / "recipe.json").read_text())["settings"]
     assert settings["scenes"]["px"] == 32 and settings["unified"]["run"]["max_steps"] == 3  # the quick block
-    assert train_scenes(["--quick", "--out", str(d), "judge.max_items=1"]) == 0  # only the judge runs again
+    import shutil
+
+    shutil.rmtree(d / "tokenizers" / "image" / "final")  # as if interrupted after its last checkpoint
+    capsys.readouterr()
+    assert train_scenes(["--quick", "--out", str(d), "judge.max_items=1"]) == 0  # the image tokenizer and the judge
     printed = capsys.readouterr().out
     for stage in STAGES[:-1]:
-        assert f"train_scenes: {stage}: already there, skipped" in printed
+        assert (f"train_scenes: {stage}: already there, skipped" in printed) == (stage != "image tokenizer"), stage
+    assert "resumed from" in printed and (d / "tokenizers" / "image" / "final").is_dir()
     assert json.loads((d / "judge.json").read_text())["tasks"]["text_to_image"]["seen"]["n"] == 1
 
 

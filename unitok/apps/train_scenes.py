@@ -52,11 +52,14 @@ def tokenizer_recipe(spec: dict, modality: str) -> dict:
 
 
 def train_tokenizer(modality: str, recipe, data_dir: Path, out: Path) -> Path:
+    """Train (or resume an interrupted training of) a tokenizer into OUT; returns OUT/final."""
+    from unitok.checkpoint import CKPT_DIR
+
     if modality == "audio":
         from unitok.training.encodec import train
     else:
         from unitok.training.vqgan import train
-    train(recipe, data_dir, out)
+    train(recipe, data_dir, out, resume=(out / CKPT_DIR).exists())
     return out / "final"
 
 
@@ -91,6 +94,7 @@ def check(cfg: dict) -> tuple:
 def recipe(cfg: dict, out: Path) -> dict:
     """Run the stages (module docstring); returns OUT/recipe.json's record."""
     from unitok.apps.bench_judge import judge_run, summary_table
+    from unitok.checkpoint import CKPT_DIR
     from unitok.data.pretokenize import pretokenize
     from unitok.data.scenes import load_scenes, write_scenes
     from unitok.data.text import train_text_tokenizer
@@ -135,7 +139,7 @@ def recipe(cfg: dict, out: Path) -> dict:
     stage("shards", (out / "shards" / "stats.json").is_file() and not (out / "shards" / "progress.json").is_file(),
           lambda: pretokenize(inputs, dirs, out / "shards", policy, resume=(out / "shards").is_dir(), progress=False))
     stage("unified model", (out / "run" / "summary.json").is_file(),
-          lambda: train_unified(unified, out / "shards", out / "run", resume=(out / "run" / "checkpoint").exists()))
+          lambda: train_unified(unified, out / "shards", out / "run", resume=(out / "run" / CKPT_DIR).exists()))
 
     def judged():
         report = judge_run(out / "run", data_dir, data, judge["max_items"], out=out / "judge", seed=judge["seed"],
