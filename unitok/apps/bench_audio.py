@@ -9,11 +9,12 @@ For every file of the folder (converted to the tokenizer's rate and channels), i
   `unitok.bench.audio` describes; band-limited scores to 0-4 kHz for all three (`mel_distance_4k`).
 * STOI (pystoi) for every system; `classical_best`: the lowest log-mel distance among the classical
   codecs at or below our rate. Tokens per second and bits per token: what the language model pays.
-* WER under pocketsphinx (`unitok.bench.judges.SpeechJudge`, English only) of the original
-  (`original.wer`) and of our reconstruction (`ours.wer`) against each file's transcript
-  (`transcripts.tsv` / `captions.tsv` / a same-stem .txt beside it): the scenes captions' grammar when
-  every transcript is a scenes caption, else its language model. Files without a transcript are scored
-  against the judge's transcript of the original (`original.wer` is then null).
+* WER under pocketsphinx (`unitok.bench.judges.SpeechJudge`, English only; lower case, no
+  punctuation) of the original (`original.wer`) and of our reconstruction (`ours.wer`) against the
+  files' transcripts (`transcripts.tsv` / `captions.tsv` / a same-stem .txt beside a file), over the
+  files that have one: the scenes captions' grammar when every transcript is a scenes caption, else
+  its language model. Without any transcript, `ours.wer` is against the judge's transcript of the
+  original and `original.wer` is null.
 
 The metrics are `unitok.bench.audio.scores`. Writes the JSON (`ours`, `opus` entries with `kbps`,
 `si_snr`, `mel_distance`, `per_file`), OUT/bench.md (markdown table), OUT/spectrograms/*.png
@@ -23,6 +24,7 @@ The metrics are `unitok.bench.audio.scores`. Writes the JSON (`ours`, `opus` ent
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -173,7 +175,6 @@ def run(args, tokenizer) -> int:
                  "tokens_counted": int(flat.numel()),
                  "codebook_usage": usage, "codebook_perplexity": perplexity, "usage": usage_block,
                  "real_time_factor": {"encode": t_enc / seconds, "decode": t_dec / seconds}, "per_file": ours},
-        "original": _wer_of_original(heard, said, judge),
         # Opus's rate is what it spent (payload), not what it was asked for: below ~5 kbps it cannot go
         "opus": ({"kbps": round(mean(opus, "payload_kbps"), 4), "requested_kbps": round(kbps, 4),
                   "si_snr": mean(opus, "si_snr"), "mel_distance": mean(opus, "mel_distance"),
@@ -194,7 +195,7 @@ def run(args, tokenizer) -> int:
         name, best = min(cands, key=lambda c: c[1]["mel_distance"])
         result["classical_best"] = {"name": name, "mel_distance": best["mel_distance"], "kbps": best["kbps"],
                                     "mel_distance_4k": best["mel_distance_4k"]}
-    result["ours"]["wer"] = _wer({k: (said[k] or h[0], h[1]) for k, h in heard.items()})
+    result["ours"]["wer"], result["original"] = _speech_wer(heard, said, judge)
     write_json(result, json_path)
     md = _markdown(result)
     (out_dir / "bench.md").write_text(md)
@@ -217,31 +218,40 @@ def _transcript(path: Path) -> str | None:
 
 
 def _judge_for(said: dict):
-    """The scenes grammar's judge when every file has a transcript of the scenes language, else free
-    decoding with pocketsphinx's language model."""
+    """The scenes grammar's judge when the transcripts given are all scenes captions, else free decoding
+    with pocketsphinx's language model."""
     from unitok.bench.judges import SpeechJudge
     from unitok.data.scenes import parse_caption
 
-    return SpeechJudge(grammar=all(t is not None and parse_caption(t) for t in said.values()))
+    given = [t for t in said.values() if t]
+    return SpeechJudge(grammar=bool(given) and all(parse_caption(_words(t)) for t in given))
 
 
-def _wer(pairs: dict) -> float | None:
-    """{file: (reference, hypothesis)} -> the corpus WER over files with a non-empty reference (None if none)."""
-    from unitok.metrics import wer
-
-    kept = [(r, h) for r, h in pairs.values() if r and r.strip()]
-    return round(wer([h for _, h in kept], [r for r, _ in kept]), 4) if kept else None
+def _words(text: str) -> str:
+    """Lower case, punctuation out (pocketsphinx writes neither): "Printing, in" -> "printing in"."""
+    return " ".join(re.sub(r"[^\w']+", " ", text.lower()).split())
 
 
-def _wer_of_original(heard: dict, said: dict, judge) -> dict:
+def _speech_wer(heard: dict, said: dict, judge) -> tuple[float | None, dict]:
+    """-> (ours.wer, the `original` block). The references are the files' transcripts where there are
+    some (both WERs over those files), else the judge's transcript of each original (ours.wer only)."""
     import importlib.metadata as md
 
-    given = {k: (said[k], h[0]) for k, h in heard.items() if said[k]}
-    return {"wer": _wer(given) if len(given) == len(heard) else None, "transcribed_files": len(given),
-            "judge": f"pocketsphinx {md.version('pocketsphinx')} en-us, "
-                     + ("the scenes captions' grammar" if judge.grammar else "its language model"),
-            "reference": "the files' transcripts" if len(given) == len(heard) else
-                         "the files' transcripts, else the judge's transcript of the original"}
+    from unitok.metrics import wer
+
+    def corpus(pairs):  # (reference, hypothesis); a reference without words is left out
+        pairs = [(_words(r), _words(h)) for r, h in pairs if _words(r)]
+        return round(wer([h for _, h in pairs], [r for r, _ in pairs]), 4) if pairs else None
+
+    given = [k for k in heard if said[k]]
+    block = {"judge": f"pocketsphinx {md.version('pocketsphinx')} en-us, "
+                      + ("the scenes captions' grammar" if judge.grammar else "its language model"),
+             "transcribed_files": len(given)}
+    if not given:
+        return corpus(heard.values()), {**block, "wer": None, "reference": "the judge's transcript of the original"}
+    return (corpus([(said[k], heard[k][1]) for k in given]),
+            {**block, "wer": corpus([(said[k], heard[k][0]) for k in given]),
+             "reference": f"the files' transcripts ({len(given)} of {len(heard)} files)"})
 
 
 def _markdown(r: dict) -> str:
