@@ -217,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
              "Score text-to-image (GenEval-style checks), image-to-text (true statements), text-to-audio (WER of\n"
              "the speech judge), audio-to-text (WER) and video continuation (direction of motion) on the seen and\n"
              "held-out items of `unitok data scenes` data, beside `chance` (another item's output) and\n"
-             "`nearest_training` (the closest training item's output). --ground-truth scores the data's own media:\n"
-             "the judges' accuracy. docs/judges.md describes the judges and their floors.",
-             epilog="example:\n  unitok bench judge --data data/scenes --ground-truth --json runs/judges.json")
+             "`nearest_training` (the closest training item's output). RUN scores a unified run's generations;\n"
+             "--ground-truth the data's own media: the judges' accuracy. docs/judges.md describes the judges.",
+             epilog="examples:\n  unitok bench judge --data data/scenes --ground-truth --json runs/judges.json\n"
+                    "  unitok bench judge runs/scenes/run --data data/scenes --json runs/judge.json --out runs/judge")
     p.add_argument("run", nargs="?", default=None, help="a unified run to score (e.g. from scripts/train_scenes.py)")
     p.add_argument("--data", required=True, help="folder written by `unitok data scenes`")
     p.add_argument("--ground-truth", action="store_true", help="score the data's own media and texts")
