@@ -5,16 +5,16 @@ For every file of the folder (converted to the tokenizer's rate and channels), i
 * ours: encode -> decode at full bandwidth; bitrate, frame rate, codebook usage and perplexity
   per RVQ level (pooled over all files), SI-SNR, log-mel distance, STFT distance, encode and
   decode real-time factors (seconds of compute per second of audio).
-* opus at the same bitrate and codec2 at the highest of its rates at or below ours, as
-  `unitok.bench.audio` describes; band-limited scores to 0-4 kHz for all three (`mel_distance_4k`).
-* STOI (pystoi) for every system; `classical_best`: the lowest log-mel distance among the classical
-  codecs at or below our rate. Tokens per second and bits per token: what the language model pays.
 * WER under pocketsphinx (`unitok.bench.judges.SpeechJudge`, English only; lower case, no
   punctuation) of the original (`original.wer`) and of our reconstruction (`ours.wer`) against the
   files' transcripts (`transcripts.tsv` / `captions.tsv` / a same-stem .txt beside a file), over the
   files that have one: the scenes captions' grammar when every transcript is a scenes caption, else
   its language model. Without any transcript, `ours.wer` is against the judge's transcript of the
   original and `original.wer` is null.
+* opus at the same bitrate and codec2 at the highest of its rates at or below ours, as
+  `unitok.bench.audio` describes; band-limited scores to 0-4 kHz for all three (`mel_distance_4k`).
+* STOI (pystoi) for every system; `classical_best`: the lowest log-mel distance among the classical
+  codecs at or below our rate. Tokens per second and bits per token: what the language model pays.
 
 The metrics are `unitok.bench.audio.scores`. Writes the JSON (`ours`, `opus` entries with `kbps`,
 `si_snr`, `mel_distance`, `per_file`), OUT/bench.md (markdown table), OUT/spectrograms/*.png
@@ -128,10 +128,9 @@ def run(args, tokenizer) -> int:
             torch.cuda.synchronize()
         t_dec += time.perf_counter() - t
         all_codes.append(codes[0].cpu())
+        heard[path.name] = (judge.transcribe(x.numpy(), sr), judge.transcribe(y.numpy(), sr))
         xb = band_limit(x, sr)
         ours[path.name] = {**scores(y, x, sr, xb), "seconds": round(dur, 3)}
-        heard[path.name] = (judge.transcribe(x.numpy(), sr), judge.transcribe(y.numpy(), sr))
-        ours[path.name]["heard"] = heard[path.name][1]
         rows = [("original", x), (f"ours ({kbps:g} kbps)", y)]
         if opus_missing is None:
             yo, info = opus_roundtrip(x, sr, kbps)
@@ -189,13 +188,15 @@ def run(args, tokenizer) -> int:
                                                       "mel_distance_4k")}, "per_file": codec2,
                          "note": "8 kHz speech codec: compare mel_distance_4k (both band-limited to 0-4 kHz)"}
                         if c2_missing is None else {"kbps": c2_rate / 1000, "missing": c2_missing})
+    result["ours"]["wer"], result["original"] = _speech_wer(heard, said, judge)
+    for file, (_, h) in heard.items():
+        ours[file]["heard"] = h  # what the judge heard in our reconstruction
     cands = [(n, result[n]) for n in ("opus", "codec2")
              if result[n].get("mel_distance") is not None and result[n]["kbps"] <= kbps + 1e-9]
     if cands:
         name, best = min(cands, key=lambda c: c[1]["mel_distance"])
         result["classical_best"] = {"name": name, "mel_distance": best["mel_distance"], "kbps": best["kbps"],
                                     "mel_distance_4k": best["mel_distance_4k"]}
-    result["ours"]["wer"], result["original"] = _speech_wer(heard, said, judge)
     write_json(result, json_path)
     md = _markdown(result)
     (out_dir / "bench.md").write_text(md)
