@@ -154,6 +154,9 @@ def test_bench_writes_json_table_and_spectrograms(tmp_path, capsys):
     assert best["mel_distance"] == min(e["mel_distance"] for e in (opus, c2) if e["kbps"] <= ours["kbps"])
     assert opus["kbps"] == pytest.approx(opus["payload_kbps"]) and opus["requested_kbps"] == 6.0  # what it spent
     assert (tmp_path / "r" / "spectrograms" / "a.png").stat().st_size > 1000
+    # no transcripts: the judge's language model, the original's transcript as the reference
+    assert "language model" in r["original"]["judge"] and r["original"]["wer"] is None
+    assert r["original"]["transcribed_files"] == 0 and "wer" in ours
 
 
 @pytest.mark.slow

@@ -220,14 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
              "Score text-to-image (GenEval-style checks), image-to-text (true statements), text-to-audio (WER of\n"
              "the speech judge), audio-to-text (WER) and video continuation (direction of motion) on the seen and\n"
              "held-out items of `unitok data scenes` data, beside `chance` (another item's output) and\n"
-             "`nearest_training` (the closest training item's output). --ground-truth scores the data's own media:\n"
-             "the judges' accuracy. docs/judges.md describes the judges and their floors.",
-             epilog="example:\n  unitok bench judge --data data/scenes --ground-truth --json runs/judges.json")
-    p.add_argument("run", nargs="?", default=None, help="a unified run to score (comes with the scenes recipe)")
+             "`nearest_training` (the closest training item's output). RUN scores a unified run's generations;\n"
+             "--ground-truth the data's own media: the judges' accuracy. docs/judges.md describes the judges.",
+             epilog="examples:\n  unitok bench judge --data data/scenes --ground-truth --json runs/judges.json\n"
+                    "  unitok bench judge runs/scenes/run --data data/scenes --json runs/judge.json --out runs/judge")
+    p.add_argument("run", nargs="?", default=None, help="a unified run to score (e.g. from scripts/train_scenes.py)")
     p.add_argument("--data", required=True, help="folder written by `unitok data scenes`")
     p.add_argument("--ground-truth", action="store_true", help="score the data's own media and texts")
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--max-items", type=int, default=None, help="at most this many items per task and split")
+    p.add_argument("--out", default=None, help="RUN: a folder for the picture grid (text_to_image.png)")
+    p.add_argument("--head", choices=["discrete", "diffusion"], default="discrete",
+                   help="RUN: the head that generates media (default: discrete; diffusion is not built yet)")
+    p.add_argument("--seed", type=int, default=0, help="RUN: the sampling seed (default: 0)")
+    p.add_argument("--cfg", type=float, default=1.0, help="RUN: guidance scale inside media spans (default: 1, off)")
     p = _add(bench, "kernels", "unitok.apps.bench_kernels:run", "fused kernels vs. torch (timing needs a GPU)")
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--quick", action="store_true", help="fewer shapes")

@@ -5,6 +5,12 @@ For every file of the folder (converted to the tokenizer's rate and channels), i
 * ours: encode -> decode at full bandwidth; bitrate, frame rate, codebook usage and perplexity
   per RVQ level (pooled over all files), SI-SNR, log-mel distance, STFT distance, encode and
   decode real-time factors (seconds of compute per second of audio).
+* WER under pocketsphinx (`unitok.bench.judges.SpeechJudge`, English only; lower case, no
+  punctuation) of the original (`original.wer`) and of our reconstruction (`ours.wer`) against the
+  files' transcripts (`transcripts.tsv` / `captions.tsv` / a same-stem .txt beside a file), over the
+  files that have one: the scenes captions' grammar when every transcript is a scenes caption, else
+  its language model. Without any transcript, `ours.wer` is against the judge's transcript of the
+  original and `original.wer` is null.
 * opus at the same bitrate and codec2 at the highest of its rates at or below ours, as
   `unitok.bench.audio` describes; band-limited scores to 0-4 kHz for all three (`mel_distance_4k`).
 * STOI (pystoi) for every system; `classical_best`: the lowest log-mel distance among the classical
@@ -23,6 +29,7 @@ The metrics are `unitok.bench.audio.scores`. Writes the JSON (`ours`, `opus` ent
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -94,6 +101,9 @@ def run(args, tokenizer) -> int:
     c2_missing = None if importlib.util.find_spec("pycodec2") else "pycodec2 is not installed (make setup installs it)"
 
     ours, opus, codec2, skipped = {}, {}, {}, {}
+    said = {f.name: _transcript(f) for f in files}
+    judge = _judge_for(said)
+    heard: dict = {}  # file -> (the judge's transcript of the original, of ours)
     all_codes: list[torch.Tensor] = []  # (L, T') per file
     t_enc = t_dec = seconds = 0.0
     for i, path in enumerate(tqdm(files, desc="bench audio", disable=not sys.stderr.isatty())):  # a bar on a tty only
@@ -125,6 +135,7 @@ def run(args, tokenizer) -> int:
             torch.cuda.synchronize()
         t_dec += time.perf_counter() - t
         all_codes.append(codes[0].cpu())
+        heard[path.name] = (judge.transcribe(x.numpy(), sr), judge.transcribe(y.numpy(), sr))
         xb = band_limit(x, sr)
         ours[path.name] = {**scores(y, x, sr, xb), "seconds": round(dur, 3), "source_rate": fsr}
         rows = [("original", x), (f"ours ({kbps:g} kbps)", y)]
@@ -184,6 +195,9 @@ def run(args, tokenizer) -> int:
                                                       "mel_distance_4k")}, "per_file": codec2,
                          "note": "8 kHz speech codec: compare mel_distance_4k (both band-limited to 0-4 kHz)"}
                         if c2_missing is None else {"kbps": c2_rate / 1000, "missing": c2_missing})
+    result["ours"]["wer"], result["original"] = _speech_wer(heard, said, judge)
+    for file, (_, h) in heard.items():
+        ours[file]["heard"] = h  # what the judge heard in our reconstruction
     cands = [(n, result[n]) for n in ("opus", "codec2")
              if result[n].get("mel_distance") is not None and result[n]["kbps"] <= kbps + 1e-9]
     if cands:
@@ -206,6 +220,57 @@ def run(args, tokenizer) -> int:
     (out_dir / "bench.md").write_text(md)
     print(md)
     return 0
+
+
+def _transcript(path: Path) -> str | None:
+    """A file's transcript: its line in transcripts.tsv / captions.tsv beside it (by name or stem), or a
+    same-stem .txt; None without one."""
+    for tsv in ("transcripts.tsv", "captions.tsv"):
+        f = path.parent / tsv
+        if f.is_file():
+            lines = dict(line.split("\t")[:2] for line in f.read_text(errors="replace").splitlines() if "\t" in line)
+            text = lines.get(path.name, lines.get(path.stem))
+            if text is not None:
+                return text.strip()
+    txt = path.with_suffix(".txt")
+    return txt.read_text(errors="replace").strip() if txt.is_file() else None
+
+
+def _judge_for(said: dict):
+    """The scenes grammar's judge when the transcripts given are all scenes captions, else free decoding
+    with pocketsphinx's language model."""
+    from unitok.bench.judges import SpeechJudge
+    from unitok.data.scenes import parse_caption
+
+    given = [t for t in said.values() if t]
+    return SpeechJudge(grammar=bool(given) and all(parse_caption(_words(t)) for t in given))
+
+
+def _words(text: str) -> str:
+    """Lower case, punctuation out (pocketsphinx writes neither): "Printing, in" -> "printing in"."""
+    return " ".join(re.sub(r"[^\w']+", " ", text.lower()).split())
+
+
+def _speech_wer(heard: dict, said: dict, judge) -> tuple[float | None, dict]:
+    """-> (ours.wer, the `original` block). The references are the files' transcripts where there are
+    some (both WERs over those files), else the judge's transcript of each original (ours.wer only)."""
+    import importlib.metadata as md
+
+    from unitok.metrics import wer
+
+    def corpus(pairs):  # (reference, hypothesis); a reference without words is left out
+        pairs = [(_words(r), _words(h)) for r, h in pairs if _words(r)]
+        return round(wer([h for _, h in pairs], [r for r, _ in pairs]), 4) if pairs else None
+
+    given = [k for k in heard if said[k]]
+    block = {"judge": f"pocketsphinx {md.version('pocketsphinx')} en-us, "
+                      + ("the scenes captions' grammar" if judge.grammar else "its language model"),
+             "transcribed_files": len(given)}
+    if not given:
+        return corpus(heard.values()), {**block, "wer": None, "reference": "the judge's transcript of the original"}
+    return (corpus([(said[k], heard[k][1]) for k in given]),
+            {**block, "wer": corpus([(said[k], heard[k][0]) for k in given]),
+             "reference": f"the files' transcripts ({len(given)} of {len(heard)} files)"})
 
 
 def _markdown(r: dict) -> str:
@@ -231,6 +296,9 @@ def _markdown(r: dict) -> str:
         *([f"Opus was asked for {p['requested_kbps']:g} kbps and spent {p['kbps']:.2f} kbps (its floor): "
            "it is not a candidate for the best classical codec at or below our rate.", ""]
           if p.get("requested_kbps") and p["kbps"] > o["kbps"] + 1e-9 else []),
+        f"WER under the speech judge ({r['original']['judge']}; reference: {r['original']['reference']}): "
+        f"original {f(r['original']['wer'])}, ours {f(o['wer'])}.",
+        "",
         f"Tokens per second: {o['tokens_per_second']:g} ({o['levels']} levels x {o['frame_rate']:g} Hz), "
         f"{o['bits_per_token']:g} bits per token.",
         "",

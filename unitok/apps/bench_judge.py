@@ -2,10 +2,12 @@
 (`unitok.bench.judges`), beside a random and a memorising baseline.
 
     unitok bench judge --data data/scenes --ground-truth --json runs/judges.json
+    unitok bench judge runs/scenes/run --data data/scenes --json runs/scenes/judge.json --out runs/scenes/judge
 
 With --ground-truth the outputs scored are the data's own media and texts, so the figures are the
-judges' accuracy on exact renders (their floors). Scoring a model run (`unitok bench judge RUN`) comes
-with the scenes training recipe and is refused until then.
+judges' accuracy on exact renders (their floors). With RUN they are a unified run's generations
+(`judge_run`, the discrete head; --head diffusion is refused until that head exists), with the same
+JSON keys; a task the run has no tokenizer for is `skipped`, with the reason.
 
 Tasks (JSON `tasks.<task>`), each on the `seen` and `held_out` items (held out: new colour-shape
 combinations, templates or voices; `held_out.by_reason` splits them):
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -53,16 +56,19 @@ class Task:
 def run(args) -> int:
     from unitok.data.scenes import load_scenes
 
-    if args.run is not None:
-        raise ConfigError("scoring a model run is not implemented yet (it comes with the scenes training recipe); "
-                          "--ground-truth scores the data's own media")
-    if not args.ground_truth:
-        raise ConfigError("give --ground-truth (scores the data's own media and texts)")
+    if args.head == "diffusion":
+        raise ConfigError("--head diffusion: the diffusion head does not exist yet; score the discrete head "
+                          "(--head discrete)")
+    if (args.run is not None) == bool(args.ground_truth):
+        raise ConfigError("give RUN (a unified run to score) or --ground-truth (the data's own media), one of them")
     if args.max_items is not None and args.max_items < 1:
         raise ConfigError(f"--max-items must be >= 1 (got {args.max_items})")
     t0 = time.perf_counter()
     data = load_scenes(args.data)
-    report = judge_ground_truth(Path(args.data), data, args.max_items)
+    if args.run is not None:
+        report = judge_run(args.run, Path(args.data), data, args.max_items, out=args.out, seed=args.seed, cfg=args.cfg)
+    else:
+        report = judge_ground_truth(Path(args.data), data, args.max_items)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(report, args.json)
     print(summary_table(report), end="")
@@ -72,12 +78,118 @@ def run(args) -> int:
 
 def judge_ground_truth(root: Path, data: dict, max_items: int | None = None) -> dict:
     """Every task's figures with the data's own outputs in place of a model's."""
+    tasks = _tasks(root, data)
+    return _judge(root, data, tasks, {t.name: t.output for t in tasks}, max_items,
+                  {"mode": "ground_truth", "run": None})
+
+
+# the tokenizer (beside text) each task needs
+MEDIA_OF_TASK = {"text_to_image": "image", "image_to_text": "image", "text_to_audio": "audio",
+                 "audio_to_text": "audio", "video_continuation": "video"}
+GRID_ITEMS = 8  # text-to-image pictures per split in the grid
+CAPTION_TOKENS = 48  # text pieces a caption or transcript may take (the longest captions are 19 words)
+
+
+def judge_run(run, root: Path, data: dict, max_items: int | None = None, *, out=None, seed: int = 0,
+              cfg: float = 1.0) -> dict:
+    """Every task's figures for a unified run's outputs (`unitok.generation.Pipeline`, the discrete head):
+    text greedily (captions, transcripts), media codes sampled with the pipeline's defaults (seed `seed`,
+    guidance `cfg`); images and clips at the run's training policy's sizes, speech as long as the
+    caption's recording (at most the policy's audio_max_seconds). A task whose modality the run has no
+    tokenizer for is skipped with the reason. With `out`: OUT/text_to_image.png, the ground truth (top
+    row of each pair) and the generated image for the first seen and held-out captions."""
+    import tempfile
+
+    from unitok.generation import Pipeline
+    from unitok.generation.sample import Sampling
+
+    pipe = Pipeline.from_pretrained(run)
+    greedy = {"text": Sampling(temperature=0.0)}
+    tasks = _tasks(root, data)
+    pictures: dict = {}
+    tmp = tempfile.TemporaryDirectory(prefix="bench-judge-")  # the prompt clips
+
+    def generate(task: str, **kw):
+        return pipe(task, seed=seed, sampling=greedy, **kw).samples[0]
+
+    def text_to_image(it):
+        img = generate("text-to-image", prompt=it["caption"], cfg=cfg).media
+        pictures[it["id"]] = img
+        return img
+
+    def text_to_audio(it):
+        tok = pipe.tokenizers["audio"]
+        s = generate("text-to-audio", prompt=it["caption"], cfg=cfg,
+                     seconds=min(it["seconds"], pipe.policy.audio_max_seconds))
+        return _speech_judge().transcribe(s.media, tok.config.sample_rate)
+
+    def continuation(it):
+        from unitok.data.media import read_video, write_video
+
+        given = write_video(Path(tmp.name) / it["id"], read_video(root / it["file"])[:it["prompt_frames"]],
+                            data["config"]["fps"])
+        frames = generate("video-continuation", video=given, frames=data["config"]["frames"], cfg=cfg).media
+        return frames[it["prompt_frames"] - 1:]
+
+    made = {"text_to_image": text_to_image,
+            "image_to_text": lambda it: generate("image-to-text", image=root / it["file"],
+                                                 max_new_tokens=CAPTION_TOKENS).text.strip(),
+            "text_to_audio": text_to_audio,
+            "audio_to_text": lambda it: generate("audio-to-text", audio=root / it["file"],
+                                                 max_new_tokens=CAPTION_TOKENS).text.strip(),
+            "video_continuation": continuation}
+    outputs = {}
+    for name, needs in MEDIA_OF_TASK.items():
+        missing = [m for m in ("text", needs) if m not in pipe.tokenizers]
+        outputs[name] = (f"the run has no {missing[0]} tokenizer (its vocabulary has "
+                         f"{', '.join(sorted(pipe.tokenizers))})") if missing else made[name]
+    with tmp:
+        report = _judge(root, data, tasks, outputs, max_items,
+                        {"mode": "run", "run": str(run), "head": "discrete", "seed": seed, "cfg": cfg})
+    if out is not None and pictures:
+        report["grid"] = _grid(root, data, pictures, Path(out))
+    return report
+
+
+@lru_cache(maxsize=1)
+def _speech_judge():
+    """One pocketsphinx decoder per process (loading its model takes a second)."""
+    from unitok.bench.judges import SpeechJudge
+
+    return SpeechJudge()
+
+
+def _grid(root: Path, data: dict, pictures: dict, out: Path) -> dict:
+    """OUT/text_to_image.png: per split, a row of ground-truth renders above the generated images (the
+    first GRID_ITEMS captions of the split); returns the file and the captions, column by column."""
+    from PIL import Image
+
+    items = {it["id"]: it for it in data["items"]}
+    shown = {s: [i for i in pictures if items[i]["split"] == s][:GRID_ITEMS] for s in SCORED}
+    cols = max(len(ids) for ids in shown.values())
+    rows, captions = [], {}
+    for split, ids in shown.items():
+        if not ids:
+            continue
+        captions[split] = [items[i]["caption"] for i in ids]
+        side = pictures[ids[0]].shape[0]
+        truth = [np.asarray(Image.open(root / items[i]["file"]).convert("RGB").resize((side, side))) for i in ids]
+        pad = [np.zeros((side, side, 3), np.uint8)] * (cols - len(ids))  # black where a split has fewer
+        rows += [np.concatenate(truth + pad, 1), np.concatenate([pictures[i] for i in ids] + pad, 1)]
+    out.mkdir(parents=True, exist_ok=True)
+    f = out / "text_to_image.png"
+    Image.fromarray(np.concatenate(rows, 0)).save(f)
+    return {"file": str(f), "rows": "per split (seen, held_out): ground truth, then generated", "captions": captions}
+
+
+def _judge(root: Path, data: dict, tasks: list, outputs: dict, max_items: int | None, head: dict) -> dict:
+    """The report: per task, `outputs[task]` (item -> what is scored, or why the task is skipped) on each
+    scored split beside the baselines."""
     import importlib.metadata as md
 
-    tasks = _tasks(root, data)
     items = {s: {k: [it for it in data["items"] if it["split"] == s and it["kind"] == k]
                  for k in ("image", "clip", "speech")} for s in ("train",) + SCORED}
-    report = {"data": str(root), "mode": "ground_truth", "run": None,
+    report = {"data": str(root), **head,
               "judges": {"image": "colour components, shape templates, 3x3 grid (unitok.bench.judges)",
                          "video": "largest object's track, least-squares velocity",
                          "speech": f"pocketsphinx {md.version('pocketsphinx')} en-us, JSGF grammar of the captions"},
@@ -89,8 +201,11 @@ def judge_ground_truth(root: Path, data: dict, max_items: int | None = None) -> 
             report["tasks"][t.name] = {"metric": t.metric, "skipped": f"no {t.kind} items in the data"
                                        + (f" ({why})" if why else "")}
             continue
+        if isinstance(outputs[t.name], str):
+            report["tasks"][t.name] = {"metric": t.metric, "skipped": outputs[t.name]}
+            continue
         test = {s: [it for it in of_kind if t.split(it) == s][:max_items] for s in SCORED}
-        report["tasks"][t.name] = _evaluate(t, test, items["train"][t.kind], t.output)
+        report["tasks"][t.name] = _evaluate(t, test, items["train"][t.kind], outputs[t.name])
     return report
 
 
@@ -137,13 +252,10 @@ def _aggregate(metric: str, records: list) -> dict:
 
 # ------------------------------------------------------------------ the tasks on the data
 def _tasks(root: Path, data: dict) -> list[Task]:
-    from functools import lru_cache
-
-    from unitok.bench.judges import SpeechJudge, caption_accuracy, judge_image, judge_motion
+    from unitok.bench.judges import caption_accuracy, judge_image, judge_motion
     from unitok.data.scenes import parse_caption
 
     px = data["config"]["px"]
-    speech = None
 
     @lru_cache(maxsize=None)
     def media(file: str) -> np.ndarray:
@@ -158,10 +270,8 @@ def _tasks(root: Path, data: dict) -> list[Task]:
     def heard(file: str) -> str:
         import soundfile as sf
 
-        nonlocal speech
-        speech = speech or SpeechJudge()
         wav, sr = sf.read(root / file, dtype="float32", always_2d=True)
-        return speech.transcribe(wav.T, sr)
+        return _speech_judge().transcribe(wav.T, sr)
 
     def continuation(it):
         return media(it["file"])[it["prompt_frames"] - 1:]
