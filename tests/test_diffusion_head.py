@@ -82,6 +82,10 @@ def test_guidance_scale_zero_ignores_the_condition_and_dropout_uses_the_null_con
     s = lambda h, scale: head.sample(h, steps=4, cfg_scale=scale, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(s(h1, 0.0), s(h2, 0.0), atol=1e-6)  # only the null branch counts
     assert not torch.allclose(s(h1, 1.0), s(h2, 1.0))
+    # the unconditional branch from other states (the backbone's unconditional stream): scale 0 gives
+    # the samples of those states, conditioned
+    assert torch.allclose(head.sample(h1, steps=4, cfg_scale=0.0, uncond=h2, generator=torch.Generator().manual_seed(0)),
+                          s(h2, 1.0), atol=1e-6)
     drop = torch.tensor([True, False])
     c = head.condition(h1, drop)
     assert torch.equal(c[0], head.null_cond.expand(3, -1)) and torch.equal(c[1], head.condition(h1)[1])
@@ -121,3 +125,23 @@ def test_generated_latent_has_the_decoders_shape(kind):
     zs = latent_grid(sampled, z.shape[2:])
     assert zs.shape == z.shape
     assert tok.decode_latents(zs).shape == tok.decode(tok.encode(x)).shape
+
+
+@torch.no_grad()
+def test_code_latents_follow_the_sequence_order():
+    """code_latents of (M, L) codes in the span's order (position-major, levels minor) are the
+    dequantized latent's tokens: for residual image codes and RVQ audio (levels sharing a frame)."""
+    from unitok.model.diffusion_head import code_latents, diffusion_head_spec
+    from unitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+    from unitok.tokenizers.image import ImageTokenizer, image_preset, with_quantizer
+
+    torch.manual_seed(0)
+    img = ImageTokenizer(with_quantizer(image_preset("debug"), kind="rvq", levels=2)).eval()
+    codes = img.encode(torch.rand(1, 3, 8, 12) * 2 - 1)  # (1, 2, 2, 3)
+    seq = codes[0].flatten(1).T  # (6, 2): position-major, levels minor
+    assert torch.equal(code_latents(img, seq), latent_tokens(img.dequantize(codes))[0])
+    assert diffusion_head_spec(img) == {"latent_dim": 16, "tokens_per_latent": 2}
+    aud = AudioTokenizer(AudioTokenizerConfig.tiny()).eval()
+    codes = aud.encode(torch.randn(1, 1, 512))  # (1, L, T')
+    assert torch.equal(code_latents(aud, codes[0].T), latent_tokens(aud.dequantize(codes))[0])
+    assert diffusion_head_spec(aud)["tokens_per_latent"] == aud.num_levels

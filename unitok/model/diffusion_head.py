@@ -27,8 +27,11 @@ timestep of `train_steps`, the cosine schedule `squaredcos_cap_v2` as MAR) or "f
 x_t = sigma * noise + (1 - sigma) * z0 at a uniform step of `FlowMatchEulerDiscreteScheduler`'s sigmas,
 target the velocity noise - z0, as that scheduler's `step` integrates). Samplers: "ddpm" and "ddim"
 (eta 0) for epsilon, "euler" for flow; every schedule and update is diffusers', not rewritten here.
-Classifier-free guidance: in training a span's condition is replaced by a learned null condition with
-probability `cond_dropout`; sampling with `cfg_scale` s != 1 runs both and takes u + s (c - u).
+Classifier-free guidance: sampling with `cfg_scale` s != 1 runs the conditional and an unconditional
+branch and takes u + s (c - u). The unconditional branch is the states of the unconditional stream
+(`uncond`: the unified trainer's condition dropout removes the text before media spans, so the
+backbone learns it) or, without them, a learned null condition that replaces a span's condition in
+training with probability `cond_dropout`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DiffusionHeadConfig", "DiffusionHead", "SAMPLERS", "PROJECTORS", "latent_tokens", "latent_grid"]
+__all__ = ["DiffusionHeadConfig", "DiffusionHead", "SAMPLERS", "PROJECTORS", "latent_tokens", "latent_grid",
+           "code_latents", "diffusion_head_spec"]
 
 PROJECTORS = ("linear", "mlp", "resampler")
 SAMPLERS = {"epsilon": ("ddpm", "ddim"), "flow": ("euler",)}
@@ -214,9 +218,11 @@ class DiffusionHead(nn.Module):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, h: torch.Tensor, steps: int = 50, sampler: str | None = None, cfg_scale: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, uncond: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (S, N, D) for the states h (S, N, dim): `steps` denoising steps of `sampler`
-        (default: ddim for epsilon, euler for flow), classifier-free guidance `cfg_scale` (1: off).
+        (default: ddim for epsilon, euler for flow), classifier-free guidance `cfg_scale` (1: off)
+        against `uncond`, the states of the unconditional stream (the unified trainer's condition
+        dropout trains the backbone on it), or the learned null condition when None.
         The same generator state gives the same latents."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -227,7 +233,8 @@ class DiffusionHead(nn.Module):
         c = self.condition(h).reshape(S * N, -1)
         guided = cfg_scale != 1.0
         if guided:
-            c = torch.cat([c, self.null_cond.to(c.dtype).expand_as(c)])
+            u = self.null_cond.to(c.dtype).expand_as(c) if uncond is None else self.condition(uncond).reshape(S * N, -1)
+            c = torch.cat([c, u])
         # pure noise at the schedule's first step (the flow scheduler states it as its first sigma, 1)
         first = sched.init_noise_sigma if self.cfg.prediction == "epsilon" else float(sched.sigmas[0])
         x = torch.randn((S * N, self.cfg.latent_dim), generator=generator, device=h.device) * first
@@ -250,3 +257,23 @@ def latent_tokens(z: torch.Tensor) -> torch.Tensor:
 def latent_grid(tokens: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     """(B, N, D) tokens -> the tokenizer latent (B, D, *grid) that `decode_latents` takes."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+
+
+GRID_AXES = {"image": 2, "video": 3, "audio": 1}  # latent grid axes of each media tokenizer
+
+
+def code_latents(tok, codes: torch.Tensor) -> torch.Tensor:
+    """Latent tokens of codes in sequence order: codes (M, L) (the L levels of each latent token)
+    -> (M, D), through `tok.dequantize` on a grid of one row of M positions (every media tokenizer
+    dequantizes each position on its own)."""
+    M, L = codes.shape
+    grid = codes.T.reshape(L, *([1] * (GRID_AXES[tok.modality] - 1)), M)[None]  # (1, L, 1, .., M)
+    if L == 1 and tok.modality != "audio":  # single-codebook image and video codes have no level axis
+        grid = grid[:, 0]
+    return latent_tokens(tok.dequantize(grid))[0]
+
+
+def diffusion_head_spec(tok) -> dict:
+    """The tokenizer's part of a diffusion head's config: latent_dim and tokens_per_latent."""
+    L = tok.num_levels
+    return {"latent_dim": int(code_latents(tok, torch.zeros(1, L, dtype=torch.long)).shape[1]), "tokens_per_latent": L}

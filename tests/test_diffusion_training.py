@@ -1,0 +1,86 @@
+"""The diffusion head in the unified trainer (issue 24, part 5): heads per modality, the loss from the
+batch's latents, the checkpoint's record of its heads, load_model refusing a head it lacks, and
+freeze_backbone leaving the backbone bit-identical."""
+
+import json
+
+import pytest
+import torch
+
+from test_pretokenize import CFG, corpus  # noqa: F401  (fixture)
+from test_unified import DEBUG, shards  # noqa: F401  (fixture)
+from unitok.config import load_config
+from unitok.data.shards import read_shards
+from unitok.training.unified import UnifiedConfig, train_unified
+
+
+def _train(shards, out, *overrides):  # noqa: F811
+    cfg = load_config(UnifiedConfig, DEBUG, ["run.threads=1", "diffusion.width=32", "diffusion.depth=1",
+                                             *overrides])
+    return train_unified(cfg, shards, out, progress=False)
+
+
+def test_both_heads_train_and_the_checkpoint_records_them(shards, tmp_path):  # noqa: F811
+    from unitok.checkpoint import load_model
+    from unitok.errors import CheckpointError
+
+    task, _ = _train(shards, tmp_path / "run", "heads.image=both")
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "diffusion_image" in r]
+    assert len(steps) == 10 and all(r["diffusion_image"] > 0 for r in steps) and "loss_image" in steps[0]
+    meta = json.loads((tmp_path / "run" / "checkpoint" / "model.json").read_text())
+    head = meta["config"]["heads"]["image"]
+    tok = task.latent_tokenizers["image"]
+    assert head["kind"] == "diffusion" and head["latent_dim"] == tok.config.embed_dim and head["width"] == 32
+    m = load_model(tmp_path / "run", heads={"image": "diffusion"})
+    assert set(m.model.diffusion) == {"image"}
+    assert torch.equal(m.model.diffusion["image"].denoiser.out.weight, task.model.diffusion["image"].denoiser.out.weight)
+    load_model(tmp_path / "run", heads={"image": "discrete"})  # "both": either head
+    with pytest.raises(CheckpointError, match="no diffusion head for audio .the checkpoint has a discrete head"):
+        load_model(tmp_path / "run", heads={"audio": "diffusion"})
+
+
+def test_diffusion_only_drops_the_codes_next_token_loss(shards, tmp_path):  # noqa: F811
+    """heads.image=diffusion: the next-token loss leaves out image-code targets (the codes stay inputs)."""
+    from unitok.training.loop import Engine
+    from unitok.training.unified import UnifiedTask
+
+    cfg = load_config(UnifiedConfig, DEBUG, ["run.threads=1", "heads.image=diffusion", "diffusion_weight=0"])
+    task = UnifiedTask(cfg, Engine(cfg.run, cfg.optim, tmp_path / "run", recipe={}), read_shards(shards))
+    b = task.data.next()
+    lo, hi = task.shards.vocab.code_range("image")
+    assert ((b.targets >= lo) & (b.targets < hi)).any()
+    with torch.no_grad():
+        loss, parts = task._losses(b, task.model, latents=task.latent_targets(b.targets))
+        nll = task.model(b.ids, b.targets, doc_ids=b.doc_ids, reduction="none").view(-1)
+    t = b.targets.view(-1)
+    keep = (t != -100) & ~((t >= lo) & (t < hi))
+    assert float(loss) == pytest.approx(float(nll[keep].mean()), rel=1e-5)
+    assert parts["diffusion"]["image"] > 0  # computed (weight 0 here), one latent token per image code
+    rows, cols, z0 = task.latent_targets(b.targets)["image"]
+    assert len(rows) == int(((b.targets >= lo) & (b.targets < hi)).sum()) and z0.shape[1] == 16
+
+
+def test_freeze_backbone_leaves_every_backbone_tensor_bit_identical(shards, tmp_path):  # noqa: F811
+    from safetensors.torch import load_file
+
+    _train(shards, tmp_path / "base")
+    _train(shards, tmp_path / "head", f"init_from={tmp_path / 'base'}", "heads.image=diffusion", "freeze_backbone=true")
+    a, b = (load_file(str(tmp_path / r / "checkpoint" / "model.safetensors")) for r in ("base", "head"))
+    backbone = [k for k in b if not k.startswith("diffusion.")]
+    assert sorted(backbone) == sorted(a) and all(torch.equal(a[k], b[k]) for k in a)
+    assert b["diffusion.image.denoiser.out.weight"].abs().sum() > 0  # the head learned (it starts at zero)
+
+
+def test_head_recipe_errors_are_one_line(shards, tmp_path):  # noqa: F811
+    from unitok.errors import ConfigError
+
+    for bad, match in [(["heads.text=diffusion"], "heads: text: 'diffusion'; use a media modality"),
+                       (["heads.image=continuous"], "heads: image: 'continuous'"),
+                       (["heads.image=both", "diffusion.projector=resampler"], "the resampler needs whole spans"),
+                       (["heads.image=both", "diffusion.latent_dim=4"], "come from the tokenizer"),
+                       (["heads.image=diffusion", "freeze_backbone=true"], "set init_from")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(UnifiedConfig, DEBUG, bad)
+    with pytest.raises(ConfigError, match="no video tokenizer"):
+        _train(shards, tmp_path / "v", "heads.video=both")
