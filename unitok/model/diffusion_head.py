@@ -191,20 +191,27 @@ class DiffusionHead(nn.Module):
             c = torch.where(drop[:, None, None], self.null_cond.to(c.dtype), c)
         return c
 
-    def loss(self, h: torch.Tensor, z0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, h: torch.Tensor, z0: torch.Tensor, generator: torch.Generator | None = None,
+             draws: dict | None = None, reduction: str = "mean") -> torch.Tensor:
         """Mean squared error of the denoiser's prediction for z0 (S, N, D) noised at random
         timesteps, conditioned on the states h (S, N, dim); spans dropped to the null condition
-        with probability cond_dropout while training."""
+        with probability cond_dropout while training. The random draws come from `generator`, or
+        are given in `draws` (`noise` (S, N, D), `steps` (S, N) indices into the training schedule,
+        `drop` (S,) bool): a data-parallel trainer draws them per global token, so any number of
+        ranks computes the same losses. `reduction` "sum": the sum over tokens of each token's mean
+        squared error (a data-parallel trainer divides by the global token count)."""
         S, N, D = z0.shape
         dev = h.device
-        drop = None
-        if self.training and self.cfg.cond_dropout > 0:
+        if draws is None:
             drop = torch.rand(S, generator=generator, device=dev) < self.cfg.cond_dropout
-        c = self.condition(h, drop).reshape(S * N, -1)
+            noise = torch.randn((S, N, D), generator=generator, device=dev)
+            idx = torch.randint(0, self.cfg.train_steps, (S, N), generator=generator, device=dev)
+        else:
+            drop, noise, idx = draws["drop"], draws["noise"], draws["steps"]
+        c = self.condition(h, drop if self.training and self.cfg.cond_dropout > 0 else None).reshape(S * N, -1)
         x0 = z0.reshape(S * N, D).float() * self.cfg.latent_scale
-        noise = torch.randn(x0.shape, generator=generator, device=dev)
+        noise, idx = noise.reshape(S * N, D).float(), idx.reshape(-1)
         sched = self.scheduler()
-        idx = torch.randint(0, self.cfg.train_steps, (S * N,), generator=generator, device=dev)
         if self.cfg.prediction == "epsilon":
             t = idx
             xt, target = sched.add_noise(x0, noise, t), noise
@@ -212,8 +219,8 @@ class DiffusionHead(nn.Module):
             sigma = sched.sigmas[idx.cpu()].to(dev, x0.dtype)[:, None]
             t = sched.timesteps[idx.cpu()].to(dev)
             xt, target = sigma * noise + (1 - sigma) * x0, noise - x0
-        pred = self.denoiser(xt.to(c.dtype), t, c)
-        return F.mse_loss(pred.float(), target)
+        per_token = (self.denoiser(xt.to(c.dtype), t, c).float() - target).pow(2).mean(-1)
+        return per_token.sum() if reduction == "sum" else per_token.mean()
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

@@ -436,9 +436,12 @@ class UnifiedTransformer(nn.Module):
         """Without targets: logits (B, T, V) in fp32. With targets (B, T): the loss
         (mean over non-ignored tokens, plus z-loss; `reduction="sum"`/`"none"` and
         `z_loss=0` give plain token NLLs for evaluation). `valid`: see `hidden`.
-        `latents` {modality: (rows, cols, z0)}: the diffusion heads' targets, z0 (M, D) latent tokens
-        conditioned on the hidden states at (rows, cols) (M,) each; then (loss, {modality: diffusion
-        loss}) is returned. Inside forward so that DDP and FSDP see the heads' parameters used."""
+        `latents` {modality: (rows, cols, z0, draws)}: the diffusion heads' targets, z0 (M, D) latent
+        tokens conditioned on the hidden states at (rows, cols) (M,) each, and their random draws
+        (`DiffusionHead.loss`: noise (M, D), steps (M,), drop (M,); None: drawn by the head); then
+        (loss, {modality: the sum over its M tokens of their diffusion losses}) is returned (the
+        caller divides by its token count). Inside forward so that DDP and FSDP see the heads'
+        parameters used."""
         h = self.hidden(ids, doc_ids, span_ids, cache, valid)
         if targets is None:
             return self.logits(h)
@@ -447,12 +450,14 @@ class UnifiedTransformer(nn.Module):
             return loss
         return loss, {m: self._diffusion_loss(m, h, *t) for m, t in latents.items()}
 
-    def _diffusion_loss(self, m, h, rows, cols, z0):
+    def _diffusion_loss(self, m, h, rows, cols, z0, draws=None):
         head = self.diffusion[m]
         if not len(rows):  # no latent token in this batch: a zero that still touches every head
             return sum(p.sum() for p in head.parameters()) * 0.0  # parameter (DDP expects their gradients)
         # per-token conditions: each latent token a span of one (condition dropout per token)
-        return head.loss(h[rows, cols][:, None], z0[:, None])
+        if draws is not None:
+            draws = {"noise": draws["noise"][:, None], "steps": draws["steps"][:, None], "drop": draws["drop"]}
+        return head.loss(h[rows, cols][:, None], z0[:, None], draws=draws, reduction="sum")
 
     def _token_loss(self, h, targets, reduction, z_loss):
         if self.cfg.id_heads:

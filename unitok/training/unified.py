@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from unitok.config import load_config, to_dict
@@ -139,21 +140,41 @@ class UnifiedTask(TransformerTask):
                 "heads": {m: self.cfg.heads.get(m, "discrete") for m in self.shards.vocab.codebooks}}
 
     @torch.no_grad()
-    def latent_targets(self, targets: torch.Tensor) -> dict:
-        """{modality: (rows, cols, z0)} for the diffusion heads: every latent token whose first code is
-        the target at (row, col) (so the state there conditions it) and whose L level codes all lie in
-        the row; z0 (M, D) its dequantized latent."""
+    def latent_targets(self, targets: torch.Tensor, key: tuple = (), rank: int = 0) -> dict:
+        """{modality: (rows, cols, z0, draws)} for the diffusion heads: every latent token whose first
+        code is the target at (row, col) (so the state there conditions it) and whose L level codes all
+        lie in the row; z0 (M, D) its dequantized latent; its noise, timestep and condition dropout drawn
+        for the global batch from (seed, `key`) and taken at the token's global row (this rank's rows
+        start at rank * rows), so every number of ranks trains on the same draws."""
         v, dev = self.shards.vocab, self.engine.device
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.run.seed, *key]).generate_state(1)[0]))
+        B, T = self.cfg.batch_size, targets.shape[1]
         out = {}
-        for m, tok in self.latent_tokenizers.items():
+        for m, tok in sorted(self.latent_tokenizers.items()):
+            head = self.model_cfg.diffusion_heads[m]
             L = v.codebooks[m].levels
             lo, hi = v.code_range(m, 0)
             rows, cols = ((targets >= lo) & (targets < hi)).nonzero(as_tuple=True)
-            keep = cols + L <= targets.shape[1]  # a frame cut by the row's end is left out
+            keep = cols + L <= T  # a frame cut by the row's end is left out
             rows, cols = rows[keep], cols[keep]
             codes = torch.stack([targets[rows, cols + lvl] - v.code_range(m, lvl)[0] for lvl in range(L)], 1)
-            out[m] = (rows.to(dev), cols.to(dev), code_latents(tok, codes).to(dev))
+            noise = torch.randn((B, T, head.latent_dim), generator=g)
+            steps = torch.randint(0, head.train_steps, (B, T), generator=g)
+            drop = torch.rand((B, T), generator=g) < head.cond_dropout
+            at = (rows + rank * targets.shape[0], cols)
+            draws = {"noise": noise[at].to(dev), "steps": steps[at].to(dev), "drop": drop[at].to(dev)}
+            z0 = code_latents(tok, codes) if len(codes) else torch.zeros(0, head.latent_dim)
+            out[m] = (rows.to(dev), cols.to(dev), z0.to(dev), draws)
         return out
+
+    def _global_count(self, n: int) -> float:
+        """The latent tokens of all ranks' batches (at least 1). Dividing each rank's sum by it, times
+        the world size (DDP averages gradients), trains exactly as one process on the global batch."""
+        if not self.engine.distributed:
+            return max(n, 1)
+        c = torch.tensor([float(n)], device=self.engine.device)
+        torch.distributed.all_reduce(c)
+        return max(float(c), 1.0)
 
     def data_state(self):
         return dict(self.data.state)
@@ -177,15 +198,17 @@ class UnifiedTask(TransformerTask):
         for lo, hi in self.ce_off:
             w = w * ~((t >= lo) & (t < hi))
         loss = (nll * w).sum() / w.sum().clamp_min(1e-9)
-        if diffusion:
+        if diffusion:  # each modality's mean over the global batch's latent tokens (see _global_count)
+            diffusion = {m: d * self.engine.world / self._global_count(len(latents[m][0])) for m, d in diffusion.items()}
             loss = loss + self.cfg.diffusion_weight * sum(diffusion.values())
         sums = torch.zeros(4, device=dev).index_add_(0, mod, nll * valid)
         counts = torch.zeros(4, device=dev).index_add_(0, mod, valid.float())
         return loss, {"sums": sums.detach(), "counts": counts, "diffusion": {m: float(d.detach()) for m, d in diffusion.items()}}
 
     def forward_backward(self, scale: float) -> dict:
+        key = tuple(self.data.state[k] for k in ("epoch", "pos", "offset"))  # the batch's place in the data
         b = self.data.next(self.engine.world, self.engine.rank)
-        latents = self.latent_targets(b.targets) if self.latent_tokenizers else None
+        latents = self.latent_targets(b.targets, key, self.engine.rank) if self.latent_tokenizers else None
         loss, parts = self._losses(b, self.model_train, latents=latents)
         (loss * scale).backward()
         m = {"loss": float(loss.detach())}
