@@ -114,3 +114,10 @@ def test_kill_resume_and_two_ranks_with_a_diffusion_head(shards, tmp_path):  # n
     rel = max(abs(la[k] - lb[k]) / abs(la[k]) for k in la)
     print(f"diffusion head ddp: max relative loss difference 1 vs 2 ranks {rel:.2e}")
     assert rel < 1e-4, rel  # the unified trainer's tolerance (test_unified)
+
+
+def test_diffusion_config_loads():
+    from test_engine import ROOT
+
+    cfg = load_config(UnifiedConfig, ROOT / "configs" / "train" / "unified-diffusion-debug.yaml")
+    assert cfg.heads == {"image": "both"} and cfg.diffusion["width"] == 64 and cfg.model.dim == 32
