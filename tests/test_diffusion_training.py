@@ -121,3 +121,26 @@ def test_diffusion_config_loads():
 
     cfg = load_config(UnifiedConfig, ROOT / "configs" / "train" / "unified-diffusion-debug.yaml")
     assert cfg.heads == {"image": "both"} and cfg.diffusion["width"] == 64 and cfg.model.dim == 32
+
+
+def test_a_span_generated_by_the_diffusion_head_feeds_its_codes_back(shards, tmp_path):  # noqa: F811
+    """diffusion_span: reproducible with a seed; the codes fed back are the sampled latents' codes;
+    the latent decodes to an image of the grid's size; guidance with an unconditional stream runs."""
+    from unitok.generation.diffusion import diffusion_span
+    from unitok.model.diffusion_head import latent_codes, latent_tokens
+
+    task, _ = _train(shards, tmp_path / "run", "heads.image=both", "run.max_steps=2")
+    model, vocab, tok = task.model.eval(), task.shards.vocab, task.latent_tokenizers["image"]
+    grid = (2, 3)
+    prompt = [vocab.bos, *vocab.span_head("image", grid)]
+    a = diffusion_span(model, tok, vocab, "image", prompt, grid, steps=3, seed=1)
+    b = diffusion_span(model, tok, vocab, "image", prompt, grid, steps=3, seed=1)
+    c = diffusion_span(model, tok, vocab, "image", prompt, grid, steps=3, seed=2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+    z, codes = a
+    assert z.shape == (1, tok.config.embed_dim, *grid) and codes.shape == (6, 1)
+    assert torch.equal(codes, latent_codes(tok, latent_tokens(z)[0]))
+    assert torch.equal(tok.quantize_latents(z).reshape(-1), codes[:, 0])  # as encode would code it
+    assert tok.decode_latents(z).shape == (1, 3, 2 * tok.downsample, 3 * tok.downsample)
+    g = diffusion_span(model, tok, vocab, "image", prompt, grid, steps=3, seed=1, cfg_scale=2.0, uncond_prompt=[vocab.bos])
+    assert g[0].shape == z.shape and not torch.equal(g[0], z)

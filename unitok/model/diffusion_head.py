@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["DiffusionHeadConfig", "DiffusionHead", "SAMPLERS", "PROJECTORS", "latent_tokens", "latent_grid",
-           "code_latents", "diffusion_head_spec"]
+           "code_latents", "latent_codes", "diffusion_head_spec"]
 
 PROJECTORS = ("linear", "mlp", "resampler")
 SAMPLERS = {"epsilon": ("ddpm", "ddim"), "flow": ("euler",)}
@@ -278,6 +278,14 @@ def code_latents(tok, codes: torch.Tensor) -> torch.Tensor:
     if L == 1 and tok.modality != "audio":  # single-codebook image and video codes have no level axis
         grid = grid[:, 0]
     return latent_tokens(tok.dequantize(grid))[0]
+
+
+def latent_codes(tok, z: torch.Tensor) -> torch.Tensor:
+    """The inverse direction of `code_latents`: latent tokens (M, D) -> their codes (M, L) in sequence
+    order, by `tok.quantize_latents` (the codes `encode` would give for media with these latents)."""
+    M, D = z.shape
+    grid = z.T.reshape(1, D, *([1] * (GRID_AXES[tok.modality] - 1)), M)  # (1, D, 1, .., M)
+    return tok.quantize_latents(grid).reshape(-1, M).T  # leading axes: the L levels
 
 
 def diffusion_head_spec(tok) -> dict:
