@@ -79,7 +79,9 @@ def test_head_recipe_errors_are_one_line(shards, tmp_path):  # noqa: F811
                        (["heads.image=continuous"], "heads: image: 'continuous'"),
                        (["heads.image=both", "diffusion.projector=resampler"], "the resampler needs whole spans"),
                        (["heads.image=both", "diffusion.latent_dim=4"], "come from the tokenizer"),
-                       (["heads.image=diffusion", "freeze_backbone=true"], "set init_from")]:
+                       (["heads.image=diffusion", "freeze_backbone=true"], "set init_from"),
+                       (["heads.image=diffusion", "bidirectional_images=true", "loss_weights.image=0"],
+                        "keep heads.image discrete")]:
         with pytest.raises(ConfigError, match=match):
             load_config(UnifiedConfig, DEBUG, bad)
     with pytest.raises(ConfigError, match="no video tokenizer"):

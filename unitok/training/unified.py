@@ -84,6 +84,9 @@ class UnifiedConfig:
             if m not in MODALITIES[1:] or kind not in HEAD_MODES:
                 raise ValueError(f"heads: {m}: {kind!r}; use a media modality ({', '.join(MODALITIES[1:])}) -> "
                                  f"{' | '.join(HEAD_MODES)}")
+        if self.bidirectional_images and self.heads.get("image", "discrete") != "discrete":
+            raise ValueError("bidirectional_images lets each image state see the span's later codes, which the "
+                             "diffusion head's condition must not: keep heads.image discrete with it")
         if self.diffusion.get("projector") == "resampler":
             raise ValueError("the unified trainer conditions each latent token on its own state (projector linear or "
                              "mlp); the resampler needs whole spans, which packed rows may cut")
