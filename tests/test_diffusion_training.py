@@ -146,3 +146,49 @@ def test_a_span_generated_by_the_diffusion_head_feeds_its_codes_back(shards, tmp
     assert tok.decode_latents(z).shape == (1, 3, 2 * tok.downsample, 3 * tok.downsample)
     g = diffusion_span(model, tok, vocab, "image", prompt, grid, steps=3, seed=1, cfg_scale=2.0, uncond_prompt=[vocab.bos])
     assert g[0].shape == z.shape and not torch.equal(g[0], z)
+
+
+def test_pipeline_text_to_image_with_the_diffusion_head(shards, tmp_path):  # noqa: F811
+    import numpy as np
+
+    from unitok.errors import CheckpointError, ConfigError
+    from unitok.generation import Pipeline
+
+    _train(shards, tmp_path / "run", "heads.image=both", "run.max_steps=2")
+    pipe = Pipeline.from_pretrained(tmp_path / "run")
+    px = 2 * pipe.tokenizers["image"].downsample
+    kw = dict(prompt="a", size=px, head="diffusion", steps=3, seed=4)
+    a = pipe("text-to-image", **kw, out=tmp_path / "out")
+    b = pipe("text-to-image", **kw)
+    assert a.samples[0].media.shape == (px, px, 3) and np.array_equal(a.samples[0].media, b.samples[0].media)
+    assert a.samples[0].span["codes_shape"] == [2, 2] and a.samples[0].ids[-1] == pipe.vocab.marker_ids["image"][1]
+    assert (tmp_path / "out" / "sample0.png").is_file() and a.settings["head"] == "diffusion"
+    torch.manual_seed(0)  # a head two steps old still predicts ~0 whatever its condition: give it some
+    for p in pipe.model.diffusion["image"].denoiser.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    a, g = (pipe("text-to-image", **kw, cfg=c) for c in (1.0, 2.0))  # guidance against the unconditional stream
+    assert not np.array_equal(g.samples[0].media, a.samples[0].media)
+    with pytest.raises(ConfigError, match="text-to-image spans only"):
+        pipe("text-to-audio", prompt="a", seconds=0.1, head="diffusion")
+    with pytest.raises(ConfigError, match="sampler 'euler' does not sample"):
+        pipe("text-to-image", **{**kw, "steps": 1}, sampler="euler")
+    _train(shards, tmp_path / "plain", "run.max_steps=1")
+    with pytest.raises(CheckpointError, match="no diffusion head for image"):
+        Pipeline.from_pretrained(tmp_path / "plain")("text-to-image", **kw)
+    # the CLI: --head, --steps, --sampler reach the pipeline; a head the checkpoint lacks is one line
+    import subprocess
+    import sys
+
+    from test_engine import ENV, ROOT
+
+    def cli(run, out):
+        return subprocess.run([sys.executable, "-m", "unitok.cli", "generate", str(run), "--task", "text-to-image",
+                               "--prompt", "a", "--size", str(px), "--head", "diffusion", "--steps", "2",
+                               "--sampler", "ddpm", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env=ENV)
+    r = cli(tmp_path / "run", tmp_path / "cli")
+    assert r.returncode == 0, r.stderr[-2000:]
+    js = json.loads((tmp_path / "cli" / "generation.json").read_text())
+    assert (js["settings"]["head"], js["settings"]["steps"], js["settings"]["sampler"]) == ("diffusion", 2, "ddpm")
+    r = cli(tmp_path / "plain", tmp_path / "cli2")
+    assert r.returncode == 2 and "no diffusion head for image" in r.stderr and r.stderr.count("\n") == 1
