@@ -28,6 +28,9 @@ def test_both_heads_train_and_the_checkpoint_records_them(shards, tmp_path):  # 
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "diffusion_image" in r]
     assert len(steps) == 10 and all(r["diffusion_image"] > 0 for r in steps) and "loss_image" in steps[0]
+    evals = [r["eval_diffusion_image"] for r in recs if "eval_diffusion_image" in r]
+    assert len(evals) >= 2 and all(e > 0 for e in evals)  # the held-out diffusion loss, at each evaluation
+    assert task.evaluate()["eval_diffusion_image"] == pytest.approx(evals[-1])  # fixed draws: a repeatable figure
     meta = json.loads((tmp_path / "run" / "checkpoint" / "model.json").read_text())
     head = meta["config"]["heads"]["image"]
     tok = task.latent_tokenizers["image"]

@@ -151,7 +151,7 @@ class UnifiedTask(TransformerTask):
         start at rank * rows), so every number of ranks trains on the same draws."""
         v, dev = self.shards.vocab, self.engine.device
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.run.seed, *key]).generate_state(1)[0]))
-        B, T = self.cfg.batch_size, targets.shape[1]
+        B, T = max(self.cfg.batch_size, targets.shape[0]), targets.shape[1]  # rows of the global batch
         out = {}
         for m, tok in sorted(self.latent_tokenizers.items()):
             head = self.model_cfg.diffusion_heads[m]
@@ -238,12 +238,20 @@ class UnifiedTask(TransformerTask):
         self.model.eval()
         sums = torch.zeros(4, device=self.engine.device)
         counts = torch.zeros(4, device=self.engine.device)
-        for b in batches:
-            _, parts = self._losses(b, self.model, z_loss=0.0)
+        diffusion = {m: [0.0, 0] for m in self.latent_tokenizers}  # per modality: loss sum, latent tokens
+        for i, b in enumerate(batches):
+            # the held-out pass draws its noise from keys of its own (no epoch reaches 2**32 - 1): the same
+            # every evaluation; every rank evaluates the whole batch (rank 0's rows)
+            latents = self.latent_targets(b.targets, (2**32 - 1, i)) if diffusion else None
+            _, parts = self._losses(b, self.model, z_loss=0.0, latents=latents)
             sums += parts["sums"]
             counts += parts["counts"]
+            for m, d in parts["diffusion"].items():
+                diffusion[m][0] += d * len(latents[m][0])
+                diffusion[m][1] += len(latents[m][0])
         self.model.train(was)
         out = {"eval_loss": float(sums.sum() / counts.sum().clamp_min(1))}
+        out.update({f"eval_diffusion_{m}": s / n for m, (s, n) in diffusion.items() if n})
         for i, name in enumerate(MODALITIES):
             if counts[i] > 0:
                 out[f"eval_loss_{name}"] = float(sums[i] / counts[i])
