@@ -31,6 +31,9 @@ def test_both_heads_train_and_the_checkpoint_records_them(shards, tmp_path):  # 
     evals = [r["eval_diffusion_image"] for r in recs if "eval_diffusion_image" in r]
     assert len(evals) >= 2 and all(e > 0 for e in evals)  # the held-out diffusion loss, at each evaluation
     assert task.evaluate()["eval_diffusion_image"] == pytest.approx(evals[-1])  # fixed draws: a repeatable figure
+    card = (tmp_path / "run" / "checkpoint" / "README.md").read_text()
+    line = next(x for x in card.splitlines() if x.startswith("- output heads: "))
+    assert "image both (held-out diffusion loss " in line and "audio discrete" in line
     meta = json.loads((tmp_path / "run" / "checkpoint" / "model.json").read_text())
     head = meta["config"]["heads"]["image"]
     tok = task.latent_tokenizers["image"]

@@ -332,10 +332,14 @@ def write_card(task: UnifiedTask, summary: dict, path: Path) -> None:
                      + f" | {versus_baseline(summary, m) if f'baseline_{m}' in summary else '-'} |" for m in MODALITIES)
     held = "\n".join(f"- {k}: {summary[f'heldout_{k}']}" for k in MODALITIES if f"heldout_{k}" in summary)
     toks = "\n".join(f"- {m}: `{json.dumps(i)}`" for m, i in st.get("tokenizers", {}).items())
+    heads = "; ".join(f"{m} {task.cfg.heads.get(m, 'discrete')}" + (
+        f" (held-out diffusion loss {summary[f'eval_diffusion_{m}']:.4f})" if f"eval_diffusion_{m}" in summary else "")
+        for m in v.codebooks) or "-"
     path.write_text(f"""# Unified model card
 
 - parameters: {task.model.num_params():,}; config: `{json.dumps(task.model_config())}`
 - vocabulary: {v.size} ids (hash {v.hash[:12]}); condition dropout {task.cfg.cond_dropout}
+- output heads: {heads}
 - data: {task.shards.path} ({st['documents']} documents, {st['tokens']:,} tokens); {summary['steps']} steps,
   {summary['minutes']} min
 
