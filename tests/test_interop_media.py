@@ -488,7 +488,7 @@ def test_per_modality_heads_are_checked():
     head = {"kind": "mlp", "start": 500, "size": 12, "code_dim": 4, "in_layers": 2, "out_hidden": 16}
     cfg = debug(heads={"image": head})
     assert (cfg.embedding_rows, debug().embedding_rows) == (500, 512)
-    for bad, match in [({**head, "kind": "diffusion"}, "unknown kind 'diffusion'"),
+    for bad, match in [({**head, "kind": "conv"}, "unknown kind 'conv'"),
                        ({**head, "start": 400}, "starts at id 400; .* so it starts at 500"),
                        ({**head, "extra": 1}, "takes exactly the keys"),
                        ({**head, "size": 0, "start": 512}, "must be positive integers")]:

@@ -42,7 +42,7 @@ from torch import nn
 from unitok.errors import CheckpointError, inside, read_json
 
 __all__ = ["FORMAT", "Loaded", "save_checkpoint", "load_model", "read_state", "read_weights", "read_optimizers",
-           "resolve", "export", "convert", "module_state"]
+           "resolve", "export", "convert", "module_state", "trained_heads", "check_head"]
 
 FORMAT = "unitok-checkpoint/1"
 MODEL_JSON, STATE_JSON, VOCAB_JSON, OPTIM = "model.json", "state.json", "vocab.json", "optimizer.pt"
@@ -255,8 +255,11 @@ def build_model(meta: dict, source) -> tuple[nn.Module, Any]:
     raise CheckpointError(f"{source}: unknown model kind {meta['kind']!r}")
 
 
-def load_model(path, *, map_location="cpu", weights: str | None = None) -> Loaded:
+def load_model(path, *, map_location="cpu", weights: str | None = None, heads: dict | None = None) -> Loaded:
     """Load a checkpoint (run dir or checkpoint dir) for inference.
+
+    `heads` {modality: "discrete" | "diffusion"}: the output heads the caller will use; a head the
+    checkpoint was not trained with is a CheckpointError (`check_head`), never a guess.
 
     The fused-kernel backends are a property of the machine, not of the weights: "triton" becomes
     "auto", so a model trained with the kernels on a GPU runs on a CPU with the torch ops.
@@ -282,7 +285,30 @@ def load_model(path, *, map_location="cpu", weights: str | None = None) -> Loade
     out.tokenizers = load_tokenizers(ckpt, meta)
     if (ckpt / VOCAB_JSON).is_file():
         out.vocab = load_vocab(ckpt, out.tokenizers, getattr(cfg, "vocab_size", None))
+    for m, head in (heads or {}).items():
+        check_head(out, m, head)
     return out
+
+
+def trained_heads(loaded: Loaded) -> dict[str, str]:
+    """modality -> "discrete" | "diffusion" | "both": the heads a unified checkpoint trained (its
+    state's task.heads; every media modality "discrete" in checkpoints from before the heads)."""
+    recorded = loaded.state.get("task", {}).get("heads")
+    if recorded is not None:
+        return dict(recorded)
+    return {m: "discrete" for m in (loaded.vocab.codebooks if loaded.vocab is not None else ())}
+
+
+def check_head(loaded: Loaded, modality: str, head: str) -> None:
+    """CheckpointError (one line) unless `loaded` has the `head` ("discrete" or "diffusion") of `modality`."""
+    if head not in ("discrete", "diffusion"):
+        raise CheckpointError(f"unknown head {head!r} for {modality}; use discrete or diffusion")
+    have = trained_heads(loaded).get(modality)
+    if have is None:
+        raise CheckpointError(f"{loaded.path}: the model has no {modality} output")
+    if have not in (head, "both"):
+        raise CheckpointError(f"{loaded.path}: no {head} head for {modality} (the checkpoint has a {have} head; "
+                              f"train one with heads.{modality}: {head} or both)")
 
 
 def tokenizer_dirs(ckpt: Path, meta: dict) -> dict[str, Path]:

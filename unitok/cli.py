@@ -299,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "  unitok generate runs/u --task text-to-audio --prompt 'hello world' --seconds 2 --out out/tts")
     p.add_argument("run", help="run directory or checkpoint directory")
     p.add_argument("--task", required=True, metavar="TASK", help="one of the tasks above")
+    p.add_argument("--head", choices=("discrete", "diffusion"), default="discrete",
+                   help="output head of the media span (diffusion: text-to-image, a checkpoint trained with one)")
+    p.add_argument("--steps", type=int, default=50, help="diffusion head: denoising steps (default 50)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim", "euler"), default=None,
+                   help="diffusion head: sampler (default: ddim for epsilon heads, euler for flow heads)")
     p.add_argument("--prompt", default="", help="text prompt (default: none)")
     p.add_argument("--image", default=None, metavar="FILE", help="input image (image-to-text, image-to-image)")
     p.add_argument("--audio", default=None, metavar="FILE", help="input audio (audio-to-text)")

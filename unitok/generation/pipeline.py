@@ -143,6 +143,7 @@ class Pipeline:
         self.vocab = loaded.vocab
         self.tokenizers = {t.modality: t for t in loaded.tokenizers.values()}
         self.state = loaded.state
+        self.loaded = loaded  # the heads it trained (`check_head`)
         self.cond_dropout = condition_dropout(loaded)
         self.policy = policy if policy is not None else training_policy(loaded.state)
         self.grammar = SpanGrammar(self.vocab)
@@ -163,14 +164,17 @@ class Pipeline:
             size: int | None = None, frames: int | None = None, n: int = 1, seed: int = 0, cfg: float = 1.0,
             max_new_tokens: int | None = None, sampling=None, temperature: float | None = None,
             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
-            out=None, progress: bool = False) -> GenerationResult:
+            out=None, progress: bool = False, head: str = "discrete", steps: int = 50,
+            sampler: str | None = None) -> GenerationResult:
         """Generate `n` samples for `task`. image / audio / video: input files (the task's inputs only).
         seconds (text-to-audio), size (pixels, image and video tasks), frames (video-continuation, in
         all): the output's size. cfg: guidance scale inside the media span (1 = off). max_new_tokens:
         text tasks only (default: what the context holds). sampling, temperature, top_k, top_p,
         repetition_penalty: as `generate_batch`. out: a folder for the files and generation.json.
-        progress: a progress bar (terminal) or periodic lines for long spans. One-line errors
-        (`UnitokError`) for every bad input."""
+        progress: a progress bar (terminal) or periodic lines for long spans. head: "discrete" (codes
+        sampled from the logits) or "diffusion" (text-to-image only so far: the latent sampled by the
+        checkpoint's diffusion head with `steps` steps of `sampler`, its codes fed back, the continuous
+        latent decoded; `diffusion_span`). One-line errors (`UnitokError`) for every bad input."""
         from unitok.generation.guidance import check_guidance
         from unitok.generation.sample import generate_batch, resolve_sampling
 
@@ -187,29 +191,36 @@ class Pipeline:
                             size=size, frames=frames, max_new_tokens=max_new_tokens)
         t1 = time.perf_counter()
 
-        grammar = self.grammar if spec.output != "text" else self.text_grammar
-        states = [grammar.start(req.ids) for _ in range(n)]
-        for st in states:
-            st.frames = req.audio_frames
-        stops = [self.vocab.marker_ids[spec.output][1]] if spec.output != "text" else None
-        bar = _Progress(req.max_new_tokens, task, progress)
-        try:
-            rows = generate_batch(self.model, [req.ids] * n, req.max_new_tokens, sampling=settings, seed=seed,
-                                  eos_id=self.vocab.eos, stop_ids=stops, grammar=states, cfg_scale=cfg,
-                                  progress=bar.update)
-        finally:
-            bar.close()
-        t2 = time.perf_counter()
+        if head != "discrete":
+            samples = self._diffusion(task, req, n=n, seed=seed, cfg=cfg, head=head, steps=steps, sampler=sampler)
+            rows = [smp.ids for smp in samples]
+            t2 = t3 = time.perf_counter()  # the latents are decoded inside
+        else:
+            grammar = self.grammar if spec.output != "text" else self.text_grammar
+            states = [grammar.start(req.ids) for _ in range(n)]
+            for st in states:
+                st.frames = req.audio_frames
+            stops = [self.vocab.marker_ids[spec.output][1]] if spec.output != "text" else None
+            bar = _Progress(req.max_new_tokens, task, progress)
+            try:
+                rows = generate_batch(self.model, [req.ids] * n, req.max_new_tokens, sampling=settings, seed=seed,
+                                      eos_id=self.vocab.eos, stop_ids=stops, grammar=states, cfg_scale=cfg,
+                                      progress=bar.update)
+            finally:
+                bar.close()
+            t2 = time.perf_counter()
 
-        samples = [self._read(spec.output, req, new) for new in rows]
-        t3 = time.perf_counter()
+            samples = [self._read(spec.output, req, new) for new in rows]
+            t3 = time.perf_counter()
+
         result = GenerationResult(
             task=task, prompt=prompt or "", prompt_ids=req.ids, samples=samples,
             inputs={k: str(v) for k, v in dict(image=image, audio=audio, video=video).items() if v is not None},
             settings={"checkpoint": str(self.path), "vocab_hash": self.vocab.hash, "n": n, "seed": seed, "cfg": cfg,
                       "cond_dropout": self.cond_dropout, "max_new_tokens": req.max_new_tokens,
                       "sampling": {m: asdict(s) for m, s in settings.items()}, **req.settings,
-                      "policy": asdict(self.policy), "device": str(self.device)},
+                      "policy": asdict(self.policy), "device": str(self.device),
+                      **({"head": head, "steps": steps, "sampler": sampler or "default"} if head != "discrete" else {})},
             timings={"prompt_s": round(t1 - t0, 4), "generate_s": round(t2 - t1, 4), "decode_s": round(t3 - t2, 4),
                      "new_tokens": sum(len(r) for r in rows),
                      "tokens_per_s": round(sum(len(r) for r in rows) / max(t2 - t1, 1e-9), 1)})
@@ -221,6 +232,30 @@ class Pipeline:
             js.write_text(json.dumps(result.to_json(), indent=1) + "\n")
             result.files.append(js)
         return result
+
+    def _diffusion(self, task, req, *, n, seed, cfg, head, steps, sampler) -> list[Sample]:
+        """`run`'s samples from the diffusion head: each span from `diffusion_span`, its latent decoded."""
+        from unitok.checkpoint import check_head
+        from unitok.generation.diffusion import diffusion_span
+        from unitok.generation.guidance import unconditional_prompt
+
+        if task != "text-to-image":
+            raise ConfigError(f"{task}: the diffusion head generates text-to-image spans only so far (use --head "
+                              "discrete)")
+        check_head(self.loaded, "image", head)
+        v, tok = self.vocab, self.tokenizers["image"]
+        offsets = [v.code_range("image", lvl)[0] for lvl in range(v.codebooks["image"].levels)]
+        samples = []
+        for i in range(n):
+            try:
+                z, codes = diffusion_span(self.model, tok, v, "image", req.ids, tuple(req.settings["grid"]),
+                                          steps=steps, sampler=sampler, cfg_scale=cfg,
+                                          uncond_prompt=unconditional_prompt(req.ids, v), seed=seed + i)
+            except ValueError as e:  # steps or a sampler the head refuses
+                raise ConfigError(str(e)) from None
+            new = [int(c) + o for row in codes.tolist() for c, o in zip(row, offsets)] + [v.marker_ids["image"][1]]
+            samples.append(self._read("image", req, new, latent=z))
+        return samples
 
     # ------------------------------------------------------------------ checks
     def _check(self, task, given, *, seconds, size, frames, n, cfg, max_new_tokens) -> TaskSpec:
@@ -409,7 +444,7 @@ class Pipeline:
         return tok.encode(x)[0].cpu().numpy(), x.shape[2]
 
     # ------------------------------------------------------------------ outputs
-    def _read(self, output: str, req: _Request, new: list[int]) -> Sample:
+    def _read(self, output: str, req: _Request, new: list[int], latent: torch.Tensor | None = None) -> Sample:
         v = self.vocab
         if output == "text":
             keep = [t for t in new if t < v.text_size and t != v.eos]  # an imported <eos> is a text id
@@ -421,8 +456,8 @@ class Pipeline:
             raise RuntimeError(f"the generated {output} span does not decode: {'; '.join(un.problems) or un.segments}")
         codes = segs[0][output]
         tok = self.tokenizers[output]
-        with torch.no_grad():
-            y = tok.decode(torch.as_tensor(codes)[None])
+        with torch.no_grad():  # a diffusion head's continuous latent, rendered by the decoder of the codes
+            y = tok.decode(torch.as_tensor(codes)[None]) if latent is None else tok.decode_latents(latent)
         from unitok.data.media import to_uint8
 
         if output == "image":
@@ -496,7 +531,8 @@ def run_cli(args) -> int:
     r = pipe(args.task, prompt=args.prompt, image=args.image, audio=args.audio, video=args.video,
              seconds=args.seconds, size=args.size, frames=args.frames, n=args.n, seed=args.seed, cfg=args.cfg,
              max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-             repetition_penalty=args.repetition_penalty, out=args.out, progress=True)
+             repetition_penalty=args.repetition_penalty, out=args.out, progress=True, head=args.head,
+             steps=args.steps, sampler=args.sampler)
     for s in r.samples:
         print(f"{s.file}" + (f": {s.text}" if s.text is not None else ""))
     t = r.timings

@@ -14,7 +14,7 @@ from typing import Optional
 from unitok.kernels import BACKENDS, CE_BACKENDS, NORM_BACKENDS, TRITON_HEAD_DIMS
 
 __all__ = ["ModelConfig", "debug", "text", "small", "base", "PRESETS", "preset", "QK_NORM_TYPES", "ROPE_SCALING",
-           "HEAD_KINDS", "check_rope_scaling", "check_heads"]
+           "HEAD_KINDS", "ID_HEAD_KINDS", "check_rope_scaling", "check_heads"]
 
 # QK-norm kinds, both applied to each head's queries and keys before RoPE. "rms": one RMSNorm over
 # head_dim, its gain shared by the heads (Qwen3, unitok). "layernorm": a LayerNorm over head_dim with
@@ -32,9 +32,29 @@ ROPE_SCALING = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "ori
 #   "mlp" (Janus's image generation): in, Embedding(size, code_dim), then Linear(code_dim, dim) and
 #         in_layers - 1 times [GELU, Linear(dim, dim)]; out, Linear(dim, out_hidden), GELU,
 #         Linear(out_hidden, size), read from the final-normed hidden state.
-# Each kind is one key set below; a head of another kind (a diffusion head on continuous latents)
-# adds its own kind here and its module in unitok.model.transformer.
-HEAD_KINDS = {"mlp": ("start", "size", "code_dim", "in_layers", "out_hidden")}
+#   "diffusion" (unitok.model.diffusion_head): owns no ids. The backbone reads and lm_head predicts the
+#         modality's codes as without heads; the head generates the tokenizer's continuous latent from the
+#         hidden states at the span's positions. Its keys: DiffusionHeadConfig's fields (latent_dim required).
+# Each kind is one key set below, with its module in unitok.model.transformer. One head per modality
+# (a modality with an "mlp" head has no diffusion head yet).
+HEAD_KINDS = {"mlp": ("start", "size", "code_dim", "in_layers", "out_hidden"), "diffusion": ()}
+ID_HEAD_KINDS = ("mlp",)  # the kinds that own ids at the top of the id range
+
+
+def _check_diffusion_head(m: str, h: dict) -> None:
+    from dataclasses import fields
+
+    from unitok.model.diffusion_head import DiffusionHeadConfig
+
+    known = {f.name for f in fields(DiffusionHeadConfig)}
+    rest = {k: v for k, v in h.items() if k != "kind"}
+    if not set(rest) <= known or "latent_dim" not in rest:
+        raise ValueError(f"head {m!r} (diffusion) takes latent_dim and optionally {', '.join(sorted(known - {'latent_dim'}))}; "
+                         f"got {', '.join(sorted(h))}")
+    try:
+        DiffusionHeadConfig(**rest)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"head {m!r} (diffusion): {e}") from None
 
 
 def check_heads(heads: Optional[dict], vocab_size: int) -> None:
@@ -44,11 +64,16 @@ def check_heads(heads: Optional[dict], vocab_size: int) -> None:
         return
     if not isinstance(heads, dict) or not heads:
         raise ValueError(f"heads must be a non-empty mapping of modality -> head, got {heads!r}")
-    nxt = vocab_size - sum(h.get("size", 0) if isinstance(h, dict) else 0 for h in heads.values())
-    for m, h in sorted(heads.items(), key=lambda kv: kv[1].get("start", 0) if isinstance(kv[1], dict) else 0):
+    for m, h in heads.items():
         kind = h.get("kind") if isinstance(h, dict) else None
         if kind not in HEAD_KINDS:
             raise ValueError(f"head {m!r}: unknown kind {kind!r}; available: {', '.join(HEAD_KINDS)}")
+        if kind == "diffusion":
+            _check_diffusion_head(m, h)
+    heads = {m: h for m, h in heads.items() if h["kind"] in ID_HEAD_KINDS}
+    nxt = vocab_size - sum(h.get("size", 0) for h in heads.values())
+    for m, h in sorted(heads.items(), key=lambda kv: kv[1].get("start", 0)):
+        kind = h["kind"]
         keys = HEAD_KINDS[kind]
         if set(h) != {"kind", *keys}:
             raise ValueError(f"head {m!r} ({kind}) takes exactly the keys kind, {', '.join(keys)}; got {', '.join(sorted(h))}")
@@ -139,7 +164,20 @@ class ModelConfig:
     @property
     def embedding_rows(self) -> int:
         """Rows of tok_emb and lm_head: the ids below the per-modality heads (all, without heads)."""
-        return self.vocab_size - sum(h["size"] for h in (self.heads or {}).values())
+        return self.vocab_size - sum(h["size"] for h in self.id_heads.values())
+
+    @property
+    def id_heads(self) -> dict:
+        """The heads that own ids (embedded and predicted by their own modules), by modality."""
+        return {m: h for m, h in (self.heads or {}).items() if h["kind"] in ID_HEAD_KINDS}
+
+    @property
+    def diffusion_heads(self) -> dict:
+        """modality -> DiffusionHeadConfig of the diffusion heads."""
+        from unitok.model.diffusion_head import DiffusionHeadConfig
+
+        return {m: DiffusionHeadConfig(**{k: v for k, v in h.items() if k != "kind"})
+                for m, h in (self.heads or {}).items() if h["kind"] == "diffusion"}
 
     @property
     def head_dim(self) -> int:

@@ -31,6 +31,7 @@ from torch import nn
 
 from unitok.kernels import attention, linear_cross_entropy, rms_norm
 from unitok.model.config import ROPE_SCALING, ModelConfig
+from unitok.model.diffusion_head import DiffusionHead
 
 __all__ = ["UnifiedTransformer", "KVCache", "RMSNorm", "doc_positions", "cached_attention"]
 
@@ -321,9 +322,11 @@ class UnifiedTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_backend)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, rows, bias=False)
-        if cfg.heads:  # in order of their ids (the logits' order)
-            specs = sorted(cfg.heads.items(), key=lambda kv: kv[1]["start"])
+        if cfg.id_heads:  # in order of their ids (the logits' order)
+            specs = sorted(cfg.id_heads.items(), key=lambda kv: kv[1]["start"])
             self.heads = nn.ModuleDict({m: ModalityHead(spec, cfg.dim) for m, spec in specs})
+        if cfg.diffusion_heads:  # continuous-latent heads read the final-normed hidden states
+            self.diffusion = nn.ModuleDict({m: DiffusionHead(c, cfg.dim) for m, c in cfg.diffusion_heads.items()})
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -339,6 +342,8 @@ class UnifiedTransformer(nn.Module):
             if p.dim() < 2 or name.endswith(("q_norm.weight", "k_norm.weight")):
                 continue  # norm gains keep their ones (a per-head QK-norm's are (heads, head_dim))
             nn.init.normal_(p, std=out_std if name.endswith(("wo.weight", "w2.weight")) else 0.02)
+        for head in getattr(self, "diffusion", {}).values():
+            head.reset_parameters()
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -391,7 +396,7 @@ class UnifiedTransformer(nn.Module):
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, dim) input vectors: tok_emb's, and each per-modality head's for its ids."""
-        if not self.cfg.heads:
+        if not self.cfg.id_heads:
             return self.tok_emb(ids)
         x = self.tok_emb(ids.clamp(max=self.tok_emb.num_embeddings - 1))  # a head's ids replaced below
         for head in self.heads.values():
@@ -402,7 +407,7 @@ class UnifiedTransformer(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden states (..., dim) -> logits (..., V) in fp32: lm_head's, then each head's."""
         out = h @ self.output_weight.t()
-        if self.cfg.heads:
+        if self.cfg.id_heads:
             out = torch.cat([out, *(head.logits(h) for head in self.heads.values())], dim=-1)
         return out.float()
 
@@ -426,14 +431,36 @@ class UnifiedTransformer(nn.Module):
         return loss.sum() if reduction == "sum" else loss.sum() / valid.sum().clamp(min=1)
 
     def forward(self, ids, targets=None, doc_ids=None, span_ids=None, cache: KVCache | None = None,
-                reduction: str = "mean", z_loss: float | None = None, valid: torch.Tensor | None = None):
+                reduction: str = "mean", z_loss: float | None = None, valid: torch.Tensor | None = None,
+                latents: dict | None = None):
         """Without targets: logits (B, T, V) in fp32. With targets (B, T): the loss
         (mean over non-ignored tokens, plus z-loss; `reduction="sum"`/`"none"` and
-        `z_loss=0` give plain token NLLs for evaluation). `valid`: see `hidden`."""
+        `z_loss=0` give plain token NLLs for evaluation). `valid`: see `hidden`.
+        `latents` {modality: (rows, cols, z0, draws)}: the diffusion heads' targets, z0 (M, D) latent
+        tokens conditioned on the hidden states at (rows, cols) (M,) each, and their random draws
+        (`DiffusionHead.loss`: noise (M, D), steps (M,), drop (M,); None: drawn by the head); then
+        (loss, {modality: the sum over its M tokens of their diffusion losses}) is returned (the
+        caller divides by its token count). Inside forward so that DDP and FSDP see the heads'
+        parameters used."""
         h = self.hidden(ids, doc_ids, span_ids, cache, valid)
         if targets is None:
             return self.logits(h)
-        if self.cfg.heads:
+        loss = self._token_loss(h, targets, reduction, z_loss)
+        if latents is None:
+            return loss
+        return loss, {m: self._diffusion_loss(m, h, *t) for m, t in latents.items()}
+
+    def _diffusion_loss(self, m, h, rows, cols, z0, draws=None):
+        head = self.diffusion[m]
+        if not len(rows):  # no latent token in this batch: a zero that still touches every head
+            return sum(p.sum() for p in head.parameters()) * 0.0  # parameter (DDP expects their gradients)
+        # per-token conditions: each latent token a span of one (condition dropout per token)
+        if draws is not None:
+            draws = {"noise": draws["noise"][:, None], "steps": draws["steps"][:, None], "drop": draws["drop"]}
+        return head.loss(h[rows, cols][:, None], z0[:, None], draws=draws, reduction="sum")
+
+    def _token_loss(self, h, targets, reduction, z_loss):
+        if self.cfg.id_heads:
             return self._head_loss(h, targets, reduction, self.cfg.z_loss if z_loss is None else z_loss)
         return linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.output_weight, targets.reshape(-1),
                                     ignore_index=-100, z_loss=self.cfg.z_loss if z_loss is None else z_loss,

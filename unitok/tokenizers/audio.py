@@ -19,6 +19,15 @@ Official weights load from a local folder in the transformers format
 original `.th` checkpoint of the encodec package (`AudioTokenizer.from_encodec_checkpoint`).
 The 48 kHz model normalises each 1 s chunk by its RMS: `encode(..., return_scales=True)`
 returns the scales that `decode(codes, scales=...)` needs.
+
+Latents (the diffusion head's target): `latents(wav)` (B, D, T') is what the RVQ receives (after
+the latent BatchNorm and companding), one D-dim frame per code frame: the L level positions of a
+frame share it. `quantize_latents(z, levels)` == `encode`, `dequantize(codes)` (B, D, T') is the
+sum of the levels' code vectors, and `decode_latents(z, length, scales)` undoes the companding and
+runs the decoder (chunk by chunk for chunked models). RMS scales are kept in neither the codes nor
+the latents: both describe the normalised clip, `latents(..., return_scales=True)` returns them
+as `encode` does, and `decode_latents` takes them as `decode` does (None: unit RMS, so generated
+audio comes out at the normalised level).
 """
 
 from __future__ import annotations
@@ -242,9 +251,9 @@ class AudioTokenizer(NeuralTokenizer):
             return None
         return wav.mean(1, keepdim=True).pow(2).mean(-1, keepdim=True).sqrt() + 1e-8  # (B, 1, 1)
 
-    def encode_latent(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav (B, C, N) -> continuous latent (B, D, T') in the quantizer's space (normalised when
-        latent_norm is on, companded when latent_compand is set)."""
+    def _encode_chunk(self, wav: torch.Tensor) -> torch.Tensor:
+        """One chunk, already divided by its RMS scale: wav (B, C, N) -> latent (B, D, T') in the
+        quantizer's space (normalised when latent_norm is on, companded when latent_compand is set)."""
         z = self.encoder(wav)
         if self.latent_norm is not None:
             z = self.latent_norm(z)
@@ -254,8 +263,8 @@ class AudioTokenizer(NeuralTokenizer):
             z = z * (s * torch.asinh(r / s) / r)
         return z
 
-    def latent_to_decoder(self, q: torch.Tensor) -> torch.Tensor:
-        """Quantised latent (B, D, T') -> decoder input: undoes the companding (if any)."""
+    def _uncompand(self, q: torch.Tensor) -> torch.Tensor:
+        """A latent (B, D, T') in the quantizer's space -> decoder input: undoes the companding (if any)."""
         s = self.config.latent_compand
         if not s:
             return q
@@ -278,7 +287,7 @@ class AudioTokenizer(NeuralTokenizer):
         for wav in batches:
             wav = self._check_wav(wav.to(bn.running_mean.device))
             scale = self._scale(wav)
-            self.encode_latent(wav / scale if scale is not None else wav)
+            self._encode_chunk(wav / scale if scale is not None else wav)
         bn.momentum = 0.1
         self.train(was_training)
 
@@ -293,7 +302,7 @@ class AudioTokenizer(NeuralTokenizer):
         for wav in batches:
             wav = self._check_wav(wav.to(self.quantizer.codebooks.device))
             scale = self._scale(wav)
-            z = self.encode_latent(wav / scale if scale is not None else wav)  # (B, D, T')
+            z = self._encode_chunk(wav / scale if scale is not None else wav)  # (B, D, T')
             zs.append(z.transpose(1, 2).reshape(-1, z.shape[1]).float())
         residual = torch.cat(zs)  # (M, D)
         usage = []
@@ -316,9 +325,9 @@ class AudioTokenizer(NeuralTokenizer):
         wav = self._check_wav(wav)
         scale = self._scale(wav)
         x = wav / scale if scale is not None else wav
-        z = self.encode_latent(x)  # (B, D, T')
+        z = self._encode_chunk(x)  # (B, D, T')
         q, idx, commit = self.quantizer(z.transpose(1, 2))  # (B, T', D), (B, T', L), (L,)
-        y = self.decoder(self.latent_to_decoder(q.transpose(1, 2)))[..., : wav.shape[-1]]
+        y = self.decoder(self._uncompand(q.transpose(1, 2)))[..., : wav.shape[-1]]
         if scale is not None:
             y = y * scale
         return y, idx.transpose(1, 2), commit.sum()
@@ -342,7 +351,7 @@ class AudioTokenizer(NeuralTokenizer):
         codebooks = self.quantizer.codebooks
         if codes.shape[1] > codebooks.shape[0]:
             raise ValueError(f"codes have {codes.shape[1]} levels; this tokenizer has {codebooks.shape[0]}")
-        q = sum(F.embedding(codes[:, i], codebooks[i]) for i in range(codes.shape[1]))  # (B, T', D)
+        q = sum(F.embedding(codes[:, i].long(), codebooks[i]) for i in range(codes.shape[1]))  # (B, T', D)
         return q.transpose(1, 2)
 
     # --- chunking (official 48 kHz model) -----------------------------------------------------------
@@ -363,58 +372,69 @@ class AudioTokenizer(NeuralTokenizer):
         `bandwidth` (kbps) or `levels` picks L (default: all levels). Chunked models give the
         chunks' codes one after the other; `return_scales` also returns (B, chunks) RMS scales.
         """
-        wav = self._check_wav(wav)
         L = levels if levels is not None else self.levels_for_bandwidth(bandwidth)
-        if not 1 <= L <= self.config.levels:
-            raise ValueError(f"levels must be in 1..{self.config.levels}, got {L}")
+        z, scales = self.latents(wav, return_scales=True)
+        codes = self.quantize_latents(z, L)
+        return (codes, scales) if return_scales else codes
+
+    @torch.no_grad()
+    def latents(self, wav: torch.Tensor, return_scales: bool = False):
+        """wav (B, C, N) -> z (B, D, T'): each chunk divided by its RMS scale (normalising models),
+        encoded, the chunks' frames one after the other; `return_scales` also returns the (B, chunks)
+        scales (ones for models that do not normalise)."""
+        wav = self._check_wav(wav)
         n = wav.shape[-1]
         length, stride = self._chunks(n)
-        codes, scales = [], []
+        zs, scales = [], []
         for off in range(0, n, stride):
             x = wav[..., off: off + length]
             s = self._scale(x)
-            if s is not None:
-                x = x / s
-            codes.append(self._quantize(self.encode_latent(x), L))
+            zs.append(self._encode_chunk(x / s if s is not None else x))
             scales.append(s.view(-1) if s is not None else torch.ones(wav.shape[0], device=wav.device))
-        codes = torch.cat(codes, -1)
-        return (codes, torch.stack(scales, 1)) if return_scales else codes
+        z = torch.cat(zs, -1)
+        return (z, torch.stack(scales, 1)) if return_scales else z
+
+    @torch.no_grad()
+    def quantize_latents(self, z: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        """z (B, D, T') -> codes (B, L, T') with the first `levels` codebooks (default all), as `encode`."""
+        L = self.config.levels if levels is None else levels
+        if not 1 <= L <= self.config.levels:
+            raise ValueError(f"levels must be in 1..{self.config.levels}, got {L}")
+        return self._quantize(z, L)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, length: int | None = None, scales: torch.Tensor | None = None) -> torch.Tensor:
-        """codes (B, L, T') -> wav (B, C, length or T' * hop)."""
-        return self.decode_with_grad(codes, length, scales)
+        """codes (B, L, T') (or (L, T')) -> wav (B, C, length or T' * hop). With autograd on,
+        `decode_latents(dequantize(codes), ...)` is the same (the trainer's decoder-only phase)."""
+        return self.decode_latents(self.dequantize(codes if codes.dim() == 3 else codes[None]), length, scales)
 
-    def decode_with_grad(self, codes: torch.Tensor, length: int | None = None,
-                         scales: torch.Tensor | None = None) -> torch.Tensor:
-        """`decode` with autograd on (the trainer's decoder-only phase trains through it)."""
-        if codes.dim() == 2:
-            codes = codes[None]
-        codes = codes.long()
-        c = self.config
-        if c.chunk_length_s is None:
-            y = self.decoder(self.latent_to_decoder(self.dequantize(codes)))
+    def decode_latents(self, z: torch.Tensor, length: int | None = None,
+                       scales: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, D, T') in the quantizer's space, quantized or continuous -> wav (B, C, length or
+        T' * hop), times `scales` (B, chunks) if given (gradients kept)."""
+        if self.config.chunk_length_s is None:
+            y = self.decoder(self._uncompand(z))
             if scales is not None:
                 y = y * scales[:, :1, None]
         else:
-            y = self._decode_chunks(codes, scales)
+            y = self._decode_chunks(z, scales)
         return y[..., :length] if length is not None else y
 
-    def _decode_chunks(self, codes: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+    def _decode_chunks(self, z: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
         length, stride = self._chunks(0)
         per_chunk = self.num_frames(length)
         frames = []
-        for i, off in enumerate(range(0, codes.shape[-1], per_chunk)):
-            y = self.decoder(self.latent_to_decoder(self.dequantize(codes[..., off: off + per_chunk])))
+        for i, off in enumerate(range(0, z.shape[-1], per_chunk)):
+            y = self.decoder(self._uncompand(z[..., off: off + per_chunk]))
             if scales is not None:
                 y = y * scales[:, i, None, None]
             frames.append(y)
         # overlap-add with triangular weights peaking mid-chunk (as the official codec)
         total = stride * (len(frames) - 1) + frames[-1].shape[-1]
-        t = torch.linspace(0, 1, frames[0].shape[-1] + 2, device=codes.device)[1:-1]
+        t = torch.linspace(0, 1, frames[0].shape[-1] + 2, device=z.device)[1:-1]
         weight = 0.5 - (t - 0.5).abs()
-        out = torch.zeros(*frames[0].shape[:-1], total, device=codes.device)
-        wsum = torch.zeros(total, device=codes.device)
+        out = torch.zeros(*frames[0].shape[:-1], total, device=z.device)
+        wsum = torch.zeros(total, device=z.device)
         for i, f in enumerate(frames):
             n = f.shape[-1]
             out[..., i * stride: i * stride + n] += weight[:n] * f

@@ -5,6 +5,14 @@
     y = tok.decode(codes)                        # codes -> media
     tok.codebook_spec()                          # what the UnifiedVocab needs
 
+Media tokenizers (image, video, audio) also expose the continuous latent the quantizer sees, so a
+diffusion head can generate it and the same decoder render it:
+    z = tok.latents(x)                  # media -> the quantizer's input (channel-first latent grid)
+    codes = tok.quantize_latents(z)     # == tok.encode(x)
+    zq = tok.dequantize(codes)          # the latent the decoder receives for those codes (shape of z)
+    y = tok.decode_latents(zq)          # == tok.decode(codes); also takes a continuous z
+`encode` and `decode` are these compositions, so the two paths cannot drift apart.
+
 Code shapes (batched where the tokenizer takes a batch):
     text   list[int]
     image  (B, H', W')        or (B, L, H', W') for multi-level quantizers
@@ -114,6 +122,24 @@ class NeuralTokenizer(Tokenizer, nn.Module):
     def __init__(self, config):
         nn.Module.__init__(self)
         self.config = config
+
+    # The latent interface of media tokenizers (see the module docstring); text has none.
+    def latents(self, media: torch.Tensor) -> torch.Tensor:
+        """Media -> the continuous latent the quantizer receives (after the encoder's own projections,
+        before any low-dimensional lookup projection of the codebook)."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous latent")
+
+    def quantize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> the codes `encode` gives for the media the latent came from."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous latent")
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes -> the latent the decoder receives for them (the shape `latents` returns)."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous latent")
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """A latent (quantized or continuous) -> media, through the decoder that renders codes."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous latent")
 
     def save_pretrained(self, directory: str | Path) -> Path:
         from safetensors.torch import save_file

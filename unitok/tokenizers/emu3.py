@@ -289,21 +289,40 @@ class Emu3ImageTokenizer(NeuralTokenizer):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> codes (B, H/f, W/f): the nearest code of each latent."""
+        return self.quantize_latents(self.latents(x))
+
+    @torch.no_grad()
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> z (B, E, H/f, W/f): the quant_conv output of the image as a clip."""
         f = self.downsample
         if x.dim() != 4 or x.shape[1] != self.config.in_channels or x.shape[-1] % f or x.shape[-2] % f:
             raise ValueError(f"expected images (B, {self.config.in_channels}, H, W) with sides a multiple of {f}, "
                              f"got {tuple(x.shape)}")
         frames = x[:, None].expand(-1, self.config.temporal_factor, -1, -1, -1)  # a still image as a clip
-        z = self.quant_conv(self.encoder(frames).transpose(1, 2))[:, :, 0]  # (B, E, h, w): its one latent frame
+        return self.quant_conv(self.encoder(frames).transpose(1, 2))[:, :, 0]  # (B, E, h, w): its one latent frame
+
+    @torch.no_grad()
+    def quantize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, E, h, w) -> codes (B, h, w)."""
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         e = self.quantize.embedding.weight
         dist = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()  # squared distances
         return dist.argmin(1).view(z.shape[0], *z.shape[2:])
 
     @torch.no_grad()
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, h, w) -> z_q (B, E, h, w)."""
+        return self.quantize.embedding(codes.long()).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, h, w) -> images (B, 3, h*f, w*f): the first of the frames the latent decodes to."""
-        zq = self.quantize.embedding(codes.long()).permute(0, 3, 1, 2)[:, :, None]  # (B, E, 1, h, w)
+        return self.decode_latents(self.dequantize(codes))
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, E, h, w) -> images (B, 3, h*f, w*f). The decoder's spatial norms are conditioned on
+        the latent too, so a continuous z conditions them as codes' vectors do."""
+        zq = z[:, :, None]  # (B, E, 1, h, w)
         h = self.post_quant_conv(zq)
         y = self.decoder(h.transpose(1, 2), zq.transpose(1, 2))  # (B * temporal_factor, out, H, W)
-        return y.unflatten(0, (codes.shape[0], -1))[:, 0]
+        return y.unflatten(0, (z.shape[0], -1))[:, 0]

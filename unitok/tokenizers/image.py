@@ -321,18 +321,26 @@ class ImageTokenizer(NeuralTokenizer):
 
     def forward(self, x: torch.Tensor):
         """x (B, 3, H, W) in [-1, 1] -> (reconstruction (B, 3, H, W), QuantOut)."""
-        self._check(x)
-        z = self.quant_conv(self.encoder(x))  # (B, E, h, w)
+        z = self.latents(x)  # (B, E, h, w)
         B, E, h, w = z.shape
         out = self.quantize(z.flatten(2).transpose(1, 2))  # (B, h*w, E)
         zq = out.quantized.to(z.dtype).transpose(1, 2).reshape(B, E, h, w)
-        return self.decoder(self.post_quant_conv(zq)), out
+        return self.decode_latents(zq), out
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> codes (B, H/f, W/f), or (B, L, H/f, W/f) for residual VQ."""
+        return self.quantize_latents(self.latents(x))
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> z (B, embed_dim, H/f, W/f): the quant_conv output, before the
+        codebook's low-dimensional lookup projection (if any). Gradients kept (`forward` uses it)."""
         self._check(x)
-        z = self.quant_conv(self.encoder(x))
+        return self.quant_conv(self.encoder(x))
+
+    @torch.no_grad()
+    def quantize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, E, h, w) -> codes (B, h, w) or (B, L, h, w): the nearest codes, as `encode`."""
         B, E, h, w = z.shape
         idx = self.quantize(z.flatten(2).transpose(1, 2)).indices  # (B, h*w) or (B, h*w, L)
         if idx.dim() == 3:
@@ -347,6 +355,12 @@ class ImageTokenizer(NeuralTokenizer):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, h, w) (or (B, L, h, w)) -> images (B, 3, h*f, w*f) in [-1, 1] (not clamped)."""
+        return self.decode_latents(self.dequantize(codes))
+
+    @torch.no_grad()
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, h, w) (or (B, L, h, w)) -> z_q (B, E, h, w): the codes' vectors in the latent
+        space (projected back out of a lookup space; the sum of the levels for residual VQ)."""
         codes = codes.long()
         if codes.dim() == 4:  # (B, L, h, w)
             B, L, h, w = codes.shape
@@ -355,8 +369,11 @@ class ImageTokenizer(NeuralTokenizer):
             B, h, w = codes.shape
             flat = codes.reshape(B, h * w)
         zq = self.quantize.indices_to_codes(flat)  # (B, hw, E)
-        zq = zq.to(self.post_quant_conv.weight.dtype).transpose(1, 2).reshape(B, -1, h, w)
-        return self.decoder(self.post_quant_conv(zq))
+        return zq.to(self.post_quant_conv.weight.dtype).transpose(1, 2).reshape(B, -1, h, w)
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, E, h, w), quantized or continuous -> images (B, 3, h*f, w*f) (gradients kept)."""
+        return self.decoder(self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype)))
 
     def last_layer(self) -> torch.Tensor:
         """The weight the GAN's adaptive weight is computed on."""
@@ -461,7 +478,7 @@ class ImageEncoderTokenizer(ImageTokenizer):
                           "ChameleonVQVAE has none): it reads images, it cannot draw them; import the model with "
                           "--image-decoder (a taming VQGAN checkpoint) to decode")
 
-    forward = decode = last_layer = _no_decoder
+    forward = decode = decode_latents = last_layer = _no_decoder
 
 
 def _taming_names(state: dict, levels: int) -> dict:

@@ -233,27 +233,41 @@ class VideoTokenizer(NeuralTokenizer):
 
     def forward(self, x):
         """x (B, 3, T, H, W) -> (reconstruction, QuantOut)."""
-        self._check(x)
         if self.config.mode == "per-frame":
+            self._check(x)
             B, _, T, H, W = x.shape
             rec, q = self.image(x.transpose(1, 2).flatten(0, 1))
             return rec.reshape(B, T, 3, H, W).transpose(1, 2), q
-        z = self.quant_conv(self.encoder(x))  # (B, E, T', h, w)
+        z = self.latents(x)  # (B, E, T', h, w)
         B, E, T, h, w = z.shape
         q = self.quantize(z.flatten(2).transpose(1, 2))
         zq = q.quantized.to(z.dtype).transpose(1, 2).reshape(B, E, T, h, w)
-        return self.decoder(self.post_quant_conv(zq)), q
+        return self.decode_latents(zq), q
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> (B, T', H/f, W/f) (or (B, L, T', h, w) for residual VQ)."""
+        return self.quantize_latents(self.latents(x))
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, T', h, w) -> (B, 3, T, h*f, w*f), T = 1 + temporal_factor * (T' - 1)."""
+        return self.decode_latents(self.dequantize(codes))
+
+    # Latents are (B, E, T', h, w) in both modes (per-frame: T' = T, each frame's image latent), so
+    # a latent frame sits where its codes' frame sits; codes are (B, T', h, w) or (B, L, T', h, w).
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> z (B, E, T', H/f, W/f), the quantizer's input (gradients kept)."""
         self._check(x)
         if self.config.mode == "per-frame":
-            B, _, T, H, W = x.shape
-            c = self.image.encode(x.transpose(1, 2).flatten(0, 1))  # (B*T, [L,] h, w)
-            c = c.reshape(B, T, *c.shape[1:])
-            return c.transpose(1, 2) if c.dim() == 5 else c
-        z = self.quant_conv(self.encoder(x))
+            return _per_frame(self.image.latents, x)
+        return self.quant_conv(self.encoder(x))
+
+    @torch.no_grad()
+    def quantize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, E, T', h, w) -> the codes `encode` gives."""
+        if self.config.mode == "per-frame":
+            return _per_frame(self.image.quantize_latents, z)
         B, E, T, h, w = z.shape
         idx = self.quantize(z.flatten(2).transpose(1, 2)).indices
         if idx.dim() == 3:
@@ -261,17 +275,11 @@ class VideoTokenizer(NeuralTokenizer):
         return idx.reshape(B, T, h, w)
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, T', h, w) -> (B, 3, T, h*f, w*f), T = 1 + temporal_factor * (T' - 1)."""
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, T', h, w) or (B, L, T', h, w) -> z_q (B, E, T', h, w)."""
         codes = codes.long()
         if self.config.mode == "per-frame":
-            if codes.dim() == 5:  # (B, L, T, h, w)
-                B, L, T = codes.shape[:3]
-                y = self.image.decode(codes.transpose(1, 2).flatten(0, 1))
-            else:
-                B, T = codes.shape[:2]
-                y = self.image.decode(codes.flatten(0, 1))
-            return y.reshape(B, T, *y.shape[1:]).transpose(1, 2)
+            return _per_frame(self.image.dequantize, codes)
         if codes.dim() == 5:
             B, L, T, h, w = codes.shape
             flat = codes.flatten(2).transpose(1, 2)
@@ -279,9 +287,26 @@ class VideoTokenizer(NeuralTokenizer):
             B, T, h, w = codes.shape
             flat = codes.reshape(B, -1)
         zq = self.quantize.indices_to_codes(flat).transpose(1, 2).reshape(B, -1, T, h, w)
-        return self.decoder(self.post_quant_conv(zq.to(self.post_quant_conv.weight.dtype)))
+        return zq.to(self.post_quant_conv.weight.dtype)
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, E, T', h, w), quantized or continuous -> (B, 3, T, h*f, w*f) (gradients kept)."""
+        if self.config.mode == "per-frame":
+            return _per_frame(self.image.decode_latents, z)
+        return self.decoder(self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype)))
 
     def last_layer(self) -> torch.Tensor:
         if self.config.mode == "per-frame":
             return self.image.last_layer()
         return self.decoder.conv_out.conv.weight
+
+
+def _per_frame(fn, x: torch.Tensor) -> torch.Tensor:
+    """Apply an image-tokenizer function to every frame: x (B, C, T, ...) or codes (B, T, h, w)
+    (a 4-dim tensor has no channel axis) -> fn's output per frame, frames again on axis 2 (axis 1
+    for 4-dim single-level codes)."""
+    t_axis = 1 if x.dim() == 4 else 2
+    B, T = x.shape[0], x.shape[t_axis]
+    y = fn(x.movedim(t_axis, 1).flatten(0, 1))  # (B*T, ...)
+    y = y.unflatten(0, (B, T))  # (B, T, ...)
+    return y if y.dim() == 4 else y.movedim(1, 2)

@@ -171,7 +171,7 @@ class EncodecTask(Task):
         with e.autocast():
             if self.frozen:  # decoder-only phase: codes from the frozen encoder and codebooks
                 codes, scales = model.encode(x, return_scales=True)
-                y = model.decode_with_grad(codes, x.shape[-1], scales if model.config.normalize else None)
+                y = model.decode_latents(model.dequantize(codes), x.shape[-1], scales if model.config.normalize else None)
                 commit = torch.zeros((), device=e.device)
             else:
                 y, codes, commit = self.model_train(x)

@@ -48,7 +48,8 @@ class TransformerTask(Task):
     kind = "transformer"
 
     def __init__(self, engine: Engine, model: ModelConfig, vocab, *, batch_size: int, seq_len: int,
-                 optim: OptimConfig, init_from: str | None = None, activation_checkpointing: bool = False):
+                 optim: OptimConfig, init_from: str | None = None, activation_checkpointing: bool = False,
+                 freeze_backbone: bool = False):
         from unitok.model.transformer import UnifiedTransformer
 
         if batch_size % engine.world:
@@ -57,6 +58,10 @@ class TransformerTask(Task):
         start = self._start(init_from) if init_from else None
         if start is not None and start.vocab.hash == vocab.hash:  # continue that model, architecture and all
             self.model_cfg = replace(start.model.cfg, **{k: getattr(model, k) for k in RUNTIME_KEYS})
+            added = {m: h for m, h in (model.heads or {}).items()  # the recipe's new diffusion heads
+                     if h["kind"] == "diffusion" and m not in (self.model_cfg.heads or {})}
+            if added:
+                self.model_cfg = replace(self.model_cfg, heads={**(self.model_cfg.heads or {}), **added})
             if seq_len > self.model_cfg.max_seq_len:
                 raise ConfigError(f"seq_len {seq_len} exceeds the max_seq_len {self.model_cfg.max_seq_len} of "
                                   f"init_from {init_from}")
@@ -65,6 +70,9 @@ class TransformerTask(Task):
         self.model = UnifiedTransformer(self.model_cfg).to(engine.device)
         if start is not None:
             self._init_from(start, init_from)
+        if freeze_backbone:  # only the diffusion heads learn; AdamW skips parameters without gradients
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith("diffusion."))
         if activation_checkpointing:
             from unitok.training.parallel import checkpoint_blocks
 
@@ -86,8 +94,11 @@ class TransformerTask(Task):
         """Of the same vocabulary: every weight. Else a text LM's of the same text tokenizer: every
         tensor of the same shape, and the text + special rows of the embedding and output matrices
         (their ids are the same in both vocabularies)."""
-        if lm.vocab.hash == self._vocab.hash:
-            self.model.load_state_dict(lm.model.state_dict())
+        if lm.vocab.hash == self._vocab.hash:  # every weight; diffusion heads the run adds start fresh
+            missing, unexpected = self.model.load_state_dict(lm.model.state_dict(), strict=False)
+            if unexpected or any(not k.startswith("diffusion.") for k in missing):
+                raise ConfigError(f"init_from {path}: weights do not match the model (missing {missing[:3]}, "
+                                  f"unexpected {unexpected[:3]})")
             return
         if lm.vocab.text_tokenizer != self._vocab.text_tokenizer:
             raise VocabMismatchError(f"init_from {path}: its vocabulary is not the training vocabulary, and its text "
