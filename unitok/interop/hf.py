@@ -116,6 +116,8 @@ def import_checkpoint(src, out, fmt: str = "auto", image_decoder=None) -> Path:
         raise CheckpointError(f"{src}/config.json: a {family} model needs a text_config object")
     if f.text_config and "tie_word_embeddings" in hf:  # the top-level key ties lm_head, as transformers does
         lm = {**lm, "tie_word_embeddings": hf["tie_word_embeddings"]}
+    # ids left out are its config class's defaults (transformers 4 saves a text_config without them)
+    lm = {"bos_token_id": f.bos, "eos_token_id": f.eos, **lm}
     cfg = model_config(lm, family, src)
     dest = out if out.name == CKPT_DIR else out / CKPT_DIR
     if dest.exists():
