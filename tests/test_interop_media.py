@@ -381,6 +381,30 @@ def test_emu3_grammar_walks_decode(emu3):
     assert spans >= 5
 
 
+def test_emu3_pretokenize_writes_its_image_spans(emu3, tmp_path):
+    """`pretokenize --vocab RUN` with the imported tokenizers writes Emu3's own spans: "8*8" as text,
+    a row marker after each of the 8 rows, <|extra_201|> <|image end|>; they unpack to the codes."""
+    from PIL import Image
+
+    from unitok.data.shards import read_shards
+
+    _, _, run = emu3
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "data" / "a.png")
+    (tmp_path / "data" / "a.txt").write_text("a red square")
+    assert main(["pretokenize", str(tmp_path / "data"), "--tokenizer", *(str(run / "tokenizers" / m) for m in ("text", "image")),
+                 "--vocab", str(run.parent), "--out", str(tmp_path / "shards"), "--set", "image_size=32"]) == 0
+    s = read_shards(tmp_path / "shards")
+    ids = np.asarray(s.document(0)[0]).astype(np.int64).tolist()
+    span = ids[ids.index(EMU3_MAP["<|image start|>"]):]
+    text = load_model(run).tokenizers["text"]
+    assert text.decode(span[1:4]) == "8*8" and span[4] == EMU3_MAP["<|image token|>"]
+    assert span.count(EMU3_MAP["<|extra_200|>"]) == 8 and span[5 + 8] == EMU3_MAP["<|extra_200|>"]
+    assert span[-3:] == [EMU3_MAP["<|extra_201|>"], EMU3_MAP["<|image end|>"], 2] and len(span) == 1 + 3 + 1 + 72 + 3
+    doc = s.vocab.unpack(ids)
+    assert doc.ok and doc.segments[-1]["image"].shape == (8, 8)
+
+
 def test_emu3_bad_vq_config(emu3, tmp_path, capsys):
     src = tmp_path / "src"
     shutil.copytree(emu3[0], src)
