@@ -367,7 +367,8 @@ def test_token_ids_config_json_leaves_out_are_its_classs_defaults(folders, tmp_p
     src = tmp_path / "src"
     shutil.copytree(folders["llama"][0], src)
     cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in ("bos_token_id", "eos_token_id")}))
+    (src / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in ("bos_token_id",
+                                                                                        "eos_token_id")}))
     theirs = transformers.AutoConfig.from_pretrained(src)
     v = load_model(import_checkpoint(src, tmp_path / "run")).vocab
     assert (v.bos, v.eos) == (theirs.bos_token_id, theirs.eos_token_id) == (1, 2)

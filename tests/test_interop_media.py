@@ -336,6 +336,8 @@ def test_emu3_image_span_is_the_processors(emu3):
     assert ours == theirs
     span = theirs[theirs.index(EMU3_MAP["<|image start|>"]):]
     assert text_tok.decode(span[1:5]) == "8*12" and span[5] == EMU3_MAP["<|image token|>"]
+    assert v.spans["image"].describe() == ("<boi> H*W <|image token|> codes (each row then <|extra_200|>) "
+                                           "<|extra_201|> <eoi>")
     assert span[6 + 12] == span[6 + 2 * 13 - 1] == EMU3_MAP["<|extra_200|>"]  # after each row of 12 codes
     back = v.unpack([1, *theirs, 2], text_tokenizer=text_tok)
     assert back.ok and back.segments[0] == {"text": "A dog."}
@@ -392,7 +394,8 @@ def test_emu3_pretokenize_writes_its_image_spans(emu3, tmp_path):
     (tmp_path / "data").mkdir()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "data" / "a.png")
     (tmp_path / "data" / "a.txt").write_text("a red square")
-    assert main(["pretokenize", str(tmp_path / "data"), "--tokenizer", *(str(run / "tokenizers" / m) for m in ("text", "image")),
+    toks = [str(run / "tokenizers" / m) for m in ("text", "image")]
+    assert main(["pretokenize", str(tmp_path / "data"), "--tokenizer", *toks,
                  "--vocab", str(run.parent), "--out", str(tmp_path / "shards"), "--set", "image_size=32"]) == 0
     s = read_shards(tmp_path / "shards")
     ids = np.asarray(s.document(0)[0]).astype(np.int64).tolist()

@@ -72,8 +72,10 @@ class GrammarState:
         if len(self.sizes) < g.header[m]:
             if m not in g.text_sizes:
                 return [(v.size_start, v.size_start + v.max_size)]
-            digits, close = g.text_sizes[m][:10], g.text_sizes[m][10] if len(self.sizes) + 1 < g.header[m] else g.body[m]
-            return _merge([(d, d + 1) for d in digits[0 if self.number else 1:]] + [(close, close + 1)] * bool(self.number))
+            digits = g.text_sizes[m][:10]
+            close = g.text_sizes[m][10] if len(self.sizes) + 1 < g.header[m] else g.body[m]  # separator, or body
+            first = digits[0 if self.number else 1:]  # no leading zero
+            return _merge([(d, d + 1) for d in first] + [(close, close + 1)] * bool(self.number))
         level = self.codes % g.levels[m]
         code = [v.code_range(m, level)]
         if m in g.open and self.frames is None:

@@ -134,6 +134,14 @@ class SpanFormat:
         """Its special tokens: `begin`, `end`, then those inside the span that it has."""
         return (self.begin, self.end, *(m for m in (self.body, self.row_end, self.codes_end) if m))
 
+    def describe(self) -> str:
+        """One line: `<boi> <size:H> <size:W> codes <eoi>`; Emu3's `<boi> H*W <|image token|> codes (each
+        row then <|extra_200|>) <|extra_201|> <eoi>`."""
+        head = ["*".join(self.header)] if self.size_text else [f"<size:{a}>" for a in self.header]
+        codes = f"codes (each row then {self.row_end})" if self.row_end else "codes"
+        body, tail = [self.body] if self.body else [], [self.codes_end] if self.codes_end else []
+        return " ".join([self.begin, *head, *body, codes, *tail, self.end])
+
     def to_json(self) -> dict:
         out = {"begin": self.begin, "end": self.end, "grid": list(self.grid), "header": list(self.header)}
         # only those set: the layouts recorded before them keep their JSON and hash
