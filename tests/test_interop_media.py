@@ -399,13 +399,52 @@ def test_emu3_pretokenize_writes_its_image_spans(emu3, tmp_path):
                  "--vocab", str(run.parent), "--out", str(tmp_path / "shards"), "--set", "image_size=32"]) == 0
     s = read_shards(tmp_path / "shards")
     ids = np.asarray(s.document(0)[0]).astype(np.int64).tolist()
-    span = ids[ids.index(EMU3_MAP["<|image start|>"]):]
+    span = ids[ids.index(EMU3_MAP["<|image start|>"]):ids.index(EMU3_MAP["<|image end|>"]) + 1]  # before or after the text
     text = load_model(run).tokenizers["text"]
     assert text.decode(span[1:4]) == "8*8" and span[4] == EMU3_MAP["<|image token|>"]
     assert span.count(EMU3_MAP["<|extra_200|>"]) == 8 and span[5 + 8] == EMU3_MAP["<|extra_200|>"]
-    assert span[-3:] == [EMU3_MAP["<|extra_201|>"], EMU3_MAP["<|image end|>"], 2] and len(span) == 1 + 3 + 1 + 72 + 3
+    assert span[-2:] == [EMU3_MAP["<|extra_201|>"], EMU3_MAP["<|image end|>"]] and len(span) == 1 + 3 + 1 + 72 + 2
     doc = s.vocab.unpack(ids)
-    assert doc.ok and doc.segments[-1]["image"].shape == (8, 8)
+    assert doc.ok and [seg["image"].shape for seg in doc.segments if "image" in seg] == [(8, 8)]
+
+
+def test_emu3_image_tasks_run_in_its_layout_and_follow_transformers(emu3, tmp_path):
+    """unitok's pipeline on the Emu3 import: text-to-image writes the header "8*8" as text and the
+    row markers, and each id it chooses greedily is transformers' choice among the ids the grammar
+    allows there (wherever that choice is clear); image-to-image keeps the upper rows with their
+    markers; image-to-text reads the image in Emu3's layout."""
+    from PIL import Image
+
+    from unitok.generation import Pipeline
+
+    _, hf, run = emu3
+    pipe = Pipeline(load_model(run))
+    v = pipe.vocab
+    png = tmp_path / "a.png"
+    Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)).save(png)
+    result = pipe("text-to-image", prompt="The lazy dog.", size=32, temperature=0)
+    prompt, new = result.prompt_ids, result.samples[0].ids
+    assert pipe.tokenizers["text"].decode(prompt[-4:-1]) == "8*8" and prompt[-1] == EMU3_MAP["<|image token|>"]
+    assert len(new) == 64 + 8 + 2 and new[-2:] == [EMU3_MAP["<|extra_201|>"], EMU3_MAP["<|image end|>"]]
+    assert result.samples[0].span["generated_codes"] == 64 and result.samples[0].media.shape == (32, 32, 3)
+    with torch.no_grad():
+        theirs = hf(torch.tensor([prompt + new])).logits[0, len(prompt) - 1:-1]
+    st, clear = pipe.grammar.start(prompt), 0
+    for t, logits in zip(new, theirs):
+        masked = logits.masked_fill(~pipe.grammar.mask(st.allowed()), float("-inf"))
+        top2 = masked.topk(2).values
+        if top2[0] - top2[1] > 1e-3:  # a marker the grammar forces is clear too
+            assert masked.argmax().item() == t
+            clear += VISUAL0 <= t < VISUAL0 + K
+        st.push(t)
+    print(f"emu3 text-to-image: transformers' choice clear at {clear} of 64 codes")
+    assert clear >= 48
+    half = pipe("image-to-image", image=png, size=32, temperature=0)
+    given = half.prompt_ids[half.prompt_ids.index(EMU3_MAP["<|image token|>"]) + 1:]
+    assert len(given) == 4 * 9 and given[8::9] == [EMU3_MAP["<|extra_200|>"]] * 4
+    assert len(half.samples[0].ids) == 4 * 9 + 2 and half.samples[0].span["generated_codes"] == 32
+    text = pipe("image-to-text", image=png, size=32, max_new_tokens=3, temperature=0)
+    assert v.unpack(text.prompt_ids).segments[0]["image"].shape == (8, 8)
 
 
 def test_emu3_bad_vq_config(emu3, tmp_path, capsys):
