@@ -455,6 +455,30 @@ def test_emu3_bad_vq_config(emu3, tmp_path, capsys):
     assert "hidden_size 32 is not the width of its attention blocks" in err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("case,expected", [
+    ("too-few-visual-tokens", f"names {K - 1} visual tokens; the VQ codebook has {K}"),
+    ("visual-tokens-out-of-order", "not one run of ids in code order"),
+    ("no-body-marker", "no <|image token|> token"),
+    ("digits-merged", 'does not write a size such as "10*23" one id per digit'),
+])
+def test_emu3_bad_image_layout(emu3, tmp_path, capsys, case, expected):
+    src = tmp_path / "src"
+    shutil.copytree(emu3[0], src)
+    vmap = dict(EMU3_MAP)
+    if case == "too-few-visual-tokens":
+        del vmap[f"<|visual token {K - 1:06d}|>"]
+    elif case == "visual-tokens-out-of-order":
+        a, b = "<|visual token 000000|>", "<|visual token 000001|>"
+        vmap[a], vmap[b] = vmap[b], vmap[a]
+    elif case == "no-body-marker":
+        _tokenizer_json(src / "tokenizer.json", [t if t != "<|image token|>" else "<|other|>" for t in EMU3_SPECIALS])
+    else:  # a tokenizer with "10" as one token
+        _tokenizer_json(src / "tokenizer.json", [*EMU3_SPECIALS, "10"])
+    _edit_config(src, vocabulary_map=vmap)
+    err = _one_line_error(capsys, ["checkpoint", "import", str(src), "--out", str(tmp_path / "run")])
+    assert expected in err and not (tmp_path / "run").exists()
+
+
 def test_emu3_in_memory_names_import_alike(emu3, tmp_path):
     """transformers 5 saves Emu3 under its hub names (text_model.model.*, vqmodel.*); a folder under its
     in-memory names (model.text_model.*, lm_head, model.vqmodel.*) imports the same."""
