@@ -361,6 +361,24 @@ def test_bad_folders_give_one_line_errors(folders, tmp_path, capsys, case, expec
     assert not marker.exists() and not (tmp_path / "run").exists()
 
 
+def test_token_ids_config_json_leaves_out_are_its_classs_defaults(folders, tmp_path, capsys):
+    """transformers reads a missing bos/eos_token_id as its config class's default (Llama: 1 and 2), and
+    so does import; Qwen's classes have none: without an eos_token_id the folder is refused."""
+    src = tmp_path / "src"
+    shutil.copytree(folders["llama"][0], src)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in ("bos_token_id",
+                                                                                        "eos_token_id")}))
+    theirs = transformers.AutoConfig.from_pretrained(src)
+    v = load_model(import_checkpoint(src, tmp_path / "run")).vocab
+    assert (v.bos, v.eos) == (theirs.bos_token_id, theirs.eos_token_id) == (1, 2)
+    qwen = tmp_path / "qwen"
+    shutil.copytree(folders["qwen2"][0], qwen)
+    _edit_config(qwen, eos_token_id=None)
+    assert "names no eos_token_id" in _one_line_error(capsys, ["checkpoint", "import", str(qwen), "--out",
+                                                               str(tmp_path / "qrun")])
+
+
 def test_format_names_the_family_where_config_json_does_not(folders, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(folders["qwen2"][0], src)

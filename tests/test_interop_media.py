@@ -251,7 +251,12 @@ def test_chameleon_export_is_refused(chameleon, tmp_path, capsys):
 # ------------------------------------------------------------------ Emu3
 EMU3_VQ = dict(codebook_size=K, embed_dim=8, latent_channels=8, base_channels=32, channel_multiplier=[1, 2, 2],
                num_res_blocks=1, attn_resolutions=[2], hidden_size=64, num_attention_heads=2)  # 32 px -> 8 x 8
-VISUAL = {f"<|visual token {c:06d}|>": 10 + c for c in range(K)}
+# its tokenizer's first ids: <unk> <s> </s> <pad>, the processor's tokens, its placeholder <image>, the
+# visual tokens (ids 10-41, code c at 10 + c); vocabulary_map lists them, as Emu3's lists its whole vocabulary
+EMU3_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<|image start|>", "<|extra_200|>", "<image>", "<|image end|>",
+                 "<|image token|>", "<|extra_201|>", *(f"<|visual token {c:06d}|>" for c in range(K))]
+EMU3_MAP = {name: i for i, name in enumerate(EMU3_SPECIALS)}
+VISUAL0 = EMU3_MAP["<|visual token 000000|>"]
 
 
 @pytest.fixture(scope="module")
@@ -259,10 +264,10 @@ def emu3(tmp_path_factory):
     """(transformers folder, the transformers model, our import of it)."""
     root = tmp_path_factory.mktemp("emu3")
     cfg = transformers.Emu3Config(text_config=dict(**LM, bos_token_id=1, eos_token_id=2, pad_token_id=3),  # pad < V
-                                  vq_config=EMU3_VQ, vocabulary_map={"<|extra_200|>": 5, "<image>": 6, **VISUAL})
+                                  vq_config=EMU3_VQ, vocabulary_map=EMU3_MAP)
     hf = _draw(transformers.Emu3ForConditionalGeneration(cfg))
     hf.save_pretrained(root / "src")
-    _tokenizer_json(root / "src" / "tokenizer.json", ["<unk>", "<s>", "</s>", "<pad>"])
+    _tokenizer_json(root / "src" / "tokenizer.json", EMU3_SPECIALS)
     return root / "src", hf, import_checkpoint(root / "src", root / "run")
 
 
@@ -274,7 +279,8 @@ def test_emu3_gives_transformers_logits(emu3):
         diff = (hf(ids).logits - ours.model(ids)).abs().max().item()
     print(f"emu3: max |logit diff| {diff:.2e}")
     assert diff <= 1e-5
-    assert (ours.model.cfg.qk_norm, ours.model.cfg.rope_theta, ours.vocab.codebooks) == (False, 1e6, {})
+    assert (ours.model.cfg.qk_norm, ours.model.cfg.rope_theta) == (False, 1e6)
+    assert (ours.vocab.size, ours.vocab.code_range("image")) == (V, (VISUAL0, VISUAL0 + K))  # its ids, as they are
 
 
 def test_emu3_greedy_trajectory_follows_transformers(emu3):
@@ -283,15 +289,13 @@ def test_emu3_greedy_trajectory_follows_transformers(emu3):
 
 
 def test_emu3_vq_gives_transformers_codes_and_images(emu3):
-    """Its VQ, written beside the run: the same codes, and decoded images within 1e-5 (the decoder's
+    """Its VQ, the run's image tokenizer: the same codes, and decoded images within 1e-5 (the decoder's
     spatial norms read the codes)."""
-    from unitok.tokenizers import load_tokenizer
     from unitok.tokenizers.emu3 import Emu3ImageTokenizer
 
     _, hf, run = emu3
-    tok = load_tokenizer(run.parent / "image-tokenizer")
+    tok = load_model(run).tokenizers["image"]
     assert isinstance(tok, Emu3ImageTokenizer)
-    assert json.loads((run / "state.json").read_text())["image_tokenizer"] == "../image-tokenizer"
     x = _images(4, seed=6)
     with torch.no_grad():
         theirs = torch.stack(hf.model.vqmodel.encode(x, torch.tensor([[32, 32]] * 4)).image_tokens)
@@ -300,12 +304,179 @@ def test_emu3_vq_gives_transformers_codes_and_images(emu3):
         _same_images("emu3", hf.model.vqmodel.decode(ours), tok.decode(ours))
 
 
+def _emu3_prompt_ids(hf, tokenizer_json: Path, x: torch.Tensor, text: str) -> list[int]:
+    """transformers' ids for `text` then the image `x` (1, 3, H, W): the prompt string its processor
+    writes (`Emu3Processor.replace_image_token`: <|image start|>, "h*w", <|image token|>, h * (w + 1)
+    <image> placeholders, <|extra_201|>, <|image end|>), tokenized, and the placeholders replaced by
+    the model's own ids for the image (`get_image_tokens`: each row of codes, then <|extra_200|>), as
+    its forward puts the image in their place."""
+    from tokenizers import Tokenizer
+
+    h, w = x.shape[-2] // 4, x.shape[-1] // 4  # the VQ's spatial factor: 4 here
+    prompt = f"{text}<|image start|>{h}*{w}<|image token|>{'<image>' * (h * (w + 1))}<|extra_201|><|image end|>"
+    ids = torch.tensor(Tokenizer.from_file(str(tokenizer_json)).encode(prompt, add_special_tokens=False).ids)
+    with torch.no_grad():
+        ids[ids == EMU3_MAP["<image>"]] = hf.model.get_image_tokens(x, torch.tensor([list(x.shape[-2:])])).to(ids.dtype)
+    return ids.tolist()
+
+
+def test_emu3_image_span_is_the_processors(emu3):
+    """The imported vocabulary packs an image as transformers lays it out (a size header written as
+    text, a marker after every row, two end markers), id for id, on a grid of 8 x 12 codes (sizes of
+    one and two digits); `unpack` reads the codes back, and the span grammar accepts exactly that
+    span: digits, then the row marker after each row's codes, then <|extra_201|>, then <|image end|>."""
+    src, hf, run = emu3
+    ck = load_model(run)
+    v, text_tok, tok = ck.vocab, ck.tokenizers["text"], ck.tokenizers["image"]
+    x = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    codes = tok.encode(x)[0]  # (8, 12)
+    assert codes.shape == (8, 12) and len(codes.unique()) > K // 4
+    theirs = _emu3_prompt_ids(hf, src / "tokenizer.json", x, "A dog.")
+    ours = v.pack([{"text": "A dog."}, {"image": codes}], text_tokenizer=text_tok, bos=False, eos=False).ids.tolist()
+    assert ours == theirs
+    span = theirs[theirs.index(EMU3_MAP["<|image start|>"]):]
+    assert text_tok.decode(span[1:5]) == "8*12" and span[5] == EMU3_MAP["<|image token|>"]
+    assert v.spans["image"].describe() == ("<boi> H*W <|image token|> codes (each row then <|extra_200|>) "
+                                           "<|extra_201|> <eoi>")
+    assert span[6 + 12] == span[6 + 2 * 13 - 1] == EMU3_MAP["<|extra_200|>"]  # after each row of 12 codes
+    back = v.unpack([1, *theirs, 2], text_tokenizer=text_tok)
+    assert back.ok and back.segments[0] == {"text": "A dog."}
+    assert np.array_equal(back.segments[1]["image"], codes.numpy())
+    # a row marker missing, or a span without its <|extra_201|>: the span does not decode
+    assert not v.unpack([*span[:18], *span[19:]]).segments and not v.unpack([*span[:-2], span[-1]]).ok
+    g = SpanGrammar(v)
+    st = g.start([1, *theirs[:theirs.index(span[0])]])
+    allowed = []
+    for t in span:
+        allowed.append(st.allowed())
+        st.push(t)
+    digits, star = [text_tok.encode(str(d))[0] for d in range(10)], text_tok.encode("*")[0]
+    ids_in = lambda ranges: {i for lo, hi in ranges for i in range(lo, hi)}  # noqa: E731
+    assert ids_in(allowed[1]) == set(digits[1:])  # no leading zero
+    assert ids_in(allowed[2]) == {*digits, star} and ids_in(allowed[4]) == {*digits, EMU3_MAP["<|image token|>"]}
+    one = lambda name: [(EMU3_MAP[name], EMU3_MAP[name] + 1)]  # noqa: E731
+    assert allowed[6] == [(VISUAL0, VISUAL0 + K)] and allowed[6 + 12] == one("<|extra_200|>")
+    assert allowed[-2] == one("<|extra_201|>") and allowed[-1] == one("<|image end|>")
+    assert st.modality is None and g.start().allowed() == g.free
+    free = g.mask(g.free)
+    assert not free[[EMU3_MAP[n] for n in ("<|image token|>", "<|extra_200|>", "<|extra_201|>", "<|image end|>")]].any()
+    assert not free[VISUAL0:VISUAL0 + K].any() and free[EMU3_MAP["<|image start|>"]] and free[digits].all()
+
+
+def test_emu3_grammar_walks_decode(emu3):
+    """Random walks of the span grammar on the imported vocabulary, kept to a context of 48 tokens by
+    `fitting`, unpack to whole images whose header is their grid."""
+    v = load_model(emu3[2]).vocab
+    g = SpanGrammar(v)
+    rng = np.random.default_rng(0)
+    spans = 0
+    for _ in range(40):
+        st, ids = g.start(), [v.bos]
+        while not st.ended and len(ids) < 48:
+            ranges = st.fitting(st.allowed(), 48 - len(ids))
+            lo, hi = ranges[rng.integers(len(ranges))]
+            ids.append(int(rng.integers(lo, hi)))
+            st.push(ids[-1])
+        un = v.unpack(ids)
+        assert un.ok, (un.problems, ids)
+        spans += sum("image" in s for s in un.segments)
+    assert spans >= 5
+
+
+def test_emu3_pretokenize_writes_its_image_spans(emu3, tmp_path):
+    """`pretokenize --vocab RUN` with the imported tokenizers writes Emu3's own spans: "8*8" as text,
+    a row marker after each of the 8 rows, <|extra_201|> <|image end|>; they unpack to the codes."""
+    from PIL import Image
+
+    from unitok.data.shards import read_shards
+
+    _, _, run = emu3
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "data" / "a.png")
+    (tmp_path / "data" / "a.txt").write_text("a red square")
+    toks = [str(run / "tokenizers" / m) for m in ("text", "image")]
+    assert main(["pretokenize", str(tmp_path / "data"), "--tokenizer", *toks,
+                 "--vocab", str(run.parent), "--out", str(tmp_path / "shards"), "--set", "image_size=32"]) == 0
+    s = read_shards(tmp_path / "shards")
+    ids = np.asarray(s.document(0)[0]).astype(np.int64).tolist()
+    span = ids[ids.index(EMU3_MAP["<|image start|>"]):ids.index(EMU3_MAP["<|image end|>"]) + 1]  # before or after the text
+    text = load_model(run).tokenizers["text"]
+    assert text.decode(span[1:4]) == "8*8" and span[4] == EMU3_MAP["<|image token|>"]
+    assert span.count(EMU3_MAP["<|extra_200|>"]) == 8 and span[5 + 8] == EMU3_MAP["<|extra_200|>"]
+    assert span[-2:] == [EMU3_MAP["<|extra_201|>"], EMU3_MAP["<|image end|>"]] and len(span) == 1 + 3 + 1 + 72 + 2
+    doc = s.vocab.unpack(ids)
+    assert doc.ok and [seg["image"].shape for seg in doc.segments if "image" in seg] == [(8, 8)]
+
+
+def test_emu3_image_tasks_run_in_its_layout_and_follow_transformers(emu3, tmp_path):
+    """unitok's pipeline on the Emu3 import: text-to-image writes the header "8*8" as text and the
+    row markers, and each id it chooses greedily is transformers' choice among the ids the grammar
+    allows there (wherever that choice is clear); image-to-image keeps the upper rows with their
+    markers; image-to-text reads the image in Emu3's layout."""
+    from PIL import Image
+
+    from unitok.generation import Pipeline
+
+    _, hf, run = emu3
+    pipe = Pipeline(load_model(run))
+    v = pipe.vocab
+    png = tmp_path / "a.png"
+    Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)).save(png)
+    result = pipe("text-to-image", prompt="The lazy dog.", size=32, temperature=0)
+    prompt, new = result.prompt_ids, result.samples[0].ids
+    assert pipe.tokenizers["text"].decode(prompt[-4:-1]) == "8*8" and prompt[-1] == EMU3_MAP["<|image token|>"]
+    assert len(new) == 64 + 8 + 2 and new[-2:] == [EMU3_MAP["<|extra_201|>"], EMU3_MAP["<|image end|>"]]
+    assert result.samples[0].span["generated_codes"] == 64 and result.samples[0].media.shape == (32, 32, 3)
+    with torch.no_grad():
+        theirs = hf(torch.tensor([prompt + new])).logits[0, len(prompt) - 1:-1]
+    st, clear = pipe.grammar.start(prompt), 0
+    for t, logits in zip(new, theirs):
+        masked = logits.masked_fill(~pipe.grammar.mask(st.allowed()), float("-inf"))
+        top2 = masked.topk(2).values
+        if top2[0] - top2[1] > 1e-3:  # a marker the grammar forces is clear too
+            assert masked.argmax().item() == t
+            clear += VISUAL0 <= t < VISUAL0 + K
+        st.push(t)
+    print(f"emu3 text-to-image: transformers' choice clear at {clear} of 64 codes")
+    assert clear >= 48
+    half = pipe("image-to-image", image=png, size=32, temperature=0)
+    given = half.prompt_ids[half.prompt_ids.index(EMU3_MAP["<|image token|>"]) + 1:]
+    assert len(given) == 4 * 9 and given[8::9] == [EMU3_MAP["<|extra_200|>"]] * 4
+    assert len(half.samples[0].ids) == 4 * 9 + 2 and half.samples[0].span["generated_codes"] == 32
+    text = pipe("image-to-text", image=png, size=32, max_new_tokens=3, temperature=0)
+    assert v.unpack(text.prompt_ids).segments[0]["image"].shape == (8, 8)
+
+
 def test_emu3_bad_vq_config(emu3, tmp_path, capsys):
     src = tmp_path / "src"
     shutil.copytree(emu3[0], src)
     _edit_config(src, vq_config={**EMU3_VQ, "hidden_size": 32})
     err = _one_line_error(capsys, ["checkpoint", "import", str(src), "--out", str(tmp_path / "run")])
     assert "hidden_size 32 is not the width of its attention blocks" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("too-few-visual-tokens", f"names {K - 1} visual tokens; the VQ codebook has {K}"),
+    ("visual-tokens-out-of-order", "not one run of ids in code order"),
+    ("no-body-marker", "no <|image token|> token"),
+    ("digits-merged", 'does not write a size such as "10*23" one id per digit'),
+])
+def test_emu3_bad_image_layout(emu3, tmp_path, capsys, case, expected):
+    src = tmp_path / "src"
+    shutil.copytree(emu3[0], src)
+    vmap = dict(EMU3_MAP)
+    if case == "too-few-visual-tokens":
+        del vmap[f"<|visual token {K - 1:06d}|>"]
+    elif case == "visual-tokens-out-of-order":
+        a, b = "<|visual token 000000|>", "<|visual token 000001|>"
+        vmap[a], vmap[b] = vmap[b], vmap[a]
+    elif case == "no-body-marker":
+        _tokenizer_json(src / "tokenizer.json", [t if t != "<|image token|>" else "<|other|>" for t in EMU3_SPECIALS])
+    else:  # a tokenizer with "10" as one token
+        _tokenizer_json(src / "tokenizer.json", [*EMU3_SPECIALS, "10"])
+    _edit_config(src, vocabulary_map=vmap)
+    err = _one_line_error(capsys, ["checkpoint", "import", str(src), "--out", str(tmp_path / "run")])
+    assert expected in err and not (tmp_path / "run").exists()
 
 
 def test_emu3_in_memory_names_import_alike(emu3, tmp_path):

@@ -422,7 +422,7 @@ def show_vocab(args) -> int:
     for name, (a, b) in v.manifest()["ranges"].items():
         print(f"  {name:10s} [{a}, {b})  {b - a} ids")
     for m, fmt in v.spans.items():
-        print(f"  {m} span: {' '.join([fmt.begin, *(f'<size:{a}>' for a in fmt.header), 'codes', fmt.end])}")
+        print(f"  {m} span: {fmt.describe()}")
     print(f"  token shards {v.id_dtype}, hash {v.hash}")
     return 0
 

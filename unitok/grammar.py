@@ -15,8 +15,11 @@ vocabulary has; a span with a header (image <boi> <size:H> <size:W>, video <bov>
 x levels codes (position-major, level-minor: each position takes its level's range in turn), then
 its end marker; an open span (audio <boa>) takes
 codes frame by frame (level-minor), and its end marker only at a frame boundary after at least one
-frame. So every span a sampler can produce decodes to a whole grid or whole frames. Where an imported
-vocabulary has its markers and codes among its text ids, those ids are not text.
+frame. A span whose header is written as text (Emu3's image: <|image start|> "H*W" <|image token|>)
+takes each size as decimal digits (no leading zero) closed by the separator, the last one by the body
+marker; its row marker follows each row of codes, its `codes_end` marker the last row. So every span
+a sampler can produce decodes to a whole grid or whole frames. Where an imported vocabulary has its
+markers and codes among its text ids, those ids are not text.
 
 Two restrictions serve tasks (`unitok.generation.pipeline`): `SpanGrammar(vocab, spans=())` opens no
 media span outside spans (text and <eos> only; a prefix given to `start` may still hold spans), and
@@ -41,6 +44,9 @@ class GrammarState:
     codes: int = 0  # codes read in the open span
     ended: bool = False  # after <eos>
     frames: int | None = None  # the open span's length in frames (None: it may end at any frame boundary)
+    number: str = ""  # digits of the size being written as text
+    rows: int = 0  # row markers read in the open span
+    codes_ended: bool = False  # its codes_end marker read
 
     # ------------------------------------------------------------ queries
     def expected_codes(self) -> int | None:
@@ -64,12 +70,26 @@ class GrammarState:
         if m is None:
             return g.free
         if len(self.sizes) < g.header[m]:
-            return [(v.size_start, v.size_start + v.max_size)]
+            if m not in g.text_sizes:
+                return [(v.size_start, v.size_start + v.max_size)]
+            digits = g.text_sizes[m][:10]
+            close = g.text_sizes[m][10] if len(self.sizes) + 1 < g.header[m] else g.body[m]  # separator, or body
+            first = digits[0 if self.number else 1:]  # no leading zero
+            return _merge([(d, d + 1) for d in first] + [(close, close + 1)] * bool(self.number))
         level = self.codes % g.levels[m]
         code = [v.code_range(m, level)]
         if m in g.open and self.frames is None:
             return code + ([g.end[m]] if self.codes and level == 0 else [])
-        return code if self.codes < self.expected_codes() else [g.end[m]]
+        if m in g.row_end and self.codes and self.codes % self._row() == 0 and self.rows < self.codes // self._row():
+            return [(g.row_end[m], g.row_end[m] + 1)]
+        if self.codes < self.expected_codes():
+            return code
+        return [(g.codes_end[m], g.codes_end[m] + 1)] if m in g.codes_end and not self.codes_ended else [g.end[m]]
+
+    def _row(self) -> int:
+        """Codes in a row of the open span (the grid's last axis, all levels)."""
+        g, m = self.grammar, self.modality
+        return g.levels[m] * (self.sizes[-1] if g.header[m] else self.grammar.vocab.spans[m].sizes[-1])
 
     def closing(self) -> list[tuple[int, int]]:
         """The ids allowed next on the shortest way out of the open span (a budget ran out): the end
@@ -91,9 +111,16 @@ class GrammarState:
         if room < 1:
             return []
         if m is None:  # a span opened now needs its marker, header, one position of codes and its end
-            too_long = [b for b, mb in g.begin_of.items() if 2 + g.header[mb] + g.levels[mb] * g.cells[mb] > room]
+            too_long = [b for b, mb in g.begin_of.items() if g.shortest[mb] > room]
             return _cut(ranges, [(b, b + 1) for b in too_long])
         levels = g.levels[m]
+        if len(self.sizes) < g.header[m] and m in g.text_sizes:  # the digits after which the grid cannot fit
+            later = g.header[m] - len(self.sizes) - 1  # sizes after this one, of 1 at least
+            digits = g.text_sizes[m][:10]
+            too_big = [(d, d + 1) for k, d in enumerate(digits)
+                       if 1 + 2 * later + 1 + g.after_header(m, [*self.sizes, int(self.number + str(k)), *[1] * later])
+                       > room]
+            return _cut(ranges, too_big)
         if len(self.sizes) < g.header[m]:  # this size token, the sizes after it (>= 1 each), the codes, the end
             grid = levels
             for n in self.sizes:
@@ -120,9 +147,19 @@ class GrammarState:
             elif t in g.begin_of:
                 self.modality, self.sizes, self.codes = g.begin_of[t], [], 0
         elif len(self.sizes) < g.header[m]:
-            self.sizes.append(t - v.size_start + 1)
+            if m not in g.text_sizes:
+                self.sizes.append(t - v.size_start + 1)
+            elif t in g.text_sizes[m][:10]:
+                self.number += str(g.text_sizes[m].index(t))
+            else:  # the separator, or the body marker after the last size
+                self.sizes.append(int(self.number))
+                self.number = ""
         elif t == g.end[m][0]:
-            self.modality, self.frames = None, None
+            self.modality, self.frames, self.rows, self.codes_ended = None, None, 0, False
+        elif t == g.row_end.get(m):
+            self.rows += 1
+        elif t == g.codes_end.get(m):
+            self.codes_ended = True
         else:
             self.codes += 1
         return self
@@ -149,13 +186,29 @@ class SpanGrammar:
         self.open = {m for m in v.codebooks if v.spans[m].open}  # spans that end at any frame boundary
         self.begin_of = {v.marker_ids[m][0]: m for m in v.codebooks}
         self.end = {m: (v.marker_ids[m][1], v.marker_ids[m][1] + 1) for m in v.codebooks}
+        # the parts of a span written as text, and its markers inside (Emu3's); {modality: ids}
+        self.text_sizes = {m: v.spans[m].size_text for m in v.codebooks if v.spans[m].size_text}
+        self.body, self.row_end, self.codes_end = (
+            {m: v.special[getattr(v.spans[m], k)] for m in v.codebooks if getattr(v.spans[m], k)}
+            for k in ("body", "row_end", "codes_end"))
+        # the fewest tokens a span takes: its marker, the smallest header, one position of codes, its end
+        self.shortest = {m: 1 + (2 * self.header[m] if m in self.text_sizes else self.header[m])
+                         + self.after_header(m, [1] * self.header[m]) for m in v.codebooks}
         self.spans = None if spans is None else tuple(spans)
         unknown = set(self.spans or ()) - set(v.codebooks)
         if unknown:
             raise ValueError(f"spans: this vocabulary has no {sorted(unknown)[0]} codebook")
         opens = [b for b, m in self.begin_of.items() if self.spans is None or m in self.spans]
-        not_text = [(i, i + 1) for pair in v.marker_ids.values() for i in pair] + list(v.code_ranges())
+        not_text = [(v.special[t], v.special[t] + 1) for m in v.codebooks for t in v.spans[m].markers]
+        not_text += list(v.code_ranges())
         self.free = _merge(_cut([(0, v.text_size)], not_text) + [(v.eos, v.eos + 1)] + [(b, b + 1) for b in opens])
+
+    def after_header(self, m: str, sizes: list[int]) -> int:
+        """Tokens a span of `m` takes after its header, for header `sizes`: its codes (a fixed grid's
+        where it has no header), its row and codes_end markers, its end marker."""
+        grid = sizes or list(self.vocab.spans[m].sizes) or [1]
+        rows = math.prod(grid[:-1]) if m in self.row_end else 0
+        return self.levels[m] * math.prod(grid) + rows + (m in self.codes_end) + 1
 
     def start(self, prefix=None) -> GrammarState:
         """The state after `prefix` (ids; a leading <bos> is accepted), or at the start of a document.

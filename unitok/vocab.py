@@ -25,7 +25,10 @@ shards' dtype. The layout above is `UNITOK_SPANS`, the default; the special toke
 describes an imported model's ids as they are (`unitok.interop`) names the text ids its special tokens
 and codebooks already have (`specials` and `code_ids`, recorded as `special_ids` and `code_ids`), may
 have no size tokens (`max_size` 0), and its spans may be a fixed grid without a header
-(`SpanFormat.sizes`: Chameleon's image is <racm3:break>, 32 x 32 codes, <eoss>).
+(`SpanFormat.sizes`: Chameleon's image is <racm3:break>, 32 x 32 codes, <eoss>), or have their header
+written as text and markers inside (Emu3's image: <|image start|> 3 2 * 3 2 <|image token|>, each row
+of codes then <|extra_200|>, then <|extra_201|> <|image end|>: `size_text`, `body`, `row_end`,
+`codes_end`); a span's markers (`SpanFormat.markers`) are all special tokens.
 
 Codes are laid out position-major, level-minor: all levels of one position
 (pixel of the latent grid, or audio frame) come before the next position, so a
@@ -90,10 +93,28 @@ class SpanFormat:
     grid: tuple[str, ...]
     header: tuple[str, ...] = ()
     sizes: tuple[int, ...] = ()
+    # Emu3's span (docs/interop.md): <|image start|> "H*W" <|image token|>, each row of codes then
+    # <|extra_200|>, then <|extra_201|> <|image end|>. `size_text`: the text ids of the digits 0-9 and of
+    # the separator, so the header's sizes are written as text (decimal, one id per digit, joined by the
+    # separator) instead of size tokens; `body`: a marker after the header; `row_end`: a marker after
+    # each row of codes (the grid's last axis); `codes_end`: a marker after the codes, before `end`.
+    size_text: tuple[int, ...] = ()
+    body: str = ""
+    row_end: str = ""
+    codes_end: str = ""
 
     def __post_init__(self):
-        if self.begin == self.end:
-            raise ValueError(f"a span's begin and end markers must differ, got {self.begin!r} twice")
+        if len(set(self.markers)) < len(self.markers):
+            raise ValueError(f"a span's markers must differ, got {self.markers}")
+        if self.size_text:
+            if not self.header or len(self.size_text) != 11 or len(set(self.size_text)) != 11 or any(
+                    isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.size_text):
+                raise ValueError("size_text needs a header and 11 distinct text ids: the digits 0-9, then the "
+                                 f"separator; got {self.size_text}")
+        if bool(self.size_text) != bool(self.body):  # the body marker is what ends a size written as text
+            raise ValueError("a header written as text (size_text) and a body marker go together")
+        if self.row_end and len(self.grid) < 2:
+            raise ValueError(f"a row_end marker needs a grid of rows, got {self.grid}")
         if self.sizes:
             if self.header or len(self.sizes) != len(self.grid):
                 raise ValueError(f"fixed span sizes {self.sizes} need no header and one size per grid axis {self.grid}")
@@ -108,15 +129,31 @@ class SpanFormat:
         """No header and no fixed sizes: the end marker, not a size, closes the span."""
         return not self.header and not self.sizes
 
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """Its special tokens: `begin`, `end`, then those inside the span that it has."""
+        return (self.begin, self.end, *(m for m in (self.body, self.row_end, self.codes_end) if m))
+
+    def describe(self) -> str:
+        """One line: `<boi> <size:H> <size:W> codes <eoi>`; Emu3's `<boi> H*W <|image token|> codes (each
+        row then <|extra_200|>) <|extra_201|> <eoi>`."""
+        head = ["*".join(self.header)] if self.size_text else [f"<size:{a}>" for a in self.header]
+        codes = f"codes (each row then {self.row_end})" if self.row_end else "codes"
+        body, tail = [self.body] if self.body else [], [self.codes_end] if self.codes_end else []
+        return " ".join([self.begin, *head, *body, codes, *tail, self.end])
+
     def to_json(self) -> dict:
         out = {"begin": self.begin, "end": self.end, "grid": list(self.grid), "header": list(self.header)}
-        if self.sizes:  # only then: the layouts recorded before fixed sizes keep their JSON and hash
-            out["sizes"] = list(self.sizes)
+        # only those set: the layouts recorded before them keep their JSON and hash
+        for key in ("sizes", "size_text", "body", "row_end", "codes_end"):
+            if getattr(self, key):
+                out[key] = list(v) if isinstance(v := getattr(self, key), tuple) else v
         return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "SpanFormat":
-        return cls(d["begin"], d["end"], tuple(d["grid"]), tuple(d["header"]), tuple(d.get("sizes", ())))
+        return cls(d["begin"], d["end"], tuple(d["grid"]), tuple(d["header"]), tuple(d.get("sizes", ())),
+                   tuple(d.get("size_text", ())), d.get("body", ""), d.get("row_end", ""), d.get("codes_end", ""))
 
 
 # unitok's own span layout, and the one of every manifest that records none.
@@ -223,10 +260,10 @@ class UnifiedVocab:
         missing = [m for m in self.codebooks if m not in self.spans]
         if missing:
             raise ValueError(f"no span format for the {missing[0]} codebook")
-        self.special_tokens = _DOCUMENT_TOKENS + tuple(t for f in self.spans.values() for t in (f.begin, f.end))
+        self.special_tokens = _DOCUMENT_TOKENS + tuple(t for f in self.spans.values() for t in f.markers)
         if len(set(self.special_tokens)) < len(self.special_tokens):
             raise ValueError(f"special tokens must be distinct, got {self.special_tokens}")
-        if max_size < 1 and any(f.header for f in self.spans.values()):
+        if max_size < 1 and any(f.header and not f.size_text for f in self.spans.values()):
             raise ValueError("max_size must be >= 1: a span header holds size tokens")
         self.specials = _check_specials(specials or {}, self.special_tokens, text_size)
 
@@ -263,6 +300,10 @@ class UnifiedVocab:
             sl = slice(s - self._code_lo, s - self._code_lo + self.codebooks[m].size)
             self._code_mod[sl] = MEDIA.index(m)
             self._code_lvl[sl] = lvl
+        for m, f in self.spans.items():  # a size written as text is text: not a special token, not a code
+            bad = [i for i in f.size_text if not i < text_size or i in self.special.values() or self._is_code(i)]
+            if bad:
+                raise ValueError(f"the {m} span's size_text ids {bad} must be text ids, not special tokens or codes")
 
     # ------------------------------------------------------------------ ids
     @property
@@ -298,7 +339,16 @@ class UnifiedVocab:
             sizes = []
         if len(sizes) != len(fmt.header):
             raise ValueError(f"a {modality} span header holds {len(fmt.header)} sizes {fmt.header}, got {sizes}")
-        return [self.marker_ids[modality][0]] + [self.size_token(n) for n in sizes]
+        head = [self.marker_ids[modality][0]]
+        if fmt.size_text:  # each size in decimal digits, the sizes joined by the separator
+            *digits, sep = fmt.size_text
+            for k, n in enumerate(sizes):
+                if isinstance(n, bool) or int(n) != n or n < 1:
+                    raise ValueError(f"size {n} is not a positive integer")
+                head += [sep] * (k > 0) + [digits[int(c)] for c in str(int(n))]
+        else:
+            head += [self.size_token(n) for n in sizes]
+        return head + ([self.special[fmt.body]] if fmt.body else [])
 
     def _is_code(self, i: int) -> bool:
         k = i - self._code_lo
@@ -388,7 +438,7 @@ class UnifiedVocab:
         if fmt.sizes and tuple(grid) != fmt.sizes:
             raise ValueError(f"segment {n}: {modality} spans of this vocabulary are a fixed grid {fmt.sizes}, "
                              f"got {tuple(grid)}")
-        if fmt.header:  # the header's size tokens hold each side
+        if fmt.header and not fmt.size_text:  # the header's size tokens hold each side
             for d in grid:
                 if not 1 <= d <= self.max_size:
                     raise ValueError(f"segment {n}: {modality} grid {tuple(grid)} outside [1, {self.max_size}]; raise max_size")
@@ -397,8 +447,12 @@ class UnifiedVocab:
         # (L, *grid) -> position-major, level-minor, each level shifted into its own range
         offsets = np.array([self.code_start[(modality, lvl)] for lvl in range(cb.levels)], dtype=np.int64)
         body = (arr.reshape(cb.levels, -1).T + offsets).reshape(-1)
+        if fmt.row_end:  # each row (the grid's last axis, all levels) followed by the row marker
+            rows = body.reshape(-1, grid[-1] * cb.levels)
+            body = np.concatenate([rows, np.full((len(rows), 1), self.special[fmt.row_end])], 1).reshape(-1)
         head = self.span_head(modality, grid if fmt.header else ())
-        return np.concatenate([head, body, [self.marker_ids[modality][1]]]).astype(np.int64)
+        tail = [self.special[fmt.codes_end]] if fmt.codes_end else []
+        return np.concatenate([head, body, tail, [self.marker_ids[modality][1]]]).astype(np.int64)
 
     # --------------------------------------------------------------- unpack
     def unpack(self, ids, *, text_tokenizer=None) -> Unpacked:
@@ -419,6 +473,7 @@ class UnifiedVocab:
 
         begin_of = {b: m for m, (b, _) in self.marker_ids.items()}
         end_of = {e: m for m, (_, e) in self.marker_ids.items()}
+        inner = {self.special[t]: t for f in self.spans.values() for t in f.markers[2:]}  # only inside a span
         skip = {self.bos, self.eos, self.pad}
         i, n = 0, len(arr)
         stray_start = None  # coalesce runs of undecodable tokens into one problem
@@ -446,7 +501,7 @@ class UnifiedVocab:
                 end_stray(i)
                 flush_text()
                 i = self._unpack_span(arr, i, begin_of[t], segments, problems)
-            elif t in end_of:
+            elif t in end_of or t in inner:
                 stray(i, f"{self.token_name(t)} without a matching begin marker")
                 i += 1
             elif 0 <= t < self.text_size and not self._is_code(t):
@@ -471,29 +526,63 @@ class UnifiedVocab:
         n = len(arr)
         i = start + 1
         grid = []
-        for _ in fmt.header:
-            if i < n and self.size_start <= arr[i] < self.size_start + self.max_size:
+
+        def incomplete(i):
+            got = "end of sequence" if i >= n else self.token_name(arr[i])
+            problems.append(f"position {start}: {modality} span header incomplete (got {got}); span skipped")
+            return i
+
+        if fmt.size_text:  # decimal digits, the sizes joined by the separator
+            *digits, sep = fmt.size_text
+            for k in range(len(fmt.header)):
+                if k:
+                    if not (i < n and arr[i] == sep):
+                        return incomplete(i)
+                    i += 1
+                num = ""
+                while i < n and int(arr[i]) in digits:
+                    num += str(digits.index(int(arr[i])))
+                    i += 1
+                if not num or int(num) < 1:
+                    return incomplete(i)
+                grid.append(int(num))
+        else:
+            for _ in fmt.header:
+                if not (i < n and self.size_start <= arr[i] < self.size_start + self.max_size):
+                    return incomplete(i)
                 grid.append(int(arr[i]) - self.size_start + 1)
                 i += 1
-            else:
-                got = "end of sequence" if i >= n else self.token_name(arr[i])
-                problems.append(f"position {start}: {modality} span header incomplete (got {got}); span skipped")
-                return i
-        # Codes: the longest run of this modality's code ids.
+        if fmt.body:
+            if not (i < n and arr[i] == self.special[fmt.body]):
+                return incomplete(i)
+            i += 1
+        # Codes: the longest run of this modality's code ids (and row markers, where it has them).
         j = i
         mi = MEDIA.index(modality)
-        while j < n and self._code_lo <= arr[j] < self.size and self._code_mod[arr[j] - self._code_lo] == mi:
+        row_end = self.special[fmt.row_end] if fmt.row_end else None
+        while j < n and (arr[j] == row_end or
+                         (self._code_lo <= arr[j] < self.size and self._code_mod[arr[j] - self._code_lo] == mi)):
             j += 1
-        body = arr[i:j] - self._code_lo
+        run = arr[i:j]
+        if row_end is not None:
+            width = (grid or list(fmt.sizes))[-1] * cb.levels  # a row's codes, then its marker
+            marks = np.flatnonzero(run == row_end)
+            if len(run) % (width + 1) or not np.array_equal(marks, np.arange(width, len(run), width + 1)):
+                problems.append(f"position {start}: {modality} span rows are not {width} codes each followed by "
+                                f"{fmt.row_end}; span skipped")
+                return j
+            run = run[run != row_end]
+        tail = [self.special[fmt.codes_end], end_tok] if fmt.codes_end else [end_tok]
+        terminated = arr[j:j + len(tail)].tolist() == tail
+        resume = j + len(tail) if terminated else j
+        body = run - self._code_lo
         levels = self._code_lvl[body]
         expected_lvl = np.arange(len(body)) % cb.levels
-        terminated = j < n and arr[j] == end_tok
-        resume = j + 1 if terminated else j
         if np.any(levels != expected_lvl):
             k = int(np.argmax(levels != expected_lvl))
             problems.append(f"position {i + k}: {modality} code of level {levels[k]} where level {expected_lvl[k]} was expected; span skipped")
             return resume
-        values = (arr[i:j] - np.array([self.code_start[(modality, lvl)] for lvl in range(cb.levels)])[levels]).astype(np.int64)
+        values = (run - np.array([self.code_start[(modality, lvl)] for lvl in range(cb.levels)])[levels]).astype(np.int64)
         if fmt.open:
             frames = len(values) // cb.levels
             if len(values) % cb.levels:

@@ -312,7 +312,7 @@ class Pipeline:
         if fixed and px // f != fixed[-1]:
             raise ConfigError(f"{modality} spans of this model are {' x '.join(map(str, fixed))} codes: --size "
                               f"{fixed[-1] * f}")
-        if not fixed and px // f > self.vocab.max_size:
+        if not fixed and not self.vocab.spans[modality].size_text and px // f > self.vocab.max_size:
             raise ConfigError(f"{modality} size {px} px gives {px // f} codes a side; the vocabulary's size tokens "
                               f"go up to {self.vocab.max_size}")
         return px // f
@@ -359,8 +359,8 @@ class Pipeline:
                     raise ConfigError(f"image-to-image needs at least 2 rows of codes: size >= "
                                       f"{2 * self.tokenizers['image'].downsample} px")
                 body = self._span("image", self._encode_image(image, px))[len(header):-1]
-                given = body[: side // 2 * side * L]  # the upper rows, position-major
-            codes = side * side * L - len(given)
+                given = body[: side // 2 * (side * L + bool(v.spans["image"].row_end))]  # the upper rows (and markers)
+            codes = self.grammar.after_header("image", [side, side]) - 1 - len(given)  # codes (and markers) to come
             self._fits(task, len(ids) + len(header) + len(given), codes, "ask for a smaller --size")
             settings = {"size": px, "grid": [side, side], "levels": L}
             if given:
@@ -467,9 +467,11 @@ class Pipeline:
         else:
             y = y[0]
             media = (y[:, : req.samples] if req.samples else y).float().cpu().numpy()  # (C, N)
-        header = [int(t) - v.size_start + 1 for t in span[1:1 + len(v.spans[output].header)]]
+        n = len(v.spans[output].header)
+        header = (list(codes.shape[-n:]) if v.spans[output].size_text else  # sizes written as text: the grid's
+                  [int(t) - v.size_start + 1 for t in span[1:1 + n]])
         info = {"modality": output, "header": header, "codes_shape": list(codes.shape),
-                "generated_codes": len(new) - 1 if new and new[-1] == v.marker_ids[output][1] else len(new)}
+                "generated_codes": sum(lo <= t < hi for t in new for lo, hi in v.code_ranges())}
         return Sample(ids=new, media=media, span=info)
 
     def _write_media(self, result: GenerationResult, out: Path, output: str) -> None:

@@ -116,6 +116,8 @@ def import_checkpoint(src, out, fmt: str = "auto", image_decoder=None) -> Path:
         raise CheckpointError(f"{src}/config.json: a {family} model needs a text_config object")
     if f.text_config and "tie_word_embeddings" in hf:  # the top-level key ties lm_head, as transformers does
         lm = {**lm, "tie_word_embeddings": hf["tie_word_embeddings"]}
+    # ids left out are its config class's defaults (transformers 4 saves a text_config without them)
+    lm = {"bos_token_id": f.bos, "eos_token_id": f.eos, **lm}
     cfg = model_config(lm, family, src)
     dest = out if out.name == CKPT_DIR else out / CKPT_DIR
     if dest.exists():
@@ -124,7 +126,7 @@ def import_checkpoint(src, out, fmt: str = "auto", image_decoder=None) -> Path:
         raise ConfigError(f"--image-decoder is for chameleon models; {src} holds a {family} model")
     weights = {_renamed(k, f.renames): v for k, v in read_hf_weights(src).items()}
     vq = _take(weights, VQ_PREFIX)  # the VQ model, under its own names
-    media, layout, beside, heads, refused = {}, {}, None, {}, {}
+    media, layout, heads, refused = {}, {}, {}, {}
     text = _text_tokenizer(src, cfg)
     if family == "chameleon":
         from unitok.interop import chameleon
@@ -133,7 +135,8 @@ def import_checkpoint(src, out, fmt: str = "auto", image_decoder=None) -> Path:
     elif family == "emu3":
         from unitok.interop import emu3
 
-        beside = emu3.image_tokenizer(hf, vq, src)
+        media["image"] = emu3.image_tokenizer(hf, vq, src)
+        layout = emu3.image_layout(hf, text, media["image"].config.codebook_size, src)
     elif family == "janus":
         from unitok.interop import janus
 
@@ -150,13 +153,8 @@ def import_checkpoint(src, out, fmt: str = "auto", image_decoder=None) -> Path:
     meta = {"step": 0, "imported_from": str(src), "source_format": family, "history": []}
     if refused:
         meta["refused_inputs"] = refused
-    if beside is not None:
-        meta["image_tokenizer"] = f"../{emu3.IMAGE_TOKENIZER}"
-    saved = save_checkpoint(dest, kind="transformer", config=asdict(cfg), modules={"model": state}, state=meta,
-                            vocab=vocab, tokenizers=tokenizers)
-    if beside is not None:  # a tokenizer the vocabulary does not describe: next to the checkpoint
-        beside.save_pretrained(dest.parent / emu3.IMAGE_TOKENIZER)
-    return saved
+    return save_checkpoint(dest, kind="transformer", config=asdict(cfg), modules={"model": state}, state=meta,
+                           vocab=vocab, tokenizers=tokenizers)
 
 
 def _renamed(name: str, renames) -> str:
