@@ -124,6 +124,29 @@ def test_every_task_output_decodes(demo):
             assert text.endswith("\n") and g["samples"][0]["text"] == text[:-1]
 
 
+def test_the_demo_model_exports_to_transformers_with_our_logits(demo, tmp_path):
+    """The demo's trained unified model (every modality's codes in one vocabulary) goes out with
+    `unitok checkpoint export-hf`, loads in stock transformers and gives our logits on its own shards."""
+    transformers = pytest.importorskip("transformers")
+    from unitok.checkpoint import load_model
+    from unitok.cli import main
+    from unitok.data.shards import read_shards
+
+    out, _ = demo
+    run, hf_dir = out / "runs" / "unified", tmp_path / "hf"
+    assert main(["checkpoint", "export-hf", str(run), "--out", str(hf_dir)]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    ours = load_model(run)
+    shards = read_shards(out / "shards")
+    docs = [shards.document(i) for i in range(len(shards))]
+    media = [t for t, m in docs if (m != 0).sum() >= 48][:2]  # documents with image/audio/video codes
+    assert len(media) == 2
+    ids = torch.as_tensor(np.stack([np.asarray(t[:96], dtype=np.int64) for t in media]))
+    with torch.no_grad():
+        diff = (hf(ids).logits - ours.model(ids)).abs().max().item()
+    assert diff <= 1e-5, diff
+
+
 def test_demo_without_espeak_says_so_and_runs_without_speech(tmp_path):
     fake = tmp_path / "fake"
     fake.mkdir()  # an espeakng_loader whose library cannot be loaded
