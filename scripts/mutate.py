@@ -135,6 +135,7 @@ MODULES: dict[str, Target] = {
         "tests/test_pretokenize_resume.py",
         "tests/test_data_limits.py::test_resume_on_a_complete_output_changes_nothing",
         "tests/test_pretokenize.py::test_counts_skips_and_decoding",
+        "tests/test_pretokenize.py::test_sources_name_each_documents_input_and_chunk",  # sources.jsonl, split chunks
     ], ["pretokenize", "_complete"]),
 }
 
