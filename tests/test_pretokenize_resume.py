@@ -205,3 +205,20 @@ def test_a_document_of_exactly_max_doc_tokens_is_kept(corpus, tmp_path):
     longest = int(np.diff(np.fromfile(tmp_path / "ref" / "offsets.bin", np.int64)).max())
     st = _run(corpus, tmp_path / "edge", cfg=PretokenizeConfig(max_doc_tokens=longest))
     assert st["documents"] == ref["documents"] and _files(tmp_path / "edge") == _files(tmp_path / "ref")
+
+
+def test_the_callers_thread_count_comes_back(corpus, tmp_path):
+    """pretokenize encodes with one thread; a training run started after it in the same process (the
+    demo, pretrain_shared) got one thread too, until the count was restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _run(corpus, tmp_path / "out")
+        assert torch.get_num_threads() == 2
+        with pytest.raises(DataError):  # also when it fails
+            _run(corpus, tmp_path / "out")  # not empty, no --resume
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

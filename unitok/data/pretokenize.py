@@ -421,6 +421,26 @@ def _gathered(todo, fn, world: int, rank: int, per_rank: int = 2):
             return
 
 
+def _keeps_torch_threads(fn):
+    """Tokenizing encodes with one thread per process; the caller gets its own thread count back, so a
+    training run started in the same process after pretokenizing (the demo, pretrain_shared) is not left
+    on one thread."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        n = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(n)
+
+    return wrapper
+
+
+@_keeps_torch_threads
 def pretokenize(inputs: list[str], tokenizer_dirs: list[str], out, cfg: PretokenizeConfig | None = None, *,
                 workers: int = 0, resume: bool = False, progress: bool = True, commit_every: int = 64,
                 stop_after: int | None = None, vocab: dict | None = None) -> dict:
