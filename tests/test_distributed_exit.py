@@ -8,10 +8,11 @@ both must leave with no group and exit 0."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from test_engine import _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,11 +31,6 @@ _end_distributed()
 print(json.dumps({"rank": r, "left": time.time(), "lag_over": lag_over, "group": dist.is_initialized()}), flush=True)
 """
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_every_rank_waits_for_the_others_then_leaves_without_a_group(tmp_path):
